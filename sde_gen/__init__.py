@@ -1,0 +1,30 @@
+"""sde_gen: score-based generative modelling through SDEs, checked against exact scores.
+
+Public API (explicit re-exports; nothing relies on side-effect imports):
+    SDEs:      SDE, VPSDE, SubVPSDE, VESDE, SDES, build_sde
+    oracles:   GaussianMixture, PRESETS, make_preset
+    training:  dsm_loss, DenoisingScoreMatching
+    helpers:   append_dims, batch_sum
+"""
+from .losses import DenoisingScoreMatching, dsm_loss
+from .oracles import PRESETS, GaussianMixture, make_preset
+from .sdes import SDE, SDES, SubVPSDE, VESDE, VPSDE, build_sde
+from .utils import append_dims, batch_sum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "SDES",
+    "build_sde",
+    "GaussianMixture",
+    "PRESETS",
+    "make_preset",
+    "dsm_loss",
+    "DenoisingScoreMatching",
+    "append_dims",
+    "batch_sum",
+]

@@ -1,0 +1,145 @@
+"""Denoising score matching (Vincent 2011; Song et al. 2021, eq. 7).
+
+    L(theta) = E_t E_{x_0} E_z [ 1/2 lambda(t) || s_theta(x_t, t) + z / s(t) ||^2 ],
+    x_t = a(t) x_0 + s(t) z,  t ~ U(eps, T),
+
+since grad log p(x_t | x_0) = -z / s(t). Weightings lambda(t):
+    "sigma2"      lambda = s(t)^2 (Song et al. 2021 default; equals the noise-prediction loss),
+    "likelihood"  lambda = g(t)^2 (Song, Durkan et al. 2021, "Maximum likelihood training of
+                  score-based diffusion models", Thm. 1: the loss bounds the negative log-likelihood),
+    "none"        lambda = 1.
+
+Importance sampling for the likelihood weighting: for any SDE with affine marginals,
+d lambda_snr/dt = -g(t)^2 / (2 s(t)^2) where lambda_snr(t) = log(a(t) / s(t)), so drawing the
+half log-SNR uniformly on [lambda_snr(T), lambda_snr(eps)] draws t with density proportional to
+g^2 / s^2. The importance weight g^2 / (s^2 p(t)) is then the constant 2 (lambda_snr(eps) - lambda_snr(T)),
+and the variance of the estimator drops sharply near t = eps (Song, Durkan et al. 2021, Sec. 5).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ._validation import check_choice
+from .sdes import SDE
+from .utils import append_dims
+
+__all__ = ["WEIGHTINGS", "REDUCTIONS", "sample_time", "dsm_loss", "DenoisingScoreMatching"]
+
+WEIGHTINGS = ("sigma2", "likelihood", "none")
+REDUCTIONS = ("mean", "sum")
+
+
+def sample_time(
+    sde: SDE,
+    batch_size: int,
+    importance_sampling: bool = False,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+):
+    """Draw training times.
+
+    Args:
+        sde: the forward SDE (provides eps, T and the half log-SNR).
+        batch_size: B.
+        importance_sampling: draw t with density proportional to g(t)^2 / s(t)^2 instead of U(eps, T).
+        generator, device, dtype: of the result; device None follows the generator.
+
+    Returns:
+        `(t, weight)`, each of shape (B,): the times and the importance weight 1 / (p(t) (T - eps))
+        relative to uniform sampling (ones when `importance_sampling` is False).
+    """
+    if device is None and generator is not None:
+        device = generator.device
+    u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+    if not importance_sampling:
+        t = sde.eps + (sde.T - sde.eps) * u
+        return t.to(dtype), torch.ones(batch_size, device=device, dtype=dtype)
+    ends = torch.tensor([sde.T, sde.eps], device=device, dtype=torch.float64)
+    lam_T, lam_eps = sde.half_log_snr(ends).unbind()
+    t = sde.time_at_half_log_snr(lam_T + (lam_eps - lam_T) * u).clamp(sde.eps, sde.T)
+    g2_over_s2 = sde.diffusion(t) ** 2 / sde.marginal_var(t)
+    density = g2_over_s2 / (2 * (lam_eps - lam_T))
+    weight = 1.0 / (density * (sde.T - sde.eps))
+    return t.to(dtype), weight.to(dtype)
+
+
+def dsm_loss(
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: SDE,
+    x0: torch.Tensor,
+    weighting: str = "sigma2",
+    importance_sampling: bool = False,
+    reduction: str = "mean",
+    generator: Optional[torch.Generator] = None,
+    t: Optional[torch.Tensor] = None,
+    noise: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Per-sample denoising score-matching loss.
+
+    Args:
+        score_fn: `score_fn(x, t)` returning a tensor like `x`.
+        sde: the forward SDE.
+        x0: data batch (B, *event).
+        weighting: "sigma2", "likelihood" or "none" (see module docstring).
+        importance_sampling: draw t proportionally to g^2 / s^2 (only with weighting="likelihood").
+        reduction: "mean" or "sum" over the event dimensions.
+        generator: randomness for t and z.
+        t, noise: fix the times (B,) and the noise (like x0) instead of drawing them.
+
+    Returns:
+        (B,) losses 1/2 lambda(t) || score + z / s(t) ||^2, reduced over the event dimensions and
+        multiplied by the importance weight.
+    """
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("reduction", reduction, REDUCTIONS)
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError(
+            f"importance_sampling=True needs weighting='likelihood'; got weighting={weighting!r}"
+        )
+    B = x0.shape[0]
+    if t is None:
+        t, iw = sample_time(sde, B, importance_sampling, generator, device=x0.device, dtype=x0.dtype)
+    else:
+        iw = torch.ones(B, device=x0.device, dtype=x0.dtype)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = sde.perturb(x0, t, noise)
+    std = sde.marginal_std(t).to(x0.dtype)
+    score = score_fn(x_t, t)
+    # s * score + z is the residual of the noise prediction; divide by s for the score residual
+    resid = append_dims(std, x0.ndim) * score + noise
+    sq = resid.flatten(1).pow(2)
+    sq = sq.mean(1) if reduction == "mean" else sq.sum(1)
+    if weighting == "sigma2":
+        lam_over_s2 = torch.ones_like(std)
+    elif weighting == "likelihood":
+        lam_over_s2 = (sde.diffusion(t) ** 2 / sde.marginal_var(t)).to(x0.dtype)
+    else:
+        lam_over_s2 = 1.0 / std ** 2
+    return 0.5 * lam_over_s2 * sq * iw
+
+
+class DenoisingScoreMatching(nn.Module):
+    """The DSM objective configured once; calling it returns the batch mean of `dsm_loss`."""
+
+    def __init__(self, weighting: str = "sigma2", importance_sampling: bool = False, reduction: str = "mean"):
+        super().__init__()
+        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        if importance_sampling and weighting != "likelihood":
+            raise ValueError(
+                f"importance_sampling=True needs weighting='likelihood'; got weighting={weighting!r}"
+            )
+        self.importance_sampling = bool(importance_sampling)
+
+    def forward(self, score_fn, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None):
+        return dsm_loss(
+            score_fn, sde, x0, self.weighting, self.importance_sampling, self.reduction, generator
+        ).mean()
+
+    def extra_repr(self) -> str:
+        return f"weighting={self.weighting!r}, importance_sampling={self.importance_sampling}, reduction={self.reduction!r}"
