@@ -1,0 +1,162 @@
+"""Validated Hydra configuration: dataclass schemas in Hydra's ConfigStore.
+
+Two kinds of schema:
+
+* Groups whose entries build an object through `_target_` (sde/, model/, sampler/, data/): the schema
+  is generated from the target class's constructor signature by `schema_for`, so the constructor
+  is the one source of truth. OmegaConf then rejects a misspelt key and a wrong type when the
+  config is composed, and `instantiate` runs the constructor's own range checks at start-up.
+  A YAML file extends its schema through its defaults list, e.g. `conf/sde/vp.yaml`:
+
+      defaults:
+        - vp_schema
+      beta_min: 0.1
+
+* Plain sections (training options, app options) are dataclasses with a `__post_init__` that checks
+  ranges; `validate(cfg, schema)` converts the section with `OmegaConf.to_object`, running it.
+
+Every failure is raised as `ConfigError` naming the config path, before any work is done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from typing import Any, Dict, Optional, Type
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+__all__ = [
+    "ConfigError",
+    "schema_for",
+    "register_target",
+    "register_configs",
+    "instantiate",
+    "validate",
+    "resolve_device",
+]
+
+_PRIMITIVES = (int, float, bool, str)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt, of the wrong type or out of range."""
+
+
+def _omegaconf_type(ann):
+    """The annotation if OmegaConf can enforce it, else Any."""
+    if ann in _PRIMITIVES:
+        return ann
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1 and non_none[0] in _PRIMITIVES:
+            return Optional[non_none[0]]
+        return Any
+    if origin in (list, typing.List, tuple, typing.Tuple, typing.Sequence) and args and all(
+        a in _PRIMITIVES for a in args if a is not Ellipsis
+    ):
+        return typing.List[args[0]]
+    return Any
+
+
+def schema_for(target: type, exclude: tuple = ()) -> Type:
+    """A dataclass schema with `_target_` and one field per constructor argument of `target`.
+
+    Types OmegaConf cannot enforce (tensors, callables) become Any; arguments without a default
+    become required (MISSING). Arguments named in `exclude` are left out (they are given at
+    instantiation, e.g. the model's data shape).
+    """
+    sig = inspect.signature(target.__init__)
+    hints = typing.get_type_hints(target.__init__)
+    fields = [("_target_", str, dataclasses.field(default=f"{target.__module__}.{target.__qualname__}"))]
+    for p in list(sig.parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in exclude:
+            continue
+        ann = _omegaconf_type(hints.get(p.name, Any))
+        default = MISSING if p.default is inspect.Parameter.empty else p.default
+        if isinstance(default, (list, dict)):
+            fields.append((p.name, ann, dataclasses.field(default_factory=lambda d=default: d)))
+        else:
+            fields.append((p.name, ann, dataclasses.field(default=default)))
+    return dataclasses.make_dataclass(f"{target.__name__}Conf", fields)
+
+
+def register_target(group: str, name: str, target: type, exclude: tuple = ()) -> None:
+    """Store `schema_for(target)` in the ConfigStore as `<group>/<name>_schema`."""
+    ConfigStore.instance().store(group=group, name=f"{name}_schema", node=schema_for(target, exclude))
+
+
+_REGISTERED = False
+
+
+def register_configs() -> None:
+    """Register every schema of the library (idempotent). The Hydra apps call it at start-up."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from .samplers import SAMPLERS
+    from .sdes import SDES
+
+    for name, cls in SDES.items():
+        register_target("sde", name, cls)
+    for name, cls in SAMPLERS.items():
+        register_target("sampler", name, cls)
+    for hook in _EXTRA_REGISTRATIONS:
+        hook()
+    _REGISTERED = True
+
+
+#: functions run by `register_configs` for schemas defined in other modules (training, apps)
+_EXTRA_REGISTRATIONS: list = []
+
+
+def instantiate(node: DictConfig, path: str, **kwargs) -> Any:
+    """Build the object of a `_target_` config node; constructor errors become `ConfigError`.
+
+    Args:
+        node: the config node (e.g. `cfg.sde`).
+        path: its path in the config, used in the message (e.g. "sde").
+        **kwargs: extra constructor arguments not in the config (e.g. data shapes).
+    """
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, _convert_="all", **kwargs)
+    except Exception as err:  # hydra wraps constructor errors in InstantiationException
+        cause = err
+        while cause.__cause__ is not None and not isinstance(cause, (ValueError, TypeError)):
+            cause = cause.__cause__
+        raise ConfigError(f"{path}: {cause}") from err
+
+
+def validate(section: DictConfig, schema: type, path: str):
+    """Check a plain config section against a dataclass schema (types, keys and ranges).
+
+    Returns the dataclass instance; raises `ConfigError` naming the path on any problem.
+    """
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), section)
+        return OmegaConf.to_object(merged)
+    except Exception as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def resolve_device(name: str) -> torch.device:
+    """An app's `device` option: "auto" (CUDA when available, else CPU) or any torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device must be 'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1'; got {name!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    return dev
+
+
+def to_plain(cfg: DictConfig) -> Dict[str, Any]:
+    """The resolved config as plain Python containers (safe to store in a checkpoint)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -1,0 +1,58 @@
+"""Reverse-time samplers behind one interface (see `base.Sampler`).
+
+`SAMPLERS` maps a name to its class: adding a sampler is one module, one line here and one YAML
+file in `conf/sampler/`. `sample(...)` is the one-call convenience.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .._validation import check_choice
+from .base import CountingScore, SampleResult, Sampler
+from .euler_maruyama import EulerMaruyama
+from .grids import GRIDS, time_grid
+
+#: name -> sampler class
+SAMPLERS = {
+    EulerMaruyama.name: EulerMaruyama,
+}
+
+
+def build_sampler(name: str, **options) -> Sampler:
+    """Construct a sampler by name with its options (e.g. `nfe=50`)."""
+    check_choice("sampler", name, SAMPLERS)
+    return SAMPLERS[name](**options)
+
+
+def sample(
+    sde,
+    score_fn,
+    shape: Optional[Sequence[int]] = None,
+    sampler: str = "euler_maruyama",
+    nfe: int = 100,
+    generator: Optional[torch.Generator] = None,
+    x_T: Optional[torch.Tensor] = None,
+    callback=None,
+    device=None,
+    dtype=None,
+    **options,
+) -> SampleResult:
+    """Sample with a named sampler in one call.
+
+    Args:
+        sde: the forward SDE. score_fn: `score_fn(x, t)` -> tensor like x.
+        shape: (B, *event), or give `x_T`. sampler: a key of `SAMPLERS`. nfe: evaluation budget.
+        generator: randomness. callback: `callback(i, t_next, x)` after each step.
+        device, dtype: of the prior sample. **options: the sampler's own options.
+
+    Returns:
+        `SampleResult(samples, nfe, num_steps)`.
+    """
+    return build_sampler(sampler, nfe=nfe, **options)(
+        sde, score_fn, shape=shape, x_T=x_T, generator=generator, callback=callback, device=device, dtype=dtype
+    )
+
+
+__all__ = ["Sampler", "SampleResult", "CountingScore", "SAMPLERS", "build_sampler", "sample", "time_grid", "GRIDS"]

@@ -1,0 +1,65 @@
+"""Configs compose, instantiate, and reject bad values at start-up with the field's name."""
+import pathlib
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from sde_gen.config import ConfigError, instantiate, register_configs, resolve_device
+from sde_gen.samplers import Sampler
+from sde_gen.sdes import SDE
+
+CONF = pathlib.Path(__file__).resolve().parents[1] / "sde_gen" / "conf"
+
+
+def _group_options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def hydra_ctx():
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        yield
+
+
+@pytest.mark.parametrize("group, base", [("sde", SDE), ("sampler", Sampler)])
+def test_every_group_option_composes_and_instantiates(hydra_ctx, group, base):
+    for option in _group_options(group):
+        cfg = compose(config_name=None, overrides=[f"+{group}={option}"])
+        obj = instantiate(cfg[group], group)
+        assert isinstance(obj, base), option
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("sde.beta_mn=1", "beta_mn"), ("sde.beta_min=abc", "beta_min"), ("sampler.nfee=3", "nfee")],
+)
+def test_misspelt_key_and_wrong_type_fail_at_composition(hydra_ctx, override, field):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose(config_name=None, overrides=["+sde=vp", "+sampler=euler_maruyama", override])
+    text = str(info.value) + str(info.value.__cause__)
+    assert field in text
+
+
+@pytest.mark.parametrize(
+    "overrides, path, field",
+    [
+        (["+sde=vp", "sde.beta_min=-1"], "sde", "beta_min"),
+        (["+sde=ve", "sde.sigma_min=100"], "sde", "sigma_min"),
+        (["+sde=vp", "sde.eps=2"], "sde", "eps"),
+        (["+sampler=euler_maruyama", "sampler.nfe=0"], "sampler", "nfe"),
+        (["+sampler=euler_maruyama", "sampler.grid=cubic"], "sampler", "grid"),
+    ],
+)
+def test_impossible_values_fail_at_instantiation_naming_the_field(hydra_ctx, overrides, path, field):
+    cfg = compose(config_name=None, overrides=overrides)
+    with pytest.raises(ConfigError, match=rf"{path}: .*{field}"):
+        instantiate(cfg[path], path)
+
+
+def test_device_option():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device("gpu0")
