@@ -32,6 +32,15 @@ WEIGHTINGS = ("sigma2", "likelihood", "none")
 REDUCTIONS = ("mean", "sum")
 
 
+def _check_options(weighting: str, importance_sampling: bool, reduction: str) -> None:
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("reduction", reduction, REDUCTIONS)
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError(
+            f"importance_sampling=True needs weighting='likelihood'; got weighting={weighting!r}"
+        )
+
+
 def sample_time(
     sde: SDE,
     batch_size: int,
@@ -94,12 +103,7 @@ def dsm_loss(
         (B,) losses 1/2 lambda(t) || score + z / s(t) ||^2, reduced over the event dimensions and
         multiplied by the importance weight.
     """
-    check_choice("weighting", weighting, WEIGHTINGS)
-    check_choice("reduction", reduction, REDUCTIONS)
-    if importance_sampling and weighting != "likelihood":
-        raise ValueError(
-            f"importance_sampling=True needs weighting='likelihood'; got weighting={weighting!r}"
-        )
+    _check_options(weighting, importance_sampling, reduction)
     B = x0.shape[0]
     if t is None:
         t, iw = sample_time(sde, B, importance_sampling, generator, device=x0.device, dtype=x0.dtype)
@@ -128,12 +132,8 @@ class DenoisingScoreMatching(nn.Module):
 
     def __init__(self, weighting: str = "sigma2", importance_sampling: bool = False, reduction: str = "mean"):
         super().__init__()
-        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
-        if importance_sampling and weighting != "likelihood":
-            raise ValueError(
-                f"importance_sampling=True needs weighting='likelihood'; got weighting={weighting!r}"
-            )
+        _check_options(weighting, importance_sampling, reduction)
+        self.weighting, self.reduction = weighting, reduction
         self.importance_sampling = bool(importance_sampling)
 
     def forward(self, score_fn, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None):
