@@ -120,7 +120,12 @@ class ProbabilityFlowODE(Sampler):
         if self.adaptive:
             func.callback_accept_step = func.count_accepted  # only adaptive solvers accept/reject
             budget = self.max_num_steps or self.nfe
-            options = dict(max_num_steps=budget)
+            # torchdiffeq's initial-step heuristic probes f at t0 + h0 with h0 ~ |x| / |f|, and the
+            # probability-flow drift is ~0 at T (score ~ -x / s^2 cancels f): the probe lands at
+            # t < 0, where the SDE is undefined (NaN). Start from 1% of the interval instead; the
+            # controller grows it within a few steps. `jump_t` makes the last step land on t_min
+            # exactly instead of overshooting it (below t = 0) and interpolating back.
+            options = dict(max_num_steps=budget, first_step=1e-2 * (ends[0] - ends[1]), jump_t=ends[1:])
             try:
                 x_out = odeint(func, x, ends, method=self.method, rtol=self.rtol, atol=self.atol, options=options)[-1]
             except AssertionError as err:  # torchdiffeq signals a spent step budget with an assert
