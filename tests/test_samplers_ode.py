@@ -63,6 +63,7 @@ ORDER_CASES = [
     ("pf_ode", dict(method="midpoint"), (40, 80, 160), 2.0),
     ("pf_ode", dict(method="rk4"), (160, 320, 640), 4.0),  # sub-VP is pre-asymptotic below ~40 steps
     ("heun", {}, (20, 40, 80), 2.0),
+    ("heun", {}, (21, 41, 81), 2.0),  # odd budgets: the last step is Euler, still 2nd order overall
     ("dpm_solver", dict(lower_order_final=False), (20, 40, 80), 2.0),
     ("ddim", dict(eta=0.0), (20, 40, 80), 1.0),
 ]
@@ -296,6 +297,27 @@ def test_ddim_eta1_equals_ddpm_ancestral_chain():
         beta_tilde = (1 - abar[k - 1]) / (1 - abar[k]) * beta
         x = mu + torch.sqrt(beta_tilde) * torch.randn(x.shape, generator=g, dtype=f64)
     torch.testing.assert_close(got, x, rtol=1e-9, atol=1e-9)
+
+
+def test_first_order_dpm_solver_step_is_the_ddim_step():
+    """DPM-Solver++'s first-order update equals deterministic DDIM (Lu et al. 2022b, Sec. 4):
+    one step from T on the same grid gives the same point, for every SDE."""
+    for sde in ALL_SDES:
+        x_T = sde.prior_sample((16, 16), torch.Generator().manual_seed(0), dtype=f64)
+        run = lambda name: build_sampler(name, nfe=1, grid="karras", denoise=False)(sde, GAUSS.score_fn(sde), x_T=x_T).samples
+        torch.testing.assert_close(run("dpm_solver"), run("ddim"), rtol=1e-10, atol=1e-10)
+
+
+def test_heun_churn_outside_its_window_is_the_deterministic_sampler():
+    sde = VESDE()
+    x_T = sde.prior_sample((16, 16), torch.Generator().manual_seed(0), dtype=f64)
+    plain = build_sampler("heun", nfe=15)(sde, GAUSS.score_fn(sde), x_T=x_T).samples
+    gated = build_sampler("heun", nfe=15, S_churn=40.0, S_tmin=1e5, S_tmax=1e6)(
+        sde, GAUSS.score_fn(sde), x_T=x_T, generator=torch.Generator().manual_seed(1)).samples
+    torch.testing.assert_close(gated, plain, rtol=1e-9, atol=1e-9)
+    churned = build_sampler("heun", nfe=15, S_churn=40.0)(
+        sde, GAUSS.score_fn(sde), x_T=x_T, generator=torch.Generator().manual_seed(1)).samples
+    assert not torch.allclose(churned, plain, atol=1e-3)
 
 
 # ---- the rest of the contract ----

@@ -85,13 +85,16 @@ class Heun(Sampler):
         return budget // 2 + budget % 2
 
     def init_state(self, sde, x, ts):
-        sigma = torch.exp(-sde.half_log_snr(ts))  # float64 noise levels of the grid
+        a, s = sde.marginal_coeffs(ts)
+        sigma = s / a  # float64 noise levels of the grid, computed as in `step`
         gamma = min(self.S_churn / self.num_steps, math.sqrt(2) - 1)
-        in_range = (sigma >= self.S_tmin) & (sigma <= self.S_tmax)
-        gamma = torch.where(in_range, torch.full_like(sigma, gamma), torch.zeros_like(sigma))
+        churn = (sigma >= self.S_tmin) & (sigma <= self.S_tmax) & (gamma > 0)
         # never raise the noise above sigma(T): the score is only defined on [0, T]
-        sigma_hat = torch.minimum(sigma * (1 + gamma), sigma[0])
-        return {"i": 0, "sigma_hat": sigma_hat, "t_hat": sde.time_at_half_log_snr(-torch.log(sigma_hat))}
+        raised = torch.minimum(sigma * (1 + gamma), sigma[0])
+        # where there is no churn keep (sigma, t) bit for bit, not a round trip through lambda
+        sigma_hat = torch.where(churn, raised, sigma)
+        t_hat = torch.where(churn, sde.time_at_half_log_snr(-torch.log(raised)), ts)
+        return {"i": 0, "sigma_hat": sigma_hat, "t_hat": t_hat}
 
     def step(self, sde, score, x, t, t_next, generator, state):
         i = state["i"]

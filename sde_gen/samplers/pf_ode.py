@@ -16,7 +16,9 @@ Two families of torchdiffeq methods (Chen et al. 2018, torchdiffeq):
   through torchdiffeq's `max_num_steps` (a solve needing more steps fails with a clear error)
   and is NOT a bound on the evaluations: report and compare the returned `SampleResult.nfe`.
 
-The ODE right-hand side does no host synchronisation (no `.item()`, no branching on values);
+The grid is float64; torchdiffeq hands the right-hand side its time in the state's dtype, so in a
+float32 solve the SDE coefficients are evaluated at float32 times (relative error ~1e-7, far below
+the discretisation error of any budget). The ODE right-hand side does no host synchronisation (no `.item()`, no branching on values);
 torchdiffeq's own loop does (its step-size control compares tensors on the host).
 """
 from __future__ import annotations
