@@ -61,15 +61,25 @@ class DDIM(Sampler):
         c_eps = torch.sqrt((s_u ** 2 - sigma ** 2).clamp_min(0)) - c_x * s_t
         return c_x, c_eps, sigma
 
+    def init_state(self, sde, x, ts):
+        """The coefficients of every step at once (float64 over the grid, cast to x's dtype)."""
+        c_x, c_eps, sigma = self.coefficients(sde, ts[:-1], ts[1:])
+        s_t = sde.marginal_std(ts[:-1])
+        return {"i": 0, "coef": torch.stack([c_x, c_eps * s_t, sigma], dim=1).to(x.dtype)}
+
     def step(self, sde, score, x, t, t_next, generator, state):
-        nd, dt = x.ndim, x.dtype
-        c_x, c_eps, sigma = self.coefficients(sde, t, t_next)
-        _, s_t = sde.marginal_coeffs(t)
-        eps = -append_dims(s_t.to(dt), nd) * score(x, t)
-        x_next = append_dims(c_x.to(dt), nd) * x + append_dims(c_eps.to(dt), nd) * eps
+        if "coef" in state:
+            i = state["i"]
+            state["i"] = i + 1
+            c_x, c_score, sigma = state["coef"][i].unbind()
+        else:  # a single step outside a run (t, t_next of shape (B,))
+            c_x, c_eps, sigma = self.coefficients(sde, t, t_next)
+            c_x, c_score, sigma = (append_dims(v.to(x.dtype), x.ndim) for v in (c_x, c_eps * sde.marginal_std(t), sigma))
+        # eps_hat = -s_t score, so c_eps eps_hat = -(c_eps s_t) score
+        x_next = c_x * x - c_score * score(x, t)
         if self.stochastic:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dt)
-            x_next = x_next + append_dims(sigma.to(dt), nd) * z
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_next = x_next + sigma * z
         return x_next
 
     def invert(self, sde, score_fn, x: torch.Tensor, callback=None) -> torch.Tensor:
@@ -89,9 +99,10 @@ class DDIM(Sampler):
         score = CountingScore(score_fn)
         with torch.no_grad():
             ts = self.time_grid(sde, device=x.device).flip(0)
+            state = self.init_state(sde, x, ts)
             B = x.shape[0]
             for i in range(ts.numel() - 1):
-                x = self.step(sde, score, x, ts[i].expand(B), ts[i + 1].expand(B), None, {})
+                x = self.step(sde, score, x, ts[i].expand(B), ts[i + 1].expand(B), None, state)
                 if callback is not None:
                     callback(i, ts[i + 1], x)
         return x

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import torch
 
-from ..parameterization import x0_from_score
-from ..utils import append_dims
 from .base import Sampler
 
 #: below this many steps, `lower_order_final` makes the last step first order
@@ -55,26 +53,26 @@ class DPMSolverPlusPlus2M(Sampler):
         super().__init__(nfe=nfe, denoise=denoise, grid=grid, rho=rho, t_min=t_min)
 
     def init_state(self, sde, x, ts):
-        lam = sde.half_log_snr(ts)  # float64, increasing along the (decreasing) time grid
-        return {"i": 0, "lam": lam, "x0_prev": None}
+        """Every coefficient of the run at once, in float64 over the grid, then cast to x's dtype:
+        the loop itself only indexes them (no per-step schedule arithmetic, no host sync)."""
+        a, s = sde.marginal_coeffs(ts)
+        lam = torch.log(a) - torch.log(s)  # = sde.half_log_snr(ts), from the same a, s
+        h = lam[1:] - lam[:-1]  # > 0
+        r = torch.ones_like(h)
+        r[1:] = h[:-1] / h[1:]  # h_{i-1} / h_i
+        w = 0.5 / r  # weight of the finite difference of x0_hat in D_i
+        w[0] = 0.0  # first step: first order
+        if self.lower_order_final and self.num_steps < LOWER_ORDER_FINAL_BELOW:
+            w[-1] = 0.0
+        # -(e^{-h} - 1) = -expm1(-h) keeps precision at small h
+        coef = torch.stack([s[:-1] ** 2, 1 / a[:-1], s[1:] / s[:-1], -a[1:] * torch.expm1(-h), w], dim=1)
+        return {"i": 0, "coef": coef.to(x.dtype), "x0_prev": None}
 
     def step(self, sde, score, x, t, t_next, generator, state):
-        i, lam = state["i"], state["lam"]
+        i = state["i"]
         state["i"] = i + 1
-        nd, dt = x.ndim, x.dtype
-        x0 = x0_from_score(sde, x, t, score(x, t))
-        _, s = sde.marginal_coeffs(t)
-        a_next, s_next = sde.marginal_coeffs(t_next)
-        h = (lam[i + 1] - lam[i]).expand_as(t)
-        # coefficient arithmetic in float64; -(e^{-h} - 1) = -expm1(-h) keeps precision at small h
-        c_x = append_dims((s_next / s).to(dt), nd)
-        c_d = append_dims((-a_next * torch.expm1(-h)).to(dt), nd)
-        last_low = self.lower_order_final and self.num_steps < LOWER_ORDER_FINAL_BELOW and i == self.num_steps - 1
-        if state["x0_prev"] is None or last_low:
-            D = x0
-        else:
-            r = (lam[i] - lam[i - 1]) / (lam[i + 1] - lam[i])  # h_{i-1} / h_i, a 0-d float64 tensor
-            w = (0.5 / r).to(dt)
-            D = (1 + w) * x0 - w * state["x0_prev"]
+        s2, inv_a, c_x, c_d, w = state["coef"][i].unbind()
+        x0 = (x + s2 * score(x, t)) * inv_a  # Tweedie's x0_hat at t_i
+        D = x0 if state["x0_prev"] is None else (1 + w) * x0 - w * state["x0_prev"]
         state["x0_prev"] = x0
         return c_x * x + c_d * D

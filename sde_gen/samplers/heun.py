@@ -34,7 +34,6 @@ import math
 import torch
 
 from .._validation import check_nonnegative, check_positive
-from ..utils import append_dims
 from .base import Sampler
 
 
@@ -85,39 +84,46 @@ class Heun(Sampler):
         return budget // 2 + budget % 2
 
     def init_state(self, sde, x, ts):
+        """Every coefficient of the run at once, in float64 over the grid, then cast to x's dtype:
+        the loop only indexes them (no per-step schedule arithmetic, no host sync)."""
         a, s = sde.marginal_coeffs(ts)
-        sigma = s / a  # float64 noise levels of the grid, computed as in `step`
+        sigma = s / a  # sigma(t) = s / a = exp(-lambda)
         gamma = min(self.S_churn / self.num_steps, math.sqrt(2) - 1)
         churn = (sigma >= self.S_tmin) & (sigma <= self.S_tmax) & (gamma > 0)
         # never raise the noise above sigma(T): the score is only defined on [0, T]
         raised = torch.minimum(sigma * (1 + gamma), sigma[0])
         # where there is no churn keep (sigma, t) bit for bit, not a round trip through lambda
-        sigma_hat = torch.where(churn, raised, sigma)
-        t_hat = torch.where(churn, sde.time_at_half_log_snr(-torch.log(raised)), ts)
-        return {"i": 0, "sigma_hat": sigma_hat, "t_hat": t_hat}
+        sigma_hat = torch.where(churn, raised, sigma)[:-1]
+        t_hat = torch.where(churn, sde.time_at_half_log_snr(-torch.log(raised)), ts)[:-1]
+        a_hat = torch.where(churn[:-1], sde.mean_coeff(t_hat), a[:-1])
+        extra = (sigma_hat ** 2 - sigma[:-1] ** 2).clamp_min(0).sqrt() * self.S_noise
+        coef = torch.stack(
+            [
+                a_hat / a[:-1],  # x_hat = (a_hat / a) x + a_hat extra z   (y_hat = y + extra z)
+                a_hat * extra,
+                1 / a_hat,  # y_hat = x_hat / a_hat
+                a_hat * sigma_hat,  # s(t_hat): d = -s score = eps_hat = dy/dsigma
+                sigma[1:] - sigma_hat,  # the step in sigma
+                a[1:],
+                s[1:],
+            ],
+            dim=1,
+        )
+        return {"i": 0, "coef": coef.to(x.dtype), "t_hat": t_hat}
 
     def step(self, sde, score, x, t, t_next, generator, state):
         i = state["i"]
         state["i"] = i + 1
-        nd, dt = x.ndim, x.dtype
-        a, s = sde.marginal_coeffs(t)
-        a_next, s_next = sde.marginal_coeffs(t_next)
-        sigma, sigma_next = s / a, s_next / a_next
-        if self.stochastic:
-            # churn: raise the noise level from sigma_i to sigma_hat, in y = x / a
-            sigma_hat = state["sigma_hat"][i].expand_as(t)
+        k_x, k_z, inv_a_hat, s_hat, h, a_next, s_next = state["coef"][i].unbind()
+        t_hat = t
+        if self.stochastic:  # churn: raise the noise from sigma_i to sigma_hat
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = k_x * x + k_z * z
             t_hat = state["t_hat"][i].expand_as(t)
-            a_hat = sde.mean_coeff(t_hat)
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dt)
-            extra = (sigma_hat ** 2 - sigma ** 2).clamp_min(0).sqrt() * self.S_noise
-            x = append_dims((a_hat / a).to(dt), nd) * x + append_dims((a_hat * extra).to(dt), nd) * z
-            t, a, s, sigma = t_hat, a_hat, a_hat * sigma_hat, sigma_hat
-        y = x / append_dims(a.to(dt), nd)
-        d = -append_dims(s.to(dt), nd) * score(x, t)  # dy/dsigma = eps_hat
-        h = append_dims((sigma_next - sigma).to(dt), nd)
-        y_next = y + h * d
+        y = x * inv_a_hat
+        d = -s_hat * score(x, t_hat)
+        y_next = y + h * d  # Euler
         if not (self.euler_last and i == self.num_steps - 1):
-            x_next = append_dims(a_next.to(dt), nd) * y_next
-            d_next = -append_dims(s_next.to(dt), nd) * score(x_next, t_next)
-            y_next = y + h * 0.5 * (d + d_next)
-        return append_dims(a_next.to(dt), nd) * y_next
+            d_next = -s_next * score(a_next * y_next, t_next)
+            y_next = y + (0.5 * h) * (d + d_next)  # Heun's correction
+        return a_next * y_next
