@@ -389,3 +389,29 @@ def test_works_with_compiled_score(name):
     a = sample(sde, compiled, sampler=name, nfe=10, x_T=x_T, generator=torch.Generator().manual_seed(1)).samples
     b = sample(sde, GAUSS.score_fn(sde), sampler=name, nfe=10, x_T=x_T, generator=torch.Generator().manual_seed(1)).samples
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["+sampler=pf_ode", "sampler.method=rk45"], "method"),
+        (["+sampler=ddim", "sampler.eta=2"], "eta"),
+        (["+sampler=heun", "sampler.S_churn=-1"], "S_churn"),
+        (["+sampler=dpm_solver", "sampler.grid=cubic"], "grid"),
+    ],
+)
+def test_hydra_configs_reject_bad_options_naming_the_field(overrides, field):
+    import pathlib
+
+    from hydra import compose, initialize_config_dir
+
+    from sde_gen.config import ConfigError, instantiate, register_configs
+
+    register_configs()
+    conf = pathlib.Path(__file__).resolve().parents[1] / "sde_gen" / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        ok = instantiate(compose(config_name=None, overrides=overrides[:1])["sampler"], "sampler")
+        assert ok.name == overrides[0].split("=")[1]
+        cfg = compose(config_name=None, overrides=overrides)
+    with pytest.raises(ConfigError, match=rf"sampler: .*{field}"):
+        instantiate(cfg["sampler"], "sampler")

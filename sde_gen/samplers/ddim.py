@@ -39,7 +39,7 @@ class DDIM(Sampler):
     order = 1.0
     default_grid = "uniform"
 
-    def __init__(self, nfe: int = 100, eta: float = 0.0, denoise: bool = True, grid=None, rho: float = 7.0, t_min=None):
+    def __init__(self, nfe: int = 100, eta: float = 0.0, denoise: bool = True, grid: Optional[str] = None, rho: float = 7.0, t_min: Optional[float] = None):
         self.eta = check_in_closed_interval("eta", eta, 0.0, 1.0)
         self.stochastic = self.eta > 0
         super().__init__(nfe=nfe, denoise=denoise, grid=grid, rho=rho, t_min=t_min)

@@ -23,6 +23,8 @@ The final Tweedie denoising step of the base class is DPM-Solver++'s first-order
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .base import Sampler
@@ -46,7 +48,7 @@ class DPMSolverPlusPlus2M(Sampler):
     order = 2.0
     default_grid = "log_snr"
 
-    def __init__(self, nfe: int = 20, lower_order_final: bool = True, denoise: bool = True, grid=None, rho: float = 7.0, t_min=None):
+    def __init__(self, nfe: int = 20, lower_order_final: bool = True, denoise: bool = True, grid: Optional[str] = None, rho: float = 7.0, t_min: Optional[float] = None):
         if not isinstance(lower_order_final, bool):
             raise ValueError(f"lower_order_final must be a bool (True or False); got {lower_order_final!r}")
         self.lower_order_final = lower_order_final

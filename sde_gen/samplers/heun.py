@@ -29,6 +29,8 @@ step adds an O(h^2) local error). Churn makes the sampler stochastic (the SDE-li
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import math
 
 import torch
@@ -62,9 +64,9 @@ class Heun(Sampler):
         S_tmax: float = math.inf,
         S_noise: float = 1.0,
         denoise: bool = True,
-        grid=None,
+        grid: Optional[str] = None,
         rho: float = 7.0,
-        t_min=None,
+        t_min: Optional[float] = None,
     ):
         self.S_churn = check_nonnegative("S_churn", S_churn)
         self.S_tmin = check_nonnegative("S_tmin", S_tmin)
