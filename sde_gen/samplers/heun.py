@@ -76,13 +76,14 @@ class Heun(Sampler):
         self.S_noise = check_positive("S_noise", S_noise)
         self.stochastic = self.S_churn > 0
         super().__init__(nfe=nfe, denoise=denoise, grid=grid, rho=rho, t_min=t_min)
+        #: whether the last step is Euler (an odd number of evaluations left for the grid)
+        self.euler_last = (self.nfe - (1 if self.denoise else 0)) % 2 == 1
 
     def steps_for_budget(self, nfe: int) -> int:
         """b // 2 Heun steps plus one Euler step when b = nfe - denoise is odd."""
         budget = nfe - (1 if self.denoise else 0)
         if budget < 1:
             raise ValueError(f"nfe must be >= {2 if self.denoise else 1} for sampler 'heun' (denoise={self.denoise}); got {nfe}")
-        self.euler_last = budget % 2 == 1
         return budget // 2 + budget % 2
 
     def init_state(self, sde, x, ts):
