@@ -11,12 +11,24 @@ import torch
 
 from .._validation import check_choice
 from .base import CountingScore, SampleResult, Sampler
+from .adaptive_sde import AdaptiveSDE
+from .ancestral import Ancestral
+from .annealed_langevin import AnnealedLangevin
 from .euler_maruyama import EulerMaruyama
+from .langevin import LangevinSampler, langevin_correct
+from .pc import PredictorCorrector
+from .reverse_diffusion import ReverseDiffusion
 from .grids import GRIDS, time_grid
 
 #: name -> sampler class
 SAMPLERS = {
     EulerMaruyama.name: EulerMaruyama,
+    ReverseDiffusion.name: ReverseDiffusion,
+    Ancestral.name: Ancestral,
+    LangevinSampler.name: LangevinSampler,
+    PredictorCorrector.name: PredictorCorrector,
+    AnnealedLangevin.name: AnnealedLangevin,
+    AdaptiveSDE.name: AdaptiveSDE,
 }
 
 
