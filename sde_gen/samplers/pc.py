@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 from .._validation import check_choice, check_positive, check_positive_int
 from .base import Sampler
-from .langevin import langevin_alpha, langevin_correct
+from .langevin import NORMS, langevin_alpha, langevin_correct
 
 CORRECTORS = ("langevin", "none")
 
@@ -38,6 +38,7 @@ class PredictorCorrector(Sampler):
         corrector: "langevin" or "none".
         corrector_steps: Langevin steps M after every predictor step (ignored for "none").
         snr: signal-to-noise ratio of the corrector's step-size rule.
+        norm: "batch" (default) or "sample", how the rule's norms are taken (see `langevin.py`).
         predictor_options: extra constructor options of the predictor (e.g. {"variance": "beta"}).
         **kwargs: `Sampler` options (nfe, denoise, grid, rho, t_min); `grid=None` takes the
             predictor's default grid.
@@ -57,6 +58,7 @@ class PredictorCorrector(Sampler):
         corrector: str = "langevin",
         corrector_steps: int = 1,
         snr: float = 0.16,
+        norm: str = "batch",
         predictor_options: Optional[Dict[str, Any]] = None,
     ):
         allowed = _one_step_samplers()
@@ -64,6 +66,7 @@ class PredictorCorrector(Sampler):
         self.corrector = check_choice("corrector", corrector, CORRECTORS)
         self.corrector_steps = check_positive_int("corrector_steps", corrector_steps) if corrector != "none" else 0
         self.snr = check_positive("snr", snr)
+        self.norm = check_choice("norm", norm, NORMS)
         options = dict(predictor_options or {})
         reserved = {"nfe", "denoise"} & set(options)
         if reserved:
@@ -86,7 +89,7 @@ class PredictorCorrector(Sampler):
         x = self.predictor.step(sde, score, x, t, t_next, generator, state)
         if self.corrector_steps:
             alpha = langevin_alpha(sde, t, t_next)
-            x = langevin_correct(score, x, t_next, alpha, self.snr, self.corrector_steps, generator)
+            x = langevin_correct(score, x, t_next, alpha, self.snr, self.corrector_steps, generator, self.norm)
         return x
 
     def __repr__(self) -> str:
