@@ -67,4 +67,14 @@ def sample(
     )
 
 
-__all__ = ["Sampler", "SampleResult", "CountingScore", "SAMPLERS", "build_sampler", "sample", "time_grid", "GRIDS"]
+__all__ = [
+    "Sampler",
+    "SampleResult",
+    "CountingScore",
+    "SAMPLERS",
+    "build_sampler",
+    "sample",
+    "time_grid",
+    "GRIDS",
+    "langevin_correct",
+]
