@@ -74,7 +74,7 @@ class AnnealedLangevin(Sampler):
         B, nd = x.shape[0], x.ndim
         a_all, s_all = sde.marginal_coeffs(ts)  # float64 (L,)
         sigmas = s_all / a_all
-        eps = NCSN_STEP_RATIO * sigmas[-1] ** 2 if self.epsilon is None else torch.as_tensor(self.epsilon, dtype=ts.dtype)
+        eps = NCSN_STEP_RATIO * sigmas[-1] ** 2 if self.epsilon is None else torch.as_tensor(self.epsilon, dtype=ts.dtype, device=ts.device)
         alphas = (eps * (sigmas / sigmas[-1]) ** 2).to(x.dtype)
         a_x = a_all.to(x.dtype)
         y = x / a_x[0]
