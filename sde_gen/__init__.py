@@ -4,8 +4,10 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
     SDEs:      SDE, VPSDE, SubVPSDE, VESDE, SDES, build_sde
     oracles:   GaussianMixture, PRESETS, make_preset
     training:  dsm_loss, DenoisingScoreMatching
+    likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult
     helpers:   append_dims, batch_sum
 """
+from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, evaluate_dataset, log_likelihood
 from .losses import DenoisingScoreMatching, dsm_loss
 from .oracles import PRESETS, GaussianMixture, make_preset
 from .sdes import SDE, SDES, SubVPSDE, VESDE, VPSDE, build_sde
@@ -25,6 +27,11 @@ __all__ = [
     "make_preset",
     "dsm_loss",
     "DenoisingScoreMatching",
+    "log_likelihood",
+    "bits_per_dim",
+    "evaluate_dataset",
+    "LikelihoodResult",
+    "BitsPerDimResult",
     "append_dims",
     "batch_sum",
 ]
