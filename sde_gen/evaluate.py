@@ -37,6 +37,17 @@ __all__ = ["main", "run_eval"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _finite_or_none(obj):
+    """JSON has no NaN: undefined numbers (e.g. a standard error from one sample) become null."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def _mean_se(values: torch.Tensor) -> Dict[str, float]:
     n = values.shape[0]
     se = float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
@@ -72,6 +83,7 @@ def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtyp
         "model_logp_nats": _mean_se(logp),
         "model_nll_nats_per_dim": _mean_se(-logp / D),
         "model_nll_bits_per_dim": _mean_se(-logp / (D * math.log(2))),
+        # mean per-sample Hutchinson standard error (null with one probe: no spread to measure)
         "hutchinson_std_error_mean": float(res.estimator_std_error.mean()) if opts.divergence == "hutchinson" else 0.0,
         "nfe": res.nfe,
         "seconds": res.seconds,
@@ -148,19 +160,25 @@ def run_eval(cfg: DictConfig, out_dir: str) -> Dict[str, Any]:
     else:
         report = _checkpoint_report(conf, generator, device, dtype)
     report = {"source": conf.source, "device": str(device), "dtype": conf.dtype, **report, "config": to_plain(cfg)}
-    atomic_write_text(os.path.join(out_dir, "likelihood.json"), json.dumps(report, indent=2) + "\n")
+    report = _finite_or_none(report)
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    atomic_write_text(os.path.join(out_dir, "likelihood.json"), text)
     return report
 
 
 def _summary(report: Dict[str, Any]) -> str:
+    def fmt(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
     if report["unit"] == "bits/dim":
         b = report["bits_per_dim"]
-        return f"test bits/dim = {b['mean']:.4f} +- {b['std_error']:.4f} (NFE {report['nfe']})"
+        return f"test bits/dim = {fmt(b['mean'], '.4f')} +- {fmt(b['std_error'], '.4f')} (NFE {report['nfe']})"
     m = report["model_nll_nats_per_dim"]
-    line = f"model NLL = {m['mean']:.5f} +- {m['std_error']:.5f} nats/dim"
+    line = f"model NLL = {fmt(m['mean'], '.5f')} +- {fmt(m['std_error'], '.5f')} nats/dim"
     if "exact_nll_nats_per_dim" in report:
         e, d = report["exact_nll_nats_per_dim"], report["model_minus_exact_nats_per_dim"]
-        line += f"; exact {e['mean']:.5f}; model - exact logp = {d['mean']:.2e} +- {d['std_error']:.1e} nats/dim"
+        line += (f"; exact {fmt(e['mean'], '.5f')}; model - exact logp = {fmt(d['mean'], '.2e')} "
+                 f"+- {fmt(d['std_error'], '.1e')} nats/dim")
     return line + f" (NFE {report['nfe']})"
 
 

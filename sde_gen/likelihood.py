@@ -242,14 +242,16 @@ def log_likelihood(
     dynamics = _AugmentedDynamics(sde, score_fn, probes)
     B = x.shape[0]
     delta0 = x.new_zeros((B,) if probes is None else (probes.shape[0], B))
-    if fixed_steps is None:
-        t_span = torch.tensor([t_min, sde.T], dtype=x.dtype, device=x.device)
-    else:
-        # the grid in float64, then cast: uniform steps of exactly (T - t_min) / fixed_steps
-        t_span = torch.linspace(t_min, sde.T, fixed_steps + 1, dtype=torch.float64).to(x.device, x.dtype)
+    t_span = torch.tensor([t_min, sde.T], dtype=x.dtype, device=x.device)
+    options = dict(options or {})
+    if fixed_steps is not None:
+        # the uniform grid built in float64, then cast; given as the solver's grid (not as output
+        # times) so that only the end state is kept, and the step count is exactly fixed_steps
+        grid = torch.linspace(t_min, sde.T, fixed_steps + 1, dtype=torch.float64).to(x.device, x.dtype)
+        options.setdefault("grid_constructor", lambda func, y0, t: grid)
     with torch.no_grad():
         xs, deltas = odeint(
-            dynamics, (x.detach(), delta0), t_span, rtol=rtol, atol=atol, method=method, options=options
+            dynamics, (x.detach(), delta0), t_span, rtol=rtol, atol=atol, method=method, options=options or None
         )
     z, delta = xs[-1], deltas[-1]
     prior = (sde.prior_logp if prior_logp is None else prior_logp)(z).to(x.dtype)

@@ -144,3 +144,20 @@ def test_checkpoint_source_after_a_two_step_training(hydra_ctx, tmp_path, data):
         assert report["unit"] == "nats" and report["nfe"] == 12
         assert math.isclose(report["model_logp_nats"]["mean"], float(direct.logp.mean()), rel_tol=1e-6)
         assert math.isclose(report["exact_logp_nats"]["mean"], float(exact.mean()), rel_tol=1e-9)
+
+
+def test_undefined_standard_errors_are_null_not_nan(hydra_ctx, tmp_path):
+    """One test point and one Hutchinson probe: no spread to measure; the JSON stays strict."""
+    cfg = compose(
+        config_name="eval",
+        overrides=["problem=ring2d", "num_test=1", "device=cpu", "progress=false", "likelihood.divergence=hutchinson",
+                   "likelihood.fixed_steps=2"],
+    )
+    run_eval(cfg, str(tmp_path))
+
+    def reject(token):
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    report = json.loads((tmp_path / "likelihood.json").read_text(), parse_constant=reject)
+    assert report["model_logp_nats"]["std_error"] is None and report["hutchinson_std_error_mean"] is None
+    assert math.isfinite(report["model_logp_nats"]["mean"]) and report["nfe"] == 8
