@@ -236,6 +236,29 @@ def test_works_under_no_grad_and_returns_detached():
     assert torch.isfinite(res.logp).all()
 
 
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_ode_function_makes_no_host_round_trip(monkeypatch, divergence):
+    """Every way of pulling a value to the host raises inside the ODE function: none is used."""
+    from sde_gen.likelihood import _AugmentedDynamics
+
+    ring = make_preset("ring2d")
+    sde = VPSDE()
+    x = ring.sample(8, torch.Generator().manual_seed(17), dtype=torch.float64)
+    probes = None if divergence == "exact" else draw_probes(x, 3, "rademacher", torch.Generator().manual_seed(18))
+    dynamics = _AugmentedDynamics(sde, ring.score_fn(sde), probes)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    delta = x.new_zeros((8,) if probes is None else (3, 8))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside the ODE function")
+
+    for name in ("item", "cpu", "numpy", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    drift, div = dynamics(t, (x, delta))
+    monkeypatch.undo()
+    assert drift.shape == x.shape and div.shape == delta.shape and dynamics.nfe == 1
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_device_and_dtype_follow_inputs(device, dtype):
