@@ -116,14 +116,16 @@ def test_every_sde_recovers_the_64d_mixture_density(sde):
 
 
 # ---------------------------------------------------------------------------- divergence
-def test_exact_divergence_equals_jacobian_trace(gauss16):
-    """The batched-VJP divergence equals the trace of the full autograd Jacobian, per sample."""
+@pytest.mark.parametrize("chunk", [None, 1, 5, 16])
+def test_exact_divergence_equals_jacobian_trace(gauss16, chunk):
+    """The blocked batched-VJP divergence equals the trace of the full autograd Jacobian, per
+    sample, for every block size (5 does not divide D = 16: a ragged last block)."""
     sde = VPSDE()
     score = gauss16.score_fn(sde)
     g = torch.Generator().manual_seed(4)
     x = gauss16.sample(3, g, dtype=torch.float64)
     t = torch.tensor([0.05, 0.4, 0.9], dtype=torch.float64)
-    _, div = drift_and_divergence(sde, score, x, t)
+    _, div = drift_and_divergence(sde, score, x, t, vjp_chunk_size=chunk)
     for i in range(3):
         jac = torch.autograd.functional.jacobian(
             lambda xi: sde.probability_flow_drift(xi[None], t[i : i + 1], score)[0], x[i]
@@ -283,6 +285,7 @@ def test_device_and_dtype_follow_inputs(device, dtype):
         (dict(probe="uniform"), "probe"),
         (dict(t_min=1.0), "t_min"),
         (dict(rtol=-1.0), "rtol"),
+        (dict(vjp_chunk_size=0), "vjp_chunk_size"),
     ],
 )
 def test_bad_arguments_fail_naming_the_field(kwargs, field):
