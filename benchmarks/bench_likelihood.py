@@ -140,6 +140,8 @@ def run_problem(name, oracle, x, sde, rtol, atol, skip_loop):
     def record(method, fn):
         start = time.perf_counter()
         logp, nfe = fn()
+        if logp.is_cuda:
+            torch.cuda.synchronize()
         sec = time.perf_counter() - start
         err = (logp - exact).abs() / D
         rows.append(dict(problem=name, method=method, seconds=sec, nfe=nfe,
@@ -149,19 +151,21 @@ def run_problem(name, oracle, x, sde, rtol, atol, skip_loop):
         res = log_likelihood(sde, score, x, rtol=rtol, atol=atol, prior_logp=p_T.log_prob)
         return res.logp, res.nfe
 
-    probe = draw_probes(x, 1, "rademacher", torch.Generator().manual_seed(1))
+    probe = draw_probes(x, 1, "rademacher", torch.Generator(device=x.device).manual_seed(1))
 
     def ours_hutchinson():
         # the same probe as the baseline's: re-seeded generator, same draw
         res = log_likelihood(sde, score, x, rtol=rtol, atol=atol, prior_logp=p_T.log_prob,
-                             divergence="hutchinson", generator=torch.Generator().manual_seed(1))
+                             divergence="hutchinson", generator=torch.Generator(device=x.device).manual_seed(1))
         return res.logp, res.nfe
 
     # cost of one drift + exact-divergence evaluation (the work both solvers repeat NFE times)
-    t_mid = torch.full((x.shape[0],), 0.5, dtype=x.dtype)
+    t_mid = torch.full((x.shape[0],), 0.5, dtype=x.dtype, device=x.device)
     start = time.perf_counter()
     for _ in range(3):
         drift_and_divergence(sde, score, x, t_mid)
+    if x.is_cuda:
+        torch.cuda.synchronize()
     eval_seconds[name] = (time.perf_counter() - start) / 3
 
     record("ours (torchdiffeq dopri5, batched div)", ours)
@@ -181,23 +185,28 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "likelihood.md"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="torch device for the score and our solver (e.g. cuda)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    sde = VPSDE()
+    device = torch.device(args.device)
+    sde = VPSDE().to(device)
     tol = 1e-5
     n_gauss, n_digits = (100, 64) if args.quick else (1000, 512)
 
     gauss = make_preset("gaussian16d")
-    rows = run_problem(f"gaussian16d (N={n_gauss}, D=16)", gauss, gauss.sample(n_gauss, g, dtype=torch.float64),
+    x_gauss = gauss.sample(n_gauss, g, dtype=torch.float64)
+    rows = run_problem(f"gaussian16d (N={n_gauss}, D=16)", gauss.to(device), x_gauss.to(device),
                        sde, tol, tol, skip_loop=False)
     digits_oracle, x_digits = digits_problem(n_digits, g)
-    rows += run_problem(f"digits 8x8 (N={n_digits}, D=64)", digits_oracle, x_digits, sde, tol, tol, skip_loop=False)
+    rows += run_problem(f"digits 8x8 (N={n_digits}, D=64)", digits_oracle.to(device), x_digits.to(device), sde,
+                        tol, tol, skip_loop=False)
 
     cmd = "python benchmarks/bench_likelihood.py" + (" --quick" if args.quick else "")
+    cmd += f" --device {args.device}" if args.device != "cpu" else ""
     lines = [
         f"<!-- reproduce: {cmd} -->",
-        f"Command: `{cmd}` (torch threads: {args.threads}; VP SDE, exact oracle score and exact p_T prior, "
+        f"Command: `{cmd}` (device: {device}; torch threads: {args.threads}; VP SDE, exact oracle score and exact p_T prior, "
         f"exact divergence, float64, rtol = atol = {tol:g}). Error = |logp - exact log p_eps(x)| / D in nats/dim.",
         "",
         "| problem | method | wall s | speed-up vs this | NFE | mean err (nats/dim) | max err (nats/dim) |",
