@@ -211,7 +211,9 @@ def test_misspelt_keys_and_wrong_types_fail_at_composition(hydra_ctx, override, 
 # ---------------------------------------------------------------- the real app, in a subprocess
 def _app(tmp_path, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
-    cmd = [sys.executable, "-m", "sde_gen.train", *args, *TINY, "train.steps=2"]
+    flags = [a for a in args if a.startswith("-")]  # argparse wants the flags before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, "-m", "sde_gen.train", *flags, *TINY, "train.steps=2", *overrides]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
