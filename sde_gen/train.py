@@ -43,6 +43,9 @@ __all__ = ["TrainConf", "build_model", "train", "main"]
 
 log = logging.getLogger(__name__)
 
+#: the config folder shipped inside the package (`conf/` at the repo root links to it)
+CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
+
 
 @dataclass
 class TrainConf:
@@ -406,8 +409,12 @@ def main() -> None:
     import hydra
 
     register_configs()
-    hydra.main(config_path="conf", config_name="config", version_base=None)(_hydra_task)()
+    hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)(_hydra_task)()
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m sde_gen.train` runs this file as __main__; use the importable module so that the
+    # schema classes registered in the ConfigStore are the ones `train` validates against
+    from sde_gen.train import main as _main
+
+    _main()
