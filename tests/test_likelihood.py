@@ -106,11 +106,15 @@ def test_every_sde_recovers_the_ring_density(sde):
 
 @pytest.mark.slow
 def test_every_sde_recovers_the_64d_mixture_density(sde):
-    """Fuller version: 64-D anisotropic 4-component mixture, 200 points, exact divergence."""
+    """Fuller version: 64-D anisotropic 4-component mixture, 100 points, exact divergence.
+
+    rtol = atol = 1e-7: the solver's error norm is an RMS over the whole batch, so the worst of
+    many points needs a tighter tolerance than one point would.
+    """
     mix = make_preset("mixture64d")
-    x = mix.sample(200, torch.Generator().manual_seed(16), dtype=torch.float64)
+    x = mix.sample(100, torch.Generator().manual_seed(16), dtype=torch.float64)
     res = log_likelihood(
-        sde, mix.score_fn(sde), x, t_min=0.0, rtol=1e-6, atol=1e-6, prior_logp=mix.perturbed(sde, sde.T).log_prob
+        sde, mix.score_fn(sde), x, t_min=0.0, rtol=1e-7, atol=1e-7, prior_logp=mix.perturbed(sde, sde.T).log_prob
     )
     assert (res.logp - mix.log_prob(x)).abs().max() / 64 < 1e-4
 
