@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m sde_gen.demo
+	$(PY) -m sde_gen.train
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -104,9 +104,23 @@ def register_configs() -> None:
         register_target("sde", name, cls)
     for name, cls in SAMPLERS.items():
         register_target("sampler", name, cls)
+    _register_training()
     for hook in _EXTRA_REGISTRATIONS:
         hook()
     _REGISTERED = True
+
+
+def _register_training() -> None:
+    """Schemas of the training app: backbones (shape arguments come from the data), datasets, train."""
+    from .data import DATASETS
+    from .nets import MLP, UNet
+    from .train import TrainConf
+
+    register_target("model", "mlp", MLP, exclude=("dim",))
+    register_target("model", "unet", UNet, exclude=("in_channels", "image_size"))
+    for name, cls in DATASETS.items():
+        register_target("data", name, cls)
+    ConfigStore.instance().store(group="train", name="train_schema", node=TrainConf)
 
 
 #: functions run by `register_configs` for schemas defined in other modules (training, apps)
@@ -160,3 +174,83 @@ def resolve_device(name: str) -> torch.device:
 def to_plain(cfg: DictConfig) -> Dict[str, Any]:
     """The resolved config as plain Python containers (safe to store in a checkpoint)."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+# ---- sde-gen-eval (the likelihood app, sde_gen/evaluate.py) ----
+_EVAL_SOURCES = ("oracle", "checkpoint")
+_EVAL_PRIORS = ("standard", "exact")
+_EVAL_DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass
+class LikelihoodOptionsConf:
+    """ODE options of `sde_gen.likelihood.log_likelihood` (see there); `prior` picks the density at T:
+    "standard" = the SDE's N(0, prior_std^2 I), "exact" = the oracle's exact p_T (oracle data only)."""
+
+    method: Optional[str] = None
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    divergence: str = "exact"
+    num_probes: int = 1
+    probe: str = "rademacher"
+    t_min: Optional[float] = None
+    fixed_steps: Optional[int] = None
+    prior: str = "standard"
+
+    def __post_init__(self):
+        from ._validation import check_choice, check_positive, check_positive_int
+        from .likelihood import ADAPTIVE_METHODS, DIVERGENCES, FIXED_GRID_METHODS, PROBES
+
+        if self.method is not None:
+            check_choice("likelihood.method", self.method, ADAPTIVE_METHODS + FIXED_GRID_METHODS)
+        check_positive("likelihood.rtol", self.rtol)
+        check_positive("likelihood.atol", self.atol)
+        check_choice("likelihood.divergence", self.divergence, DIVERGENCES)
+        check_positive_int("likelihood.num_probes", self.num_probes)
+        check_choice("likelihood.probe", self.probe, PROBES)
+        if self.t_min is not None and not self.t_min >= 0:
+            raise ValueError(f"likelihood.t_min must be >= 0 (or null for sde.eps); got {self.t_min!r}")
+        if self.fixed_steps is not None:
+            check_positive_int("likelihood.fixed_steps", self.fixed_steps)
+        check_choice("likelihood.prior", self.prior, _EVAL_PRIORS)
+
+
+@dataclasses.dataclass
+class EvalConf:
+    """Options of the `sde-gen-eval` app (conf/eval.yaml). `sde` is the sde/ group (oracle source)."""
+
+    sde: Any = None
+    source: str = "oracle"
+    checkpoint: Optional[str] = None
+    ema: bool = True
+    problem: str = "gaussian16d"
+    num_test: Optional[int] = 1000
+    batch_size: int = 500
+    num_dequant: int = 1
+    device: str = "auto"
+    dtype: str = "float64"
+    seed: int = 0
+    progress: bool = True
+    likelihood: LikelihoodOptionsConf = dataclasses.field(default_factory=LikelihoodOptionsConf)
+
+    def __post_init__(self):
+        from ._validation import check_choice, check_positive_int
+        from .oracles import PRESETS
+
+        check_choice("source", self.source, _EVAL_SOURCES)
+        if self.source == "checkpoint" and not self.checkpoint:
+            raise ValueError("checkpoint must be a path when source=checkpoint; got null")
+        if self.source == "oracle":
+            check_choice("problem", self.problem, PRESETS)
+        if self.num_test is not None:
+            check_positive_int("num_test", self.num_test)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("num_dequant", self.num_dequant)
+        check_choice("dtype", self.dtype, _EVAL_DTYPES)
+
+
+def _register_eval_schema() -> None:
+    ConfigStore.instance().store(name="eval_schema", node=EvalConf)
+
+
+_EXTRA_REGISTRATIONS.append(_register_eval_schema)

@@ -1,0 +1,239 @@
+"""Training: the DSM loss against its analytic minimum, a short training run against the oracle
+score, exact resume, checkpoint safety, every config composing, the Hydra app end to end, and
+start-up errors for bad values."""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from sde_gen import GaussianMixture, VPSDE, dsm_loss, make_preset
+from sde_gen.checkpoint import CheckpointError, load_checkpoint, load_trained, save_checkpoint
+from sde_gen.config import ConfigError, instantiate, register_configs, validate
+from sde_gen.data import Dataset
+from sde_gen.diagnostics import score_error_vs_t
+from sde_gen.nets import MLP, ScoreModel
+from sde_gen.samplers import Sampler
+from sde_gen.sdes import SDE
+from sde_gen.train import CONF_DIR, TrainConf, build_model, train
+
+from .conftest import ALL_SDES, SDE_IDS
+
+CONF = pathlib.Path(CONF_DIR)
+REPO = CONF.parents[1]
+
+# a model and evaluation small enough for a few-step run in well under a second
+TINY = [
+    "model.hidden=16", "model.depth=1", "model.time_embed_dim=8",
+    "train.batch_size=32", "train.warmup=2", "train.eval_samples=64", "train.eval_projections=16",
+    "train.noise_floor_replicates=2", "train.score_error_samples=32", "train.progress=false",
+    "train.tensorboard=false", "train.plots=false", "train.log_every=1", "sampler.nfe=4", "device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def hydra_ctx():
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        yield
+
+
+def _compose(*overrides):
+    return compose(config_name="config", overrides=list(overrides))
+
+
+# ---------------------------------------------------------------- the loss and the trained score
+@pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
+def test_dsm_loss_of_exact_score_equals_analytic_minimum(sde):
+    """For Gaussian data N(m, C) the DSM loss at time t is minimised by the true score, with value
+    a^2 / (2 s^2) tr Cov(x0 | x_t), Cov(x0 | x_t) = (C^-1 + a^2 / s^2 I)^-1 (Gaussian conditioning)."""
+    C = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
+    data = GaussianMixture.gaussian(torch.tensor([0.3, -1.0], dtype=torch.float64), C)
+    g = torch.Generator().manual_seed(0)
+    n = 40000
+    for frac in (0.02, 0.3, 1.0):
+        t_val = sde.eps + frac * (sde.T - sde.eps)
+        t = torch.full((n,), t_val, dtype=torch.float64)
+        x0 = data.sample(n, g, dtype=torch.float64)
+        losses = dsm_loss(data.score_fn(sde), sde, x0, "sigma2", reduction="sum", generator=g, t=t)
+        a, s = (float(c) for c in sde.marginal_coeffs(t[:1]))
+        post = torch.linalg.inv(torch.linalg.inv(C) + a ** 2 / s ** 2 * torch.eye(2, dtype=torch.float64))
+        expected = a ** 2 / (2 * s ** 2) * float(torch.trace(post))
+        tol = 5 * float(losses.std()) / n ** 0.5
+        assert abs(float(losses.mean()) - expected) < tol, (t_val, float(losses.mean()), expected, tol)
+
+
+def test_short_training_beats_untrained_score_error():
+    torch.manual_seed(0)
+    sde, oracle = VPSDE(), make_preset("ring2d")
+    model = ScoreModel(MLP(2, hidden=64, depth=2, time_embed_dim=32), sde, data_std=1.4)
+    g_eval = torch.Generator().manual_seed(1)
+    before = score_error_vs_t(model, sde, oracle, n=512, generator=g_eval)["error"]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        loss = dsm_loss(model, sde, oracle.sample(256, g, dtype=torch.float32), generator=g).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = score_error_vs_t(model, sde, oracle, n=512, generator=torch.Generator().manual_seed(1))["error"]
+    assert float(after.mean()) < 0.25 * float(before.mean()), (after, before)
+
+
+# ---------------------------------------------------------------- resume and checkpoints
+def test_resume_gives_identical_parameters(hydra_ctx, tmp_path):
+    base = TINY + ["train.eval_every=4", "train.checkpoint_every=100"]
+    straight = train(_compose(*base, "train.steps=10"), str(tmp_path / "a"))
+    train(_compose(*base, "train.steps=5"), str(tmp_path / "b"))
+    resumed = train(_compose(*base, "train.steps=10", "train.resume=auto"), str(tmp_path / "b"))
+    for name, p in straight["model"].state_dict().items():
+        assert torch.equal(p, resumed["model"].state_dict()[name]), name
+    for name, p in straight["ema"].state_dict().items():
+        assert torch.equal(p, resumed["ema"].state_dict()[name]), name
+    # and the same losses, step by step
+    a = load_checkpoint(str(tmp_path / "a" / "checkpoints" / "ckpt_0000010.pt"))["metrics"]["loss"]
+    b = load_checkpoint(str(tmp_path / "b" / "checkpoints" / "ckpt_0000010.pt"))["metrics"]["loss"]
+    assert [r[:2] for r in a] == [r[:2] for r in b]
+
+
+def test_corrupt_checkpoint_is_reported_and_never_replaces_a_good_one(hydra_ctx, tmp_path, monkeypatch):
+    out = train(_compose(*TINY, "train.steps=3"), str(tmp_path))
+    good = tmp_path / "checkpoints" / "ckpt_0000003.pt"
+    state = load_checkpoint(str(good))
+    assert state["step"] == 3 and state["config"]["train"]["steps"] == 3
+    # truncated and garbage files: a clear error naming the file
+    raw = good.read_bytes()
+    for bad_bytes in (raw[: len(raw) // 2], b"not a checkpoint"):
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(bad_bytes)
+        with pytest.raises(CheckpointError, match="bad.pt"):
+            load_checkpoint(str(bad))
+        with pytest.raises(CheckpointError, match="bad.pt"):
+            load_trained(str(bad))
+    # a write that produces a broken file fails and leaves the good checkpoint untouched
+    import sde_gen.checkpoint as ck
+
+    def broken_save(obj, path):
+        with open(path, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a zip")
+
+    monkeypatch.setattr(ck.torch, "save", broken_save)
+    with pytest.raises(CheckpointError):
+        save_checkpoint(str(good), dict(state, step=99))
+    monkeypatch.undo()
+    assert good.read_bytes() == raw
+    assert not [p for p in os.listdir(good.parent) if p.endswith(".tmp")]
+    # the run directory loads back into a score model equal to the EMA network
+    trained = load_trained(str(tmp_path))
+    assert trained.step == 3 and not trained.model.training
+    x, t = torch.randn(5, 2), torch.rand(5) * 0.9 + 0.05
+    torch.testing.assert_close(trained.model(x, t), out["ema"].module(x, t))
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_trained(str(tmp_path / "empty"))
+
+
+# ---------------------------------------------------------------- configs
+def _group_options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx):
+    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+    assert {"sde", "model", "data", "train", "sampler", "experiment"} <= set(groups)
+    for group in groups:
+        for option in _group_options(group):
+            cfg = _compose(f"{group}={option}")
+            if group == "sde":
+                assert isinstance(instantiate(cfg.sde, "sde"), SDE)
+            elif group == "sampler":
+                assert isinstance(instantiate(cfg.sampler, "sampler"), Sampler)
+            elif group == "train":
+                assert isinstance(validate(cfg.train, TrainConf, "train"), TrainConf)
+            elif group == "model":
+                shape = (1, 8, 8) if option == "unet" else (2,)
+                assert isinstance(build_model(cfg, VPSDE(), shape), ScoreModel)
+            elif group == "data":
+                if "data_dir" in cfg.data:  # file-based: without files, the error names them
+                    with pytest.raises(ConfigError, match="missing file"):
+                        instantiate(cfg.data, "data")
+                else:
+                    assert isinstance(instantiate(cfg.data, "data"), Dataset)
+            elif group == "experiment":
+                data = instantiate(cfg.data, "data")
+                assert isinstance(build_model(cfg, instantiate(cfg.sde, "sde"), data.event_shape), ScoreModel)
+
+
+@pytest.mark.parametrize("experiment", [None] + _group_options("experiment"))
+def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experiment):
+    over = ([f"experiment={experiment}"] if experiment else []) + TINY + ["train.steps=2", "train.plots=true"]
+    if experiment == "digits":  # keep the U-Net tiny
+        over = [o for o in over if not o.startswith("model.")] + ["model.channels=8"]
+    out = train(_compose(*over), str(tmp_path))
+    assert out["step"] == 2
+    names = set(os.listdir(tmp_path))
+    assert {"checkpoints", "metrics.csv", "loss.csv", "samples.png", "loss.png"} <= names
+    assert torch.isfinite(torch.tensor(out["final"]["sw2"]))
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.lr=-1", "lr"), ("train.batch_size=0", "batch_size"), ("train.steps=0", "steps"),
+        ("train.warmup=-1", "warmup"), ("train.grad_clip=0", "grad_clip"), ("train.ema_decay=1.0", "ema_decay"),
+        ("train.checkpoint_every=0", "checkpoint_every"), ("train.eval_every=0", "eval_every"),
+        ("train.weighting=l2", "weighting"), ("train.importance_sampling=true", "importance_sampling"),
+        ("sde.eps=2", "eps"), ("model.hidden=0", "hidden"), ("sampler.nfe=0", "nfe"),
+        ("data.num_test=0", "num_test"), ("device=gpu0", "device"), ("seed=-1", "seed"),
+        ("train.resume=/nonexistent/run", "resume"),
+    ],
+)
+def test_bad_values_fail_at_start_up_naming_the_field(hydra_ctx, tmp_path, override, field):
+    with pytest.raises(ConfigError, match=field):
+        train(_compose(*TINY, override), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # failed before any work
+
+
+@pytest.mark.parametrize("override, field", [("train.lrr=1", "lrr"), ("model.hiden=3", "hiden"), ("train.lr=abc", "lr"),
+                                             ("data.num_tst=3", "num_tst")])
+def test_misspelt_keys_and_wrong_types_fail_at_composition(hydra_ctx, override, field):
+    with pytest.raises(ConfigCompositionException) as info:
+        _compose(override)
+    assert field in str(info.value) + str(info.value.__cause__)
+
+
+# ---------------------------------------------------------------- the real app, in a subprocess
+def _app(tmp_path, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    flags = [a for a in args if a.startswith("-")]  # argparse wants the flags before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, "-m", "sde_gen.train", *flags, *TINY, "train.steps=2", *overrides]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_hydra_app_default_run(tmp_path):
+    proc = _app(tmp_path, f"hydra.run.dir={tmp_path / 'run'}", "train.plots=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "ckpt_0000002.pt").is_file() and (run / "samples.png").is_file()
+    assert "sw2" in (run / "metrics.csv").read_text().splitlines()[0]
+    cfg = load_trained(str(run)).config
+    assert cfg["data"]["_target_"].endswith("Ring2D") and cfg["sde"]["_target_"].endswith("VPSDE")
+
+
+def test_hydra_app_multirun_and_startup_error(tmp_path):
+    proc = _app(tmp_path, "-m", "sde=vp,ve", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(runs) == 2
+    sdes = [OmegaConf.load(r / ".hydra" / "config.yaml").sde._target_ for r in runs]
+    assert sdes == ["sde_gen.sdes.VPSDE", "sde_gen.sdes.VESDE"]
+    assert all((r / "checkpoints" / "ckpt_0000002.pt").is_file() for r in runs)
+    bad = _app(tmp_path, f"hydra.run.dir={tmp_path / 'bad'}", "train.lr=-1")
+    assert bad.returncode != 0 and "lr" in bad.stderr and "ConfigError" in bad.stderr
