@@ -11,12 +11,20 @@ import torch
 
 from .._validation import check_choice
 from .base import CountingScore, SampleResult, Sampler
+from .ddim import DDIM
+from .dpm_solver import DPMSolverPlusPlus2M
 from .euler_maruyama import EulerMaruyama
+from .heun import Heun
+from .pf_ode import ProbabilityFlowODE
 from .grids import GRIDS, time_grid
 
 #: name -> sampler class
 SAMPLERS = {
     EulerMaruyama.name: EulerMaruyama,
+    ProbabilityFlowODE.name: ProbabilityFlowODE,
+    Heun.name: Heun,
+    DPMSolverPlusPlus2M.name: DPMSolverPlusPlus2M,
+    DDIM.name: DDIM,
 }
 
 
