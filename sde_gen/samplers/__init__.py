@@ -11,11 +11,17 @@ import torch
 
 from .._validation import check_choice
 from .base import CountingScore, SampleResult, Sampler
+from .adaptive_sde import AdaptiveSDE
+from .ancestral import Ancestral
+from .annealed_langevin import AnnealedLangevin
 from .ddim import DDIM
 from .dpm_solver import DPMSolverPlusPlus2M
 from .euler_maruyama import EulerMaruyama
 from .heun import Heun
+from .langevin import LangevinSampler, langevin_correct
+from .pc import PredictorCorrector
 from .pf_ode import ProbabilityFlowODE
+from .reverse_diffusion import ReverseDiffusion
 from .grids import GRIDS, time_grid
 
 #: name -> sampler class
@@ -25,6 +31,12 @@ SAMPLERS = {
     Heun.name: Heun,
     DPMSolverPlusPlus2M.name: DPMSolverPlusPlus2M,
     DDIM.name: DDIM,
+    ReverseDiffusion.name: ReverseDiffusion,
+    Ancestral.name: Ancestral,
+    LangevinSampler.name: LangevinSampler,
+    PredictorCorrector.name: PredictorCorrector,
+    AnnealedLangevin.name: AnnealedLangevin,
+    AdaptiveSDE.name: AdaptiveSDE,
 }
 
 
@@ -63,4 +75,14 @@ def sample(
     )
 
 
-__all__ = ["Sampler", "SampleResult", "CountingScore", "SAMPLERS", "build_sampler", "sample", "time_grid", "GRIDS"]
+__all__ = [
+    "Sampler",
+    "SampleResult",
+    "CountingScore",
+    "SAMPLERS",
+    "build_sampler",
+    "sample",
+    "time_grid",
+    "GRIDS",
+    "langevin_correct",
+]
