@@ -104,9 +104,23 @@ def register_configs() -> None:
         register_target("sde", name, cls)
     for name, cls in SAMPLERS.items():
         register_target("sampler", name, cls)
+    _register_training()
     for hook in _EXTRA_REGISTRATIONS:
         hook()
     _REGISTERED = True
+
+
+def _register_training() -> None:
+    """Schemas of the training app: backbones (shape arguments come from the data), datasets, train."""
+    from .data import DATASETS
+    from .nets import MLP, UNet
+    from .train import TrainConf
+
+    register_target("model", "mlp", MLP, exclude=("dim",))
+    register_target("model", "unet", UNet, exclude=("in_channels", "image_size"))
+    for name, cls in DATASETS.items():
+        register_target("data", name, cls)
+    ConfigStore.instance().store(group="train", name="train_schema", node=TrainConf)
 
 
 #: functions run by `register_configs` for schemas defined in other modules (training, apps)

@@ -1,0 +1,57 @@
+"""The dataset interface shared by training, sampling and likelihood code.
+
+Every dataset object provides, in MODEL space (the space the SDE acts on):
+
+    name: str, event_shape: tuple                     e.g. (2,) for ring2d, (1, 8, 8) for digits
+    sample_batch(batch_size, generator) -> (B, *event) float32
+        oracle and toy datasets draw fresh exact samples (infinite data); finite datasets draw a
+        uniformly random minibatch (with replacement) of their training set
+    test: (N, *event) float32                          held-out data (oracle/toys: a fixed seeded sample)
+    oracle: GaussianMixture | None                     the exact distribution when known
+    num_bits: int | None                               8 for 8-bit images, None otherwise
+    num_levels: int | None                             intensity levels of discrete data (2^num_bits
+                                                       for 8-bit images, 17 for digits), None for continuous data
+
+Image datasets (see `images.py`) also give the integer pixels `test_pixels`, the affine map
+`to_model(v)` from continuous pixel units v in [0, num_levels) to [-1, 1], its inverse `to_pixels`,
+and the constant Jacobian `model_per_pixel` = dx/dv, for exact change of variables in bits/dim.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["Dataset"]
+
+
+class Dataset(ABC):
+    """Abstract dataset (see the module docstring for the contract)."""
+
+    name: str = ""
+    event_shape: Tuple[int, ...] = ()
+    oracle = None
+    num_bits: Optional[int] = None
+    num_levels: Optional[int] = None
+    num_classes: Optional[int] = None
+    test: torch.Tensor
+
+    @abstractmethod
+    def sample_batch(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(batch_size, *event_shape) float32 training data in model space on the generator's device."""
+
+    @property
+    def dim(self) -> int:
+        """Number of values per sample."""
+        n = 1
+        for d in self.event_shape:
+            n *= d
+        return n
+
+    def data_std(self) -> float:
+        """Overall standard deviation of the held-out data (a scalar used for input scaling)."""
+        return float(self.test.flatten(1).std(0).pow(2).mean().sqrt())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, event_shape={self.event_shape})"
