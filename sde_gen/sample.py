@@ -300,7 +300,7 @@ def _load_checkpoint_source(app: SampleAppConf, device: torch.device):
         from .checkpoint import load_trained
     except ImportError as err:  # the training branch provides sde_gen.checkpoint
         raise RuntimeError("source=checkpoint needs sde_gen.checkpoint.load_trained (the training package)") from err
-    if not os.path.isfile(app.checkpoint):
+    if not os.path.exists(app.checkpoint):
         raise FileNotFoundError(f"checkpoint: no such file {app.checkpoint!r}")
     trained = load_trained(app.checkpoint, device=device, ema=app.ema)
     model = trained.model.eval()
@@ -416,7 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import hydra
 
     register_configs()
-    app = hydra.main(config_path="conf", config_name="sample", version_base=None)(_hydra_entry)
+    conf_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
+    app = hydra.main(config_path=conf_dir, config_name="sample", version_base=None)(_hydra_entry)
     if argv is None:
         app()
         return
