@@ -30,6 +30,7 @@ Run `sde-gen-sample --help` for the options; `sde-gen-report DIR` aggregates a m
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -209,7 +210,8 @@ def oracle_metrics(
         out["bw_floor_mean"], out["bw_floor_std"] = float(bw.mean()), float(bw.std())
         out["bw_ratio"] = out["bures_wasserstein"] / out["bw_floor_mean"]
         if sde is not None:
-            pm = prior_mismatch(oracle.cpu(), sde.cpu() if hasattr(sde, "cpu") else sde)
+            # closed form on CPU copies: the caller's modules stay where they are
+            pm = prior_mismatch(copy.deepcopy(oracle).cpu(), copy.deepcopy(sde).cpu())
             out["prior_mismatch_w2_T"], out["prior_mismatch_w2_0_ode"] = pm["w2_T"], pm["w2_0_ode"]
     return out
 
