@@ -88,7 +88,8 @@ def reference_solution(sde, score_fn, x_T):
 
 
 def quality(samples, oracle, sde, args):
-    m = oracle_metrics(samples, oracle, sde, args.projections, args.replicates, seed=777)
+    cache = args.floor_cache.setdefault(id(oracle), {})
+    m = oracle_metrics(samples, oracle, sde, args.projections, args.replicates, seed=777, floor_cache=cache)
     if oracle.num_components == 1:
         return m, m.get("bures_wasserstein", math.inf), m["bw_floor_mean"], m["bw_floor_std"], "BW"
     return m, m.get("sw2", math.inf), m["sw2_floor_mean"], m["sw2_floor_std"], "SW2"
@@ -104,7 +105,7 @@ def run_one(fn, oracle, sde, x_T, ref, deterministic, args, n):
     score_s = timed.seconds()
     m, q, fm, fs, qname = quality(samples, oracle, sde, args)
     path = float((samples.double() - ref).pow(2).flatten(1).sum(1).mean().sqrt()) if deterministic else None
-    scale = 1000.0 / n
+    scale = 1e3 * 1000.0 / n  # milliseconds per 1,000 samples
     return dict(
         nfe_spent=timed.calls, q=q, floor=fm, floor_std=fs, qname=qname, mode=m.get("mode_weight_error"),
         path=path, total=total * scale, score=score_s * scale, own=(total - score_s) * scale,
@@ -137,11 +138,13 @@ def main(argv=None):
     p.add_argument("--nfe", default=None, help="comma-separated NFE list")
     p.add_argument("--replicates", type=int, default=None)
     p.add_argument("--projections", type=int, default=500)
+    p.add_argument("--no-realistic", action="store_true", help="skip the realistic-cost timing table")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "samplers.md"))
     args = p.parse_args(argv)
     n = args.n or (500 if args.quick else 2000)
     nfes = [int(v) for v in args.nfe.split(",")] if args.nfe else ([10, 20, 50] if args.quick else list(NFES))
     args.replicates = args.replicates or (4 if args.quick else 10)
+    args.floor_cache = {}
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
 
@@ -198,6 +201,7 @@ def main(argv=None):
                         rows.append(dict(who="ours", label=label(name, opts), nfe=nfe, error=f"{type(err).__name__}: {err}"))
                         continue
                     rows.append(dict(who="ours", label=label(name, opts), nfe=nfe, **row))
+                    _progress(problem, rows[-1])
                 for pp in peers:
                     if pp.error or sde_name not in pp.sdes or pp.budget_free:
                         continue
@@ -211,6 +215,7 @@ def main(argv=None):
                         rows.append(dict(who="peer", label=pp.name, nfe=nfe, error=f"{type(err).__name__}: {err}"[:200]))
                         continue
                     rows.append(dict(who="peer", label=pp.name, nfe=nfe, **row))
+                    _progress(problem, rows[-1])
             for pp in peers:
                 if pp.budget_free and pp.error is None:
                     for tol in pp.tolerances:
@@ -273,6 +278,8 @@ def main(argv=None):
             print("\n".join(lines[-len(rows) - 6:]), flush=True)
 
         # realistic-cost timing on the Gaussian, NFE 20 and 100
+        if args.no_realistic:
+            continue
         oracle = make_preset("gaussian16d")
         nr = 1000
         x_T = sde.prior_sample((nr, oracle.dim), torch.Generator().manual_seed(7), dtype=torch.float32)
@@ -306,6 +313,10 @@ def main(argv=None):
     print("\n".join(summary))
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
+
+
+def _progress(problem, r):
+    print(f"[{time.strftime('%H:%M:%S')}] {problem} NFE {r['nfe']} {r['label']}: total {r['total']:.3g} ms/1k, {r['qname']} {r['q']:.3g}", file=sys.stderr, flush=True)
 
 
 def _time(f, score_fn, device):
