@@ -114,7 +114,7 @@ def _score_sde_vp():
     try:
         from diffusers import ScoreSdeVpScheduler
     except ImportError:  # moved to the deprecated sub-package in diffusers >= 0.2x
-        from diffusers.schedulers.deprecated import ScoreSdeVpScheduler
+        from diffusers.schedulers.deprecated.scheduling_sde_vp import ScoreSdeVpScheduler
 
     def run(sde, score_fn, x_T, nfe, generator):
         if not hasattr(sde, "beta_min") or getattr(sde, "schedule", "linear") != "linear" or type(sde).__name__ != "VPSDE":
