@@ -254,3 +254,62 @@ def _register_eval_schema() -> None:
 
 
 _EXTRA_REGISTRATIONS.append(_register_eval_schema)
+
+# ---- plain sections of the apps ----
+SAMPLE_SOURCES = ("oracle", "checkpoint")
+SAMPLE_DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass
+class SampleAppConf:
+    """Options of the sampling app `sde-gen-sample` (the top level of `conf/sample.yaml` without
+    its `sde` and `sampler` groups). Ranges are checked in `__post_init__`, so `validate` fails at
+    start-up naming the field.
+
+    Attributes:
+        source: "oracle" (an exact-score problem) or "checkpoint" (a trained network's EMA weights).
+        problem: oracle preset name (a key of `sde_gen.oracles.PRESETS`); used when source=oracle.
+        checkpoint: path of a training checkpoint; required when source=checkpoint.
+        ema: use the EMA weights of the checkpoint.
+        num_samples: samples to draw (>= 1).
+        batch_size: samples per sampler call; 0 draws all in one call.
+        seed: seed of the generator for the prior and the sampler's noise.
+        metrics_seed: seed for the fresh exact data and the projections of the metrics.
+        device: "auto" or a torch device string.
+        dtype: "float32" or "float64" for the samples and the score.
+        noise_floor_replicates: independent exact-vs-exact replicates for the noise floor (>= 2).
+        num_projections: random directions of the sliced Wasserstein distance.
+        plot: write the picture.
+    """
+
+    source: str = "oracle"
+    problem: str = "ring2d"
+    checkpoint: Optional[str] = None
+    ema: bool = True
+    num_samples: int = 2000
+    batch_size: int = 0
+    seed: int = 0
+    metrics_seed: int = 12345
+    device: str = "auto"
+    dtype: str = "float32"
+    noise_floor_replicates: int = 10
+    num_projections: int = 500
+    plot: bool = True
+
+    def __post_init__(self):
+        from ._validation import check_choice, check_nonnegative, check_positive_int
+        from .oracles import PRESETS
+
+        check_choice("source", self.source, SAMPLE_SOURCES)
+        if self.source == "oracle":
+            check_choice("problem", self.problem, PRESETS)
+        elif not self.checkpoint:
+            raise ValueError("checkpoint must be a file path when source=checkpoint; got None")
+        check_positive_int("num_samples", self.num_samples)
+        check_nonnegative("batch_size", self.batch_size)
+        check_choice("dtype", self.dtype, SAMPLE_DTYPES)
+        if self.noise_floor_replicates < 2:
+            raise ValueError(f"noise_floor_replicates must be an integer >= 2 (a std needs two); got {self.noise_floor_replicates!r}")
+        check_positive_int("num_projections", self.num_projections)
+        if self.device != "auto" and not self.device.split(":")[0] in ("cpu", "cuda", "mps", "xpu"):
+            raise ValueError(f"device must be 'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1'; got {self.device!r}")

@@ -27,16 +27,16 @@ from .grids import GRIDS, time_grid
 #: name -> sampler class
 SAMPLERS = {
     EulerMaruyama.name: EulerMaruyama,
+    ProbabilityFlowODE.name: ProbabilityFlowODE,
+    Heun.name: Heun,
+    DPMSolverPlusPlus2M.name: DPMSolverPlusPlus2M,
+    DDIM.name: DDIM,
     ReverseDiffusion.name: ReverseDiffusion,
     Ancestral.name: Ancestral,
     LangevinSampler.name: LangevinSampler,
     PredictorCorrector.name: PredictorCorrector,
     AnnealedLangevin.name: AnnealedLangevin,
     AdaptiveSDE.name: AdaptiveSDE,
-    ProbabilityFlowODE.name: ProbabilityFlowODE,
-    Heun.name: Heun,
-    DPMSolverPlusPlus2M.name: DPMSolverPlusPlus2M,
-    DDIM.name: DDIM,
 }
 
 
