@@ -98,11 +98,6 @@ class DDIM(Sampler):
         self.check_sde(sde)
         score = CountingScore(score_fn)
         with torch.no_grad():
-            ts = self.time_grid(sde, device=x.device).flip(0)
-            state = self.init_state(sde, x, ts)
-            B = x.shape[0]
-            for i in range(ts.numel() - 1):
-                x = self.step(sde, score, x, ts[i].expand(B), ts[i + 1].expand(B), None, state)
-                if callback is not None:
-                    callback(i, ts[i + 1], x)
+            # the base loop on the reversed grid: the eta = 0 update is its own inverse map
+            x = self.solve(sde, score, x, self.time_grid(sde, device=x.device).flip(0), None, callback)
         return x
