@@ -56,6 +56,9 @@ class TrainConf:
         batch_size: training batch size.
         lr: Adam learning rate after warm-up.
         warmup: linear warm-up steps (0: none).
+        lr_decay: "none" (constant after warm-up) or "cosine" (half-cosine from lr to 0 over the
+            steps after warm-up; Loshchilov & Hutter 2017). A function of the step only, so a
+            resumed run follows the same schedule.
         grad_clip: maximum global gradient norm (null: no clipping).
         ema_decay: EMA decay per step, in [0, 1).
         weighting: DSM weighting lambda(t): sigma2, likelihood or none.
@@ -79,6 +82,7 @@ class TrainConf:
     batch_size: int = 512
     lr: float = 2e-3
     warmup: int = 200
+    lr_decay: str = "none"
     grad_clip: Optional[float] = 1.0
     ema_decay: float = 0.995
     weighting: str = "sigma2"
@@ -106,11 +110,24 @@ class TrainConf:
             need(getattr(self, name) >= 1, name, "an integer >= 1")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "> 0")
         need(self.warmup >= 0, "warmup", ">= 0")
+        need(self.lr_decay in LR_DECAYS, "lr_decay", f"one of {list(LR_DECAYS)}")
         need(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0), "grad_clip", "> 0 or null")
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
         need(self.weighting in WEIGHTINGS, "weighting", f"one of {list(WEIGHTINGS)}")
         need(not self.importance_sampling or self.weighting == "likelihood", "importance_sampling",
              "false unless weighting=likelihood")
+
+
+LR_DECAYS = ("none", "cosine")
+
+
+def learning_rate(tc: "TrainConf", step: int) -> float:
+    """The learning rate at `step`: linear warm-up, then constant or half-cosine decay to 0."""
+    lr = tc.lr * min(1.0, (step + 1) / (tc.warmup + 1))
+    if tc.lr_decay == "cosine" and step >= tc.warmup:
+        progress = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+        lr *= 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return lr
 
 
 def _check_top_level(cfg: DictConfig) -> None:
@@ -345,7 +362,7 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     model.train()
     try:
         while step < tc.steps:
-            lr = tc.lr * min(1.0, (step + 1) / (tc.warmup + 1))
+            lr = learning_rate(tc, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x0 = data.sample_batch(tc.batch_size, gen).to(device)

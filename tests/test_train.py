@@ -230,3 +230,18 @@ def test_hydra_app_multirun_of_the_default_run(tmp_path):
         assert "sw2" in (run / "metrics.csv").read_text().splitlines()[0]
     cfg = load_trained(str(runs[0])).config
     assert cfg["data"]["_target_"].endswith("Ring2D") and cfg["model"]["_target_"].endswith("MLP")
+
+
+def test_learning_rate_schedule_closed_form():
+    """Warm-up is linear; the cosine decay starts at lr after warm-up and reaches 0 at the end."""
+    from sde_gen.train import TrainConf, learning_rate
+
+    tc = TrainConf(steps=1000, lr=1e-3, warmup=100, lr_decay="cosine")
+    assert learning_rate(tc, 0) == pytest.approx(1e-3 / 101)
+    assert learning_rate(tc, 100) == pytest.approx(1e-3)
+    assert learning_rate(tc, 550) == pytest.approx(0.5e-3)
+    assert learning_rate(tc, 1000) == pytest.approx(0.0, abs=1e-12)
+    const = TrainConf(steps=1000, lr=1e-3, warmup=100)
+    assert [learning_rate(const, s) for s in (100, 999)] == [pytest.approx(1e-3)] * 2
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConf(lr_decay="linear")
