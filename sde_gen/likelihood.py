@@ -44,7 +44,7 @@ import torch
 
 from ._validation import check_choice, check_positive, check_positive_int
 from .sdes import SDE
-from .utils import batch_sum, event_numel
+from .utils import append_dims, batch_sum, event_numel
 
 __all__ = [
     "LikelihoodResult",
@@ -56,6 +56,8 @@ __all__ = [
     "PROBES",
     "log_likelihood",
     "drift_and_divergence",
+    "score_and_divergence",
+    "TIME_VARIABLES",
     "draw_probes",
     "bits_per_dim",
     "nats_to_bits_per_dim",
@@ -121,6 +123,64 @@ def draw_probes(
 VJP_BLOCK_ELEMENTS = 2 ** 18
 
 
+def score_and_divergence(
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    probes: Optional[torch.Tensor] = None,
+    vjp_chunk_size: Optional[int] = None,
+):
+    """The score at (x, t) and the trace of its Jacobian (exact or Hutchinson), detached.
+
+    Only the score goes through autograd: the probability-flow drift is c1(t) x + c2(t) score in
+    every time variable used here, so its divergence is D c1 + c2 tr(d score / dx), the linear
+    part added analytically by the callers.
+
+    Args:
+        score_fn: `score_fn(x, t)` -> tensor like `x`.
+        x: (B, *event). t: (B,) in `x`'s dtype.
+        probes: None for the exact trace; else (M, B, *event) Hutchinson probes.
+        vjp_chunk_size: exact trace only: basis vectors per batched backward pass
+            (None: as many as fit in `VJP_BLOCK_ELEMENTS`; D: all in one pass).
+
+    Returns:
+        `(score, trace)`: score like `x`; trace (B,) for the exact trace, (M, B) of
+        v_m^T (d score / dx) v_m per probe else.
+
+    The score is evaluated once, under `torch.enable_grad()` (callers often sit in `no_grad`),
+    differentiated with respect to a detached copy of `x` only; `retain_graph` is set only between
+    blocks of the same evaluation and nothing uses `create_graph`, so no graph survives the call.
+    No host synchronisation (the block loop depends on shapes only).
+    """
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        score = score_fn(x_in, t)
+        B, D = x.shape[0], event_numel(x)
+        if probes is None:
+            # tr J = sum_i (e_i^T J)_i, the rows e_i^T J computed in blocks of basis vectors
+            chunk = vjp_chunk_size or max(1, VJP_BLOCK_ELEMENTS // max(1, B * D))
+            chunk = min(chunk, D)
+            eye = torch.eye(D, device=x.device, dtype=x.dtype)
+            trace = x.new_zeros(B)
+            for lo in range(0, D, chunk):
+                e = eye[lo : lo + chunk]  # (c, D)
+                c, more = e.shape[0], lo + chunk < D
+                basis = e[:, None, :].expand(c, B, D).reshape((c,) + tuple(x.shape))
+                if c == 1:
+                    (rows,) = torch.autograd.grad(score, x_in, basis[0], retain_graph=more)
+                    rows = rows[None]
+                else:
+                    (rows,) = torch.autograd.grad(score, x_in, basis, is_grads_batched=True, retain_graph=more)
+                trace = trace + (rows.reshape(c, B, D) * e[:, None, :]).sum((0, 2))
+        elif probes.shape[0] == 1:
+            (vjp,) = torch.autograd.grad(score, x_in, probes[0])
+            trace = batch_sum(vjp * probes[0])[None]
+        else:
+            (vjp,) = torch.autograd.grad(score, x_in, probes, is_grads_batched=True)
+            trace = (vjp * probes).flatten(2).sum(2)
+    return score.detach(), trace.detach()
+
+
 def drift_and_divergence(
     sde: SDE,
     score_fn: ScoreFn,
@@ -129,69 +189,73 @@ def drift_and_divergence(
     probes: Optional[torch.Tensor] = None,
     vjp_chunk_size: Optional[int] = None,
 ):
-    """The probability-flow drift and its divergence at (x, t), detached.
+    """The probability-flow drift dx/dt and its divergence at (x, t), detached.
+
+    drift = f(t) x - 1/2 g(t)^2 score, div = D f(t) - 1/2 g(t)^2 tr(d score / dx): the linear
+    part's divergence is exact, only the score's Jacobian trace goes through autograd (for
+    Hutchinson, v^T J_score v per probe; the estimate stays unbiased and the linear part adds no
+    variance).
 
     Args:
         sde: the SDE. score_fn: `score_fn(x, t)` -> tensor like `x`.
         x: (B, *event). t: (B,) in `x`'s dtype.
         probes: None for the exact divergence; else (M, B, *event) Hutchinson probes.
-        vjp_chunk_size: exact divergence only: basis vectors per batched backward pass
-            (None: as many as fit in `VJP_BLOCK_ELEMENTS`; D: all in one pass).
+        vjp_chunk_size: see `score_and_divergence`.
 
     Returns:
         `(drift, div)`: drift like `x`; div (B,) for the exact divergence, (M, B) per probe else.
-
-    Runs under `torch.enable_grad()` (callers often sit in `no_grad`), differentiates with
-    respect to a detached copy of `x` only, and returns detached tensors so that no graph
-    survives between evaluations. The score is evaluated once. No host synchronisation (the
-    chunk loop depends on shapes only).
     """
-    with torch.enable_grad():
-        x_in = x.detach().requires_grad_(True)
-        drift = sde.probability_flow_drift(x_in, t, score_fn)
-        B, D = x.shape[0], event_numel(x)
-        if probes is None:
-            # div = sum_i (e_i^T J)_i, the rows e_i^T J computed in blocks of basis vectors
-            chunk = vjp_chunk_size or max(1, VJP_BLOCK_ELEMENTS // max(1, B * D))
-            chunk = min(chunk, D)
-            eye = torch.eye(D, device=x.device, dtype=x.dtype)
-            div = x.new_zeros(B)
-            for lo in range(0, D, chunk):
-                e = eye[lo : lo + chunk]  # (c, D)
-                c, more = e.shape[0], lo + chunk < D
-                basis = e[:, None, :].expand(c, B, D).reshape((c,) + tuple(x.shape))
-                if c == 1:
-                    (rows,) = torch.autograd.grad(drift, x_in, basis[0], retain_graph=more)
-                    rows = rows[None]
-                else:
-                    (rows,) = torch.autograd.grad(drift, x_in, basis, is_grads_batched=True, retain_graph=more)
-                div = div + (rows.reshape(c, B, D) * e[:, None, :]).sum((0, 2))
-        elif probes.shape[0] == 1:
-            (vjp,) = torch.autograd.grad(drift, x_in, probes[0])
-            div = batch_sum(vjp * probes[0])[None]
-        else:
-            (vjp,) = torch.autograd.grad(drift, x_in, probes, is_grads_batched=True)
-            div = (vjp * probes).flatten(2).sum(2)
-    return drift.detach(), div.detach()
+    score, trace = score_and_divergence(score_fn, x, t, probes, vjp_chunk_size)
+    f = sde.drift_coeff(t).to(x.dtype)
+    half_g2 = 0.5 * (sde.diffusion(t) ** 2).to(x.dtype)
+    drift = append_dims(f, x.ndim) * x - append_dims(half_g2, x.ndim) * score
+    return drift, event_numel(x) * f - half_g2 * trace
+
+
+#: time variables of the ODE: the log noise level u = log sigma = -lambda (the state is
+#: y = x / a(t)), or the SDE's time t (the state is x). See the module docstring.
+TIME_VARIABLES = ("sigma", "log_sigma", "t")
 
 
 class _AugmentedDynamics(torch.nn.Module):
-    """d/dt (x, delta_logp) = (f~(x, t), div f~(x, t)), counting drift evaluations."""
+    """d/dtau (w, delta) = (dw/dtau, div_w dw/dtau), counting score evaluations.
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn, probes: Optional[torch.Tensor], vjp_chunk_size=None):
+    tau = t: w = x, dw/dt = f(t) x - 1/2 g(t)^2 score(x, t).
+    tau = u = log sigma: w = y = x / a(t(u)), dy/du = -sigma s(t) score(a y, t), t = t(u).
+    """
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn, probes, vjp_chunk_size, time_variable: str):
         super().__init__()
         self.sde, self.score_fn, self.probes = sde, score_fn, probes
         self.vjp_chunk_size = vjp_chunk_size
+        self.time_variable = time_variable
         self.nfe = 0  # a Python int: counting costs no host sync
 
-    def forward(self, t: torch.Tensor, state):
-        x, _ = state
+    def forward(self, tau: torch.Tensor, state):
+        w, _ = state
         self.nfe += 1
-        t_vec = t.to(x.dtype).expand(x.shape[0])
-        return drift_and_divergence(self.sde, self.score_fn, x, t_vec, self.probes, self.vjp_chunk_size)
+        B, D = w.shape[0], event_numel(w)
+        if self.time_variable == "t":
+            t_vec = tau.to(w.dtype).expand(B)
+            return drift_and_divergence(self.sde, self.score_fn, w, t_vec, self.probes, self.vjp_chunk_size)
+        # sigma -> t in float64 (the inverse of the log-SNR is ill-conditioned in float32 near t = 0)
+        tau = tau.to(torch.float64)
+        if self.time_variable == "log_sigma":
+            sigma, dsigma = torch.exp(tau), torch.exp(tau)  # dsigma/du = sigma
+        else:
+            sigma, dsigma = tau, torch.ones_like(tau)
+        # sigma = 0 is t = 0 (t_min = 0); the other branch may be nan there and is not selected
+        t = torch.where(sigma > 0, self.sde.time_at_half_log_snr(-torch.log(sigma)), torch.zeros_like(sigma))
+        a, s = self.sde.marginal_coeffs(t)
+        c = -(dsigma * s)  # dy/dtau = (dsigma/dtau) eps_hat = c * score(x, t), eps_hat = -s score
+        t_vec = t.to(w.dtype).expand(B)
+        a_w, c_w = a.to(w.dtype), c.to(w.dtype)
+        score, trace = score_and_divergence(self.score_fn, a_w * w, t_vec, self.probes, self.vjp_chunk_size)
+        # div_y = c * a * tr(d score / dx) since x = a y; no linear part in y
+        return c_w * score, (c_w * a_w) * trace
 
 
-def _check_ode_options(method, rtol, atol, fixed_steps, divergence, num_probes, probe, t_min, sde):
+def _check_ode_options(method, rtol, atol, fixed_steps, divergence, num_probes, probe, t_min, sde, time_variable):
     if fixed_steps is not None:
         check_positive_int("fixed_steps", fixed_steps)
         method = "rk4" if method is None else method
@@ -208,9 +272,15 @@ def _check_ode_options(method, rtol, atol, fixed_steps, divergence, num_probes, 
     check_choice("divergence", divergence, DIVERGENCES)
     check_positive_int("num_probes", num_probes)
     check_choice("probe", probe, PROBES)
+    check_choice("time_variable", time_variable, TIME_VARIABLES)
     t_min = sde.eps if t_min is None else t_min
     if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 <= t_min < sde.T:
         raise ValueError(f"t_min must lie in [0, T) = [0, {sde.T}); got {t_min!r}")
+    if time_variable == "log_sigma" and t_min <= 0:
+        raise ValueError(
+            "t_min must be > 0 with time_variable='log_sigma' (log sigma(0) = -inf); "
+            "got t_min=0: give t_min > 0 or time_variable='t'"
+        )
     return method, float(t_min)
 
 
@@ -231,6 +301,7 @@ def log_likelihood(
     fixed_steps: Optional[int] = None,
     options: Optional[Dict[str, Any]] = None,
     vjp_chunk_size: Optional[int] = None,
+    time_variable: str = "t",
 ) -> LikelihoodResult:
     """log p_{t_min}(x) through the probability-flow ODE (Song et al. 2021, eq. 13 and 39).
 
@@ -238,7 +309,9 @@ def log_likelihood(
         sde: the forward SDE. score_fn: `score_fn(x, t)` -> tensor like `x`, `t` of shape (B,).
         x: (B, *event) points; the computation follows its device and dtype.
         method: torchdiffeq solver; None gives "dopri5" (adaptive) or "rk4" with `fixed_steps`.
-        rtol, atol: tolerances of the adaptive solvers (ignored on a fixed grid).
+        rtol, atol: tolerances of the adaptive solvers (ignored on a fixed grid). They apply to
+            the ODE state in the chosen time variable: (y = x / a(t), delta) for "log_sigma",
+            (x, delta) for "t".
         divergence: "exact" or "hutchinson".
         num_probes: Hutchinson probes M (fixed for the whole solve).
         probe: "rademacher" or "gaussian".
@@ -246,39 +319,63 @@ def log_likelihood(
         prior_logp: `prior_logp(z) -> (B,)`, the log-density at T; None uses `sde.prior_logp`
             (N(0, prior_std^2 I)). Pass an exact p_T, e.g. `oracle.perturbed(sde, sde.T).log_prob`,
             to remove the prior mismatch.
-        t_min: start time in [0, T) (None: `sde.eps`); the result is log p_{t_min}(x).
-        fixed_steps: number of uniform steps on [t_min, T] for a fixed-grid `method`; the NFE is
-            then fixed in advance (e.g. 4 per step for rk4), so processes can run in lock-step.
+        t_min: start time in [0, T) (None: `sde.eps`); the result is log p_{t_min}(x). Must be
+            > 0 with `time_variable="log_sigma"`.
+        fixed_steps: number of uniform steps in the time variable (uniform in log sigma, or in t)
+            for a fixed-grid `method`; the NFE is then fixed in advance (e.g. 4 per step for
+            rk4), so processes can run in lock-step.
         options: extra options passed to `torchdiffeq.odeint`.
         vjp_chunk_size: basis vectors per backward pass of the exact divergence (None: automatic,
-            see `drift_and_divergence`).
+            see `score_and_divergence`).
+        time_variable: "log_sigma" (default: the ODE in y = x / a(t) against u = log(s/a), far
+            less stiff near t_min, so fewer steps for the same tolerance) or "t" (the ODE in x
+            against t, as in Song et al. 2021). Both give log p_{t_min}(x); see the module docstring.
 
     Returns:
         `LikelihoodResult` (detached tensors).
     """
     from torchdiffeq import odeint
 
-    method, t_min = _check_ode_options(method, rtol, atol, fixed_steps, divergence, num_probes, probe, t_min, sde)
+    method, t_min = _check_ode_options(
+        method, rtol, atol, fixed_steps, divergence, num_probes, probe, t_min, sde, time_variable
+    )
     if x.ndim < 2:
         raise ValueError(f"x must have shape (B, *event); got {tuple(x.shape)}")
     probes = None if divergence == "exact" else draw_probes(x, num_probes, probe, generator)
     if vjp_chunk_size is not None:
         check_positive_int("vjp_chunk_size", vjp_chunk_size)
-    dynamics = _AugmentedDynamics(sde, score_fn, probes, vjp_chunk_size)
-    B = x.shape[0]
+    dynamics = _AugmentedDynamics(sde, score_fn, probes, vjp_chunk_size, time_variable)
+    B, D = x.shape[0], event_numel(x)
     delta0 = x.new_zeros((B,) if probes is None else (probes.shape[0], B))
-    t_span = torch.tensor([t_min, sde.T], dtype=x.dtype, device=x.device)
+    # the end points in float64, once, outside the ODE (host scalars are fine here)
+    ends = torch.tensor([t_min, sde.T], dtype=torch.float64, device=x.device)
+    a_ends = sde.marginal_coeffs(ends)[0]
+    if time_variable == "t":
+        span, w0 = ends, x.detach()
+    else:
+        a, s = sde.marginal_coeffs(ends)
+        sigma_ends = torch.where(ends > 0, s / a, torch.zeros_like(s))
+        span = sigma_ends if time_variable == "sigma" else torch.log(sigma_ends)
+        w0 = x.detach() / a_ends[0].to(x.dtype)
+    t_span = span.to(x.dtype)
     options = dict(options or {})
     if fixed_steps is not None:
         # the uniform grid built in float64, then cast; given as the solver's grid (not as output
         # times) so that only the end state is kept, and the step count is exactly fixed_steps
-        grid = torch.linspace(t_min, sde.T, fixed_steps + 1, dtype=torch.float64).to(x.device, x.dtype)
+        lo, hi = span.tolist()
+        grid = torch.linspace(lo, hi, fixed_steps + 1, dtype=torch.float64).to(x.device, x.dtype)
         options.setdefault("grid_constructor", lambda func, y0, t: grid)
     with torch.no_grad():
-        xs, deltas = odeint(
-            dynamics, (x.detach(), delta0), t_span, rtol=rtol, atol=atol, method=method, options=options or None
+        ws, deltas = odeint(
+            dynamics, (w0, delta0), t_span, rtol=rtol, atol=atol, method=method, options=options or None
         )
-    z, delta = xs[-1], deltas[-1]
+    w1, delta = ws[-1], deltas[-1]
+    if time_variable == "t":
+        z = w1
+    else:
+        # back to x at T, and log p_x = log p_y - D log a at both ends
+        z = a_ends[1].to(x.dtype) * w1
+        delta = delta + D * (torch.log(a_ends[1]) - torch.log(a_ends[0])).to(x.dtype)
     prior = (sde.prior_logp if prior_logp is None else prior_logp)(z).to(x.dtype)
     if probes is None:
         delta_logp, std_error = delta, torch.zeros_like(delta)
