@@ -11,6 +11,33 @@ We integrate the augmented state (x, delta_logp) forward in time with `torchdiff
 `delta_logp` is the integral in (*), the prior term is log p_T(z) (the SDE's prior
 N(0, prior_std^2 I) unless an exact p_T is given), and logp = prior_logp + delta_logp.
 
+Time variables (`time_variable`). Every SDE here has x_t = a(t) x_0 + s(t) z, a drift f(t) x and
+ds^2/dt = 2 f s^2 + g^2; let lambda(t) = log(a/s) (`sde.half_log_snr`, inverse
+`sde.time_at_half_log_snr`), sigma = s/a = exp(-lambda) and u = log sigma. The drift is semi-linear,
+    f~(x, t) = f(t) x - 1/2 g(t)^2 score(x, t)
+(Lu et al. 2022, DPM-Solver, eq. 3.1), so in each variable below dw/dtau = k1 w + k2 score(m w, t)
+with scalars k1, k2, m, and div_w = D k1 + k2 m tr(d score / dx): the linear part's divergence is
+added in closed form and only the score goes through autograd.
+    "t":      w = x,  dx/dt = f x - 1/2 g^2 score                          (Song et al. 2021, eq. 13)
+    "log_sigma": w = x, tau = u. Since du/dt = -dlambda/dt = g^2 / (2 s^2),
+              dx/du = (2 s^2 / g^2) f x - s^2 score = (2 s^2 / g^2) f x + s eps_hat,
+              eps_hat = -s score; the same ODE with time reparameterised (t = t(u)), so the
+              divergence integral is the same quantity; d/du log p = -div_x(dx/du).
+    "log_sigma_scaled": w = y = x / a(t), tau = u. With y the flow is that of
+              p_0 * N(0, sigma^2 I), dy/dsigma = -sigma grad_y log p(y; sigma) = eps_hat(x, t)
+              (Karras et al. 2022, EDM, eq. 4 and App. B.2), so dy/du = -sigma s score(a y, t),
+              with no linear part. Densities transform exactly, log p_x(x) = log p_y(y) - D log a(t),
+              at both ends, so
+                  log p_{t_min}(x) = log p_T(z) + D log(a(T) / a(t_min)) + int div_y(dy/du) du,
+              z = a(T) y(u_T), div_y = a div_x. (Karras et al. argue these trajectories are nearly
+              straight in sigma; in log sigma y grows like e^u once sigma exceeds the data scale.)
+The integrals run from u(t_min) = -lambda(t_min) to u(T) (t_min > 0). What we measured
+(benchmarks/results/likelihood.md, docs/likelihood.md): with dopri5 at rtol = atol = 1e-5, "t"
+needs the fewest evaluations on our problems (VP 16-D Gaussian: 56 vs 80 for "log_sigma" and 134
+for "log_sigma_scaled"), because near t_min the t-ODE is not stiff for data with a finite smallest
+scale; on fixed grids, uniform in u ("log_sigma") is the most accurate at equal NFE for VP and
+sub-VP (uniform steps in log-SNR, as DPM-Solver's grids), uniform in t for VE.
+
 Divergence:
     "exact": div f~ = sum_i e_i^T (d f~ / d x) e_i, the D vector-Jacobian products batched
         into one backward pass (`is_grads_batched`); exact, O(D) backward cost, for low D.
@@ -212,47 +239,53 @@ def drift_and_divergence(
     return drift, event_numel(x) * f - half_g2 * trace
 
 
-#: time variables of the ODE: the log noise level u = log sigma = -lambda (the state is
-#: y = x / a(t)), or the SDE's time t (the state is x). See the module docstring.
-TIME_VARIABLES = ("sigma", "log_sigma", "t")
+#: time variables of the probability-flow ODE (module docstring): the SDE's time "t" (state x);
+#: "log_sigma", u = log(s/a) = -lambda (state x: the t-ODE reparameterised); "log_sigma_scaled",
+#: u with the scaled state y = x / a(t) (Karras et al. 2022, eq. 4, in log sigma).
+TIME_VARIABLES = ("t", "log_sigma", "log_sigma_scaled")
 
 
 class _AugmentedDynamics(torch.nn.Module):
     """d/dtau (w, delta) = (dw/dtau, div_w dw/dtau), counting score evaluations.
 
-    tau = t: w = x, dw/dt = f(t) x - 1/2 g(t)^2 score(x, t).
-    tau = u = log sigma: w = y = x / a(t(u)), dy/du = -sigma s(t) score(a y, t), t = t(u).
+    tau = t:  w = x, dx/dt = f x - 1/2 g^2 score(x, t).
+    tau = u = log sigma, t = t(u) (inverse half log-SNR, in float64):
+      "log_sigma":        w = x, dx/du = (2 s^2 / g^2) f x - s^2 score(x, t)   (dt/du = 2 s^2 / g^2)
+      "log_sigma_scaled": w = y = x / a, dy/du = -sigma s score(a y, t)         (no linear part)
+    In every case dw/dtau = k1 w + k2 score(m w, t) with scalars k1, k2, m, so
+    div_w = D k1 + k2 m tr(d score / dx): the linear part is exact, only the score is differentiated.
     """
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn, probes, vjp_chunk_size, time_variable: str):
+    def __init__(self, sde: SDE, score_fn: ScoreFn, probes=None, vjp_chunk_size=None, time_variable: str = "t"):
         super().__init__()
         self.sde, self.score_fn, self.probes = sde, score_fn, probes
         self.vjp_chunk_size = vjp_chunk_size
         self.time_variable = time_variable
         self.nfe = 0  # a Python int: counting costs no host sync
 
+    def _coefficients(self, tau: torch.Tensor):
+        """(t, k1, k2, m) at tau, 0-d float64 tensors."""
+        sde = self.sde
+        if self.time_variable == "t":
+            t = tau.to(torch.float64)
+            return t, sde.drift_coeff(t), -0.5 * sde.diffusion(t) ** 2, torch.ones_like(t)
+        # u -> t in float64: the inverse log-SNR is ill-conditioned in float32 near t = 0
+        u = tau.to(torch.float64)
+        t = sde.time_at_half_log_snr(-u)
+        if self.time_variable == "log_sigma":
+            s2 = sde.marginal_var(t)
+            dt_du = 2 * s2 / sde.diffusion(t) ** 2  # du/dt = -dlambda/dt = g^2 / (2 s^2)
+            return t, dt_du * sde.drift_coeff(t), -s2, torch.ones_like(t)
+        a, s = sde.marginal_coeffs(t)
+        return t, torch.zeros_like(t), -torch.exp(u) * s, a  # dy/du = sigma eps_hat, eps_hat = -s score
+
     def forward(self, tau: torch.Tensor, state):
         w, _ = state
         self.nfe += 1
         B, D = w.shape[0], event_numel(w)
-        if self.time_variable == "t":
-            t_vec = tau.to(w.dtype).expand(B)
-            return drift_and_divergence(self.sde, self.score_fn, w, t_vec, self.probes, self.vjp_chunk_size)
-        # sigma -> t in float64 (the inverse of the log-SNR is ill-conditioned in float32 near t = 0)
-        tau = tau.to(torch.float64)
-        if self.time_variable == "log_sigma":
-            sigma, dsigma = torch.exp(tau), torch.exp(tau)  # dsigma/du = sigma
-        else:
-            sigma, dsigma = tau, torch.ones_like(tau)
-        # sigma = 0 is t = 0 (t_min = 0); the other branch may be nan there and is not selected
-        t = torch.where(sigma > 0, self.sde.time_at_half_log_snr(-torch.log(sigma)), torch.zeros_like(sigma))
-        a, s = self.sde.marginal_coeffs(t)
-        c = -(dsigma * s)  # dy/dtau = (dsigma/dtau) eps_hat = c * score(x, t), eps_hat = -s score
-        t_vec = t.to(w.dtype).expand(B)
-        a_w, c_w = a.to(w.dtype), c.to(w.dtype)
-        score, trace = score_and_divergence(self.score_fn, a_w * w, t_vec, self.probes, self.vjp_chunk_size)
-        # div_y = c * a * tr(d score / dx) since x = a y; no linear part in y
-        return c_w * score, (c_w * a_w) * trace
+        t, k1, k2, m = (c.to(w.dtype) for c in self._coefficients(tau))
+        score, trace = score_and_divergence(self.score_fn, m * w, t.expand(B), self.probes, self.vjp_chunk_size)
+        return k1 * w + k2 * score, D * k1 + (k2 * m) * trace
 
 
 def _check_ode_options(method, rtol, atol, fixed_steps, divergence, num_probes, probe, t_min, sde, time_variable):
@@ -276,9 +309,9 @@ def _check_ode_options(method, rtol, atol, fixed_steps, divergence, num_probes, 
     t_min = sde.eps if t_min is None else t_min
     if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 <= t_min < sde.T:
         raise ValueError(f"t_min must lie in [0, T) = [0, {sde.T}); got {t_min!r}")
-    if time_variable == "log_sigma" and t_min <= 0:
+    if time_variable != "t" and t_min <= 0:
         raise ValueError(
-            "t_min must be > 0 with time_variable='log_sigma' (log sigma(0) = -inf); "
+            f"t_min must be > 0 with time_variable={time_variable!r} (log sigma(0) = -inf); "
             "got t_min=0: give t_min > 0 or time_variable='t'"
         )
     return method, float(t_min)
@@ -310,8 +343,10 @@ def log_likelihood(
         x: (B, *event) points; the computation follows its device and dtype.
         method: torchdiffeq solver; None gives "dopri5" (adaptive) or "rk4" with `fixed_steps`.
         rtol, atol: tolerances of the adaptive solvers (ignored on a fixed grid). They apply to
-            the ODE state in the chosen time variable: (y = x / a(t), delta) for "log_sigma",
-            (x, delta) for "t".
+            the ODE state: (x, delta) for "t" and "log_sigma", (y = x / a(t), delta_y) for
+            "log_sigma_scaled", whose y reaches |z| / a(T) (~150 |z| for the default VP) and whose
+            delta_y contains D log(a(t_min) / a(T)), so equal tolerances are looser there in
+            absolute terms.
         divergence: "exact" or "hutchinson".
         num_probes: Hutchinson probes M (fixed for the whole solve).
         probe: "rademacher" or "gaussian".
@@ -320,16 +355,18 @@ def log_likelihood(
             (N(0, prior_std^2 I)). Pass an exact p_T, e.g. `oracle.perturbed(sde, sde.T).log_prob`,
             to remove the prior mismatch.
         t_min: start time in [0, T) (None: `sde.eps`); the result is log p_{t_min}(x). Must be
-            > 0 with `time_variable="log_sigma"`.
-        fixed_steps: number of uniform steps in the time variable (uniform in log sigma, or in t)
+            > 0 unless `time_variable="t"`.
+        fixed_steps: number of uniform steps in the time variable (uniform in t, or in log sigma)
             for a fixed-grid `method`; the NFE is then fixed in advance (e.g. 4 per step for
             rk4), so processes can run in lock-step.
         options: extra options passed to `torchdiffeq.odeint`.
         vjp_chunk_size: basis vectors per backward pass of the exact divergence (None: automatic,
             see `score_and_divergence`).
-        time_variable: "log_sigma" (default: the ODE in y = x / a(t) against u = log(s/a), far
-            less stiff near t_min, so fewer steps for the same tolerance) or "t" (the ODE in x
-            against t, as in Song et al. 2021). Both give log p_{t_min}(x); see the module docstring.
+        time_variable: the independent variable of the ODE (module docstring): "t" (default;
+            the fewest steps with the adaptive solvers in our measurements), "log_sigma"
+            (u = log(s/a) = -lambda, state x: on a fixed grid, uniform in log-SNR, it is the most
+            accurate for VP / sub-VP at equal NFE), or "log_sigma_scaled" (u, state y = x / a).
+            All give log p_{t_min}(x); the last two need t_min > 0.
 
     Returns:
         `LikelihoodResult` (detached tensors).
@@ -350,13 +387,9 @@ def log_likelihood(
     # the end points in float64, once, outside the ODE (host scalars are fine here)
     ends = torch.tensor([t_min, sde.T], dtype=torch.float64, device=x.device)
     a_ends = sde.marginal_coeffs(ends)[0]
-    if time_variable == "t":
-        span, w0 = ends, x.detach()
-    else:
-        a, s = sde.marginal_coeffs(ends)
-        sigma_ends = torch.where(ends > 0, s / a, torch.zeros_like(s))
-        span = sigma_ends if time_variable == "sigma" else torch.log(sigma_ends)
-        w0 = x.detach() / a_ends[0].to(x.dtype)
+    scaled = time_variable == "log_sigma_scaled"
+    span = ends if time_variable == "t" else -sde.half_log_snr(ends)  # u = log sigma = -lambda
+    w0 = x.detach() / a_ends[0].to(x.dtype) if scaled else x.detach()
     t_span = span.to(x.dtype)
     options = dict(options or {})
     if fixed_steps is not None:
@@ -370,12 +403,12 @@ def log_likelihood(
             dynamics, (w0, delta0), t_span, rtol=rtol, atol=atol, method=method, options=options or None
         )
     w1, delta = ws[-1], deltas[-1]
-    if time_variable == "t":
-        z = w1
-    else:
+    if scaled:
         # back to x at T, and log p_x = log p_y - D log a at both ends
         z = a_ends[1].to(x.dtype) * w1
         delta = delta + D * (torch.log(a_ends[1]) - torch.log(a_ends[0])).to(x.dtype)
+    else:
+        z = w1
     prior = (sde.prior_logp if prior_logp is None else prior_logp)(z).to(x.dtype)
     if probes is None:
         delta_logp, std_error = delta, torch.zeros_like(delta)
