@@ -11,8 +11,10 @@ ODE solver's and the reference is the closed-form log p_{t_min}(x) of the oracle
 
 Methods (all at rtol = atol = 1e-5, all in float64, all on one torch thread):
   * ours: `sde_gen.likelihood.log_likelihood` -- one `torchdiffeq.odeint` dopri5 solve on the tuple
-    state (x, delta_logp); each ODE evaluation computes the drift once and all D vector-Jacobian
-    products of the exact divergence in one batched backward pass; no host round trip.
+    state (x, delta_logp); each ODE evaluation computes the score once and the D vector-Jacobian
+    products of its exact trace in blocked batched backward passes (the linear drift part's
+    divergence in closed form); no host round trip. One row per `time_variable`: "t",
+    "log_sigma" (x against u = log sigma = -lambda), "log_sigma_scaled" (y = x / a against u).
   * scipy (orig.): the structure of score_sde_pytorch's `likelihood.py` -- `scipy.integrate.solve_ivp`
     (RK45) on the flattened float64 numpy state; every evaluation converts numpy -> torch, computes
     the drift under no_grad and, separately, the divergence (which evaluates the score again with
@@ -20,6 +22,11 @@ Methods (all at rtol = atol = 1e-5, all in float64, all on one torch thread):
     direct extension of the original's Hutchinson `get_div_fn` to the exact trace.
   * scipy + batched div: the same scipy loop, but the drift and divergence come from our one-pass
     batched function: it isolates what the solver and the round trips cost.
+
+Then an equal-NFE table: fixed-grid rk4, uniform in each time variable.
+
+The digits exact-divergence rows use a subset (`--digits-exact`, default 128 images) to keep the run
+within minutes on a shared CPU; the Hutchinson rows use all 512.
 
 Run: `python benchmarks/bench_likelihood.py [--quick]` (writes benchmarks/results/likelihood.md).
 """
