@@ -33,7 +33,7 @@ added in closed form and only the score goes through autograd.
               straight in sigma; in log sigma y grows like e^u once sigma exceeds the data scale.)
 The integrals run from u(t_min) = -lambda(t_min) to u(T) (t_min > 0). What we measured
 (benchmarks/results/likelihood.md, docs/likelihood.md): with dopri5 at rtol = atol = 1e-5, "t"
-needs the fewest evaluations on our problems (VP 16-D Gaussian: 56 vs 80 for "log_sigma" and 134
+needs the fewest evaluations on our problems (VP 16-D Gaussian: 56 vs 86 for "log_sigma" and 140
 for "log_sigma_scaled"), because near t_min the t-ODE is not stiff for data with a finite smallest
 scale; on fixed grids, uniform in u ("log_sigma") is the most accurate at equal NFE for VP and
 sub-VP (uniform steps in log-SNR, as DPM-Solver's grids), uniform in t for VE.
