@@ -195,11 +195,12 @@ class LikelihoodOptionsConf:
     probe: str = "rademacher"
     t_min: Optional[float] = None
     fixed_steps: Optional[int] = None
+    time_variable: str = "t"
     prior: str = "standard"
 
     def __post_init__(self):
         from ._validation import check_choice, check_positive, check_positive_int
-        from .likelihood import ADAPTIVE_METHODS, DIVERGENCES, FIXED_GRID_METHODS, PROBES
+        from .likelihood import ADAPTIVE_METHODS, DIVERGENCES, FIXED_GRID_METHODS, PROBES, TIME_VARIABLES
 
         if self.method is not None:
             check_choice("likelihood.method", self.method, ADAPTIVE_METHODS + FIXED_GRID_METHODS)
@@ -212,6 +213,7 @@ class LikelihoodOptionsConf:
             raise ValueError(f"likelihood.t_min must be >= 0 (or null for sde.eps); got {self.t_min!r}")
         if self.fixed_steps is not None:
             check_positive_int("likelihood.fixed_steps", self.fixed_steps)
+        check_choice("likelihood.time_variable", self.time_variable, TIME_VARIABLES)
         check_choice("likelihood.prior", self.prior, _EVAL_PRIORS)
 
 

@@ -58,6 +58,7 @@ def _ode_kwargs(opts) -> Dict[str, Any]:
     return dict(
         method=opts.method, rtol=opts.rtol, atol=opts.atol, divergence=opts.divergence,
         num_probes=opts.num_probes, probe=opts.probe, t_min=opts.t_min, fixed_steps=opts.fixed_steps,
+        time_variable=opts.time_variable,
     )
 
 

@@ -80,6 +80,7 @@ def test_app_runs_through_hydra_entry_point(tmp_path):
         ("likelihood.probe=uniform", "probe"),
         ("likelihood.method=rk45", "method"),
         ("likelihood.prior=flat", "prior"),
+        ("likelihood.time_variable=sigma", "time_variable"),
         ("source=checkpoint", "checkpoint"),
     ],
 )

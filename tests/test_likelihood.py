@@ -15,6 +15,7 @@ from sde_gen.likelihood import (
     drift_and_divergence,
     evaluate_dataset,
     log_likelihood,
+    TIME_VARIABLES,
 )
 
 from .conftest import DEVICES
@@ -76,14 +77,16 @@ def test_standard_prior_mismatch_equals_closed_form_kl(gauss16, name, kwargs):
     assert abs(diff.mean() + kl) < 3 * se + 1e-4 * x.shape[1]
 
 
-def test_ring2d_logdensity_matches_mixture():
+@pytest.mark.parametrize("time_variable", TIME_VARIABLES)
+def test_ring2d_logdensity_matches_mixture(time_variable):
     """2-D ring of 8 Gaussians, exact score, float32, rtol = atol = 1e-5: within 1e-2 nats."""
     ring = make_preset("ring2d")
     sde = VPSDE()
     g = torch.Generator().manual_seed(3)
     x = ring.sample(256, g, dtype=torch.float32)
     res = log_likelihood(
-        sde, ring.score_fn(sde), x, rtol=1e-5, atol=1e-5, prior_logp=ring.perturbed(sde, sde.T).log_prob
+        sde, ring.score_fn(sde), x, rtol=1e-5, atol=1e-5, prior_logp=ring.perturbed(sde, sde.T).log_prob,
+        time_variable=time_variable,
     )
     exact = ring.log_prob(x.double(), sde.eps, sde)  # the ODE starts at t_min = eps
     assert res.logp.dtype == torch.float32
@@ -103,6 +106,75 @@ def test_every_sde_recovers_the_ring_density(sde):
     )
     assert (res.logp - ring.log_prob(x)).abs().max() / 2 < 1e-4
 
+
+@pytest.mark.parametrize("time_variable", ["log_sigma", "log_sigma_scaled"])
+@pytest.mark.parametrize("name", list(SDE_FACTORIES))
+def test_log_sigma_time_variables_recover_gaussian16d(gauss16, name, time_variable):
+    """In u = log sigma (state x, or y = x / a with the D log a terms), exact p_T prior: the
+    result is the closed-form log p_eps(x) within 1e-4 nats/dim (float64)."""
+    sde = SDE_FACTORIES[name]()
+    x = gauss16.sample(48, torch.Generator().manual_seed(21), dtype=torch.float64)
+    res = log_likelihood(
+        sde, gauss16.score_fn(sde), x, rtol=1e-6, atol=1e-6, time_variable=time_variable,
+        prior_logp=gauss16.perturbed(sde, sde.T).log_prob,
+    )
+    exact = gauss16.log_prob(x, sde.eps, sde)
+    assert (res.logp - exact).abs().max() / x.shape[1] < 1e-4
+    assert torch.allclose(res.logp, res.prior_logp + res.delta_logp)
+
+
+@pytest.mark.parametrize("name", ["vp"])
+def test_time_variables_agree_with_each_other(name):
+    """The same log p_eps(x) and the same latent z = x(T) whatever the time variable (tight tolerance).
+
+    VP only, to keep the fast tier fast: every SDE is checked against the closed form above."""
+    ring = make_preset("ring2d")
+    sde = SDE_FACTORIES[name]()
+    x = ring.sample(16, torch.Generator().manual_seed(22), dtype=torch.float64)
+    results = [
+        log_likelihood(sde, ring.score_fn(sde), x, rtol=1e-6, atol=1e-6, time_variable=tv) for tv in TIME_VARIABLES
+    ]
+    for res in results[1:]:
+        assert (res.logp - results[0].logp).abs().max() < 1e-4
+        assert torch.allclose(res.z, results[0].z, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("time_variable", TIME_VARIABLES)
+def test_dynamics_match_chain_rule_and_finite_difference_divergence(gauss16, time_variable):
+    """The ODE function in each time variable against independent computations: its drift is
+    the probability-flow drift dx/dt times dt/du (dlambda/dt by autograd on `half_log_snr`), plus
+    the -x dlog a/du / a term for y = x / a; its divergence (linear part in closed form, score by
+    VJPs) is the trace of the central-difference Jacobian of its own drift."""
+    from sde_gen.likelihood import _AugmentedDynamics
+
+    sde = SubVPSDE()
+    score = gauss16.score_fn(sde)
+    w = gauss16.sample(3, torch.Generator().manual_seed(23), dtype=torch.float64)
+    dynamics = _AugmentedDynamics(sde, score, time_variable=time_variable)
+    tau = torch.tensor(0.4 if time_variable == "t" else -0.7, dtype=torch.float64)
+    drift, div = dynamics(tau, (w, w.new_zeros(3)))
+    if time_variable == "t":
+        expected = sde.probability_flow_drift(w, tau.expand(3), score)
+    else:
+        t = sde.time_at_half_log_snr(-tau).detach().requires_grad_(True)
+        (dlam_dt,) = torch.autograd.grad(sde.half_log_snr(t), t)
+        dt_du = (-1 / dlam_dt).detach()
+        t = t.detach()
+        a = sde.mean_coeff(t)
+        x = w * a if time_variable == "log_sigma_scaled" else w
+        dx_du = sde.probability_flow_drift(x, t.expand(3), score) * dt_du
+        expected = dx_du if time_variable == "log_sigma" else (dx_du - sde.drift_coeff(t) * dt_du * x) / a
+    assert torch.allclose(drift, expected, rtol=1e-9, atol=1e-9)
+    h, D = 1e-5, w.shape[1]
+    for b in range(3):
+        trace = 0.0
+        for i in range(D):
+            e = torch.zeros_like(w[b]); e[i] = h
+            up = dynamics(tau, ((w[b] + e)[None], w.new_zeros(1)))[0][0, i]
+            down = dynamics(tau, ((w[b] - e)[None], w.new_zeros(1)))[0][0, i]
+            trace += (up - down) / (2 * h)
+        assert abs(div[b] - trace) < 1e-6 * (1 + abs(trace))
+    assert dynamics.nfe == 1 + 3 * 2 * D
 
 @pytest.mark.slow
 def test_every_sde_recovers_the_64d_mixture_density(sde):
@@ -205,6 +277,9 @@ class _Counter:
         (dict(method="midpoint", fixed_steps=5), 10),
         (dict(method="euler", fixed_steps=9), 9),
         (dict(divergence="hutchinson", num_probes=3), None),
+        (dict(time_variable="log_sigma"), None),
+        (dict(time_variable="log_sigma_scaled", divergence="hutchinson", num_probes=2), None),
+        (dict(time_variable="log_sigma", fixed_steps=6), 24),
     ],
 )
 def test_reported_nfe_equals_score_evaluations(kwargs, expected):
@@ -242,8 +317,9 @@ def test_works_under_no_grad_and_returns_detached():
     assert torch.isfinite(res.logp).all()
 
 
+@pytest.mark.parametrize("time_variable", TIME_VARIABLES)
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
-def test_ode_function_makes_no_host_round_trip(monkeypatch, divergence):
+def test_ode_function_makes_no_host_round_trip(monkeypatch, divergence, time_variable):
     """Every way of pulling a value to the host raises inside the ODE function: none is used."""
     from sde_gen.likelihood import _AugmentedDynamics
 
@@ -251,7 +327,7 @@ def test_ode_function_makes_no_host_round_trip(monkeypatch, divergence):
     sde = VPSDE()
     x = ring.sample(8, torch.Generator().manual_seed(17), dtype=torch.float64)
     probes = None if divergence == "exact" else draw_probes(x, 3, "rademacher", torch.Generator().manual_seed(18))
-    dynamics = _AugmentedDynamics(sde, ring.score_fn(sde), probes)
+    dynamics = _AugmentedDynamics(sde, ring.score_fn(sde), probes, time_variable=time_variable)
     t = torch.tensor(0.3, dtype=torch.float64)
     delta = x.new_zeros((8,) if probes is None else (3, 8))
 
@@ -290,6 +366,8 @@ def test_device_and_dtype_follow_inputs(device, dtype):
         (dict(t_min=1.0), "t_min"),
         (dict(rtol=-1.0), "rtol"),
         (dict(vjp_chunk_size=0), "vjp_chunk_size"),
+        (dict(time_variable="sigma"), "time_variable"),
+        (dict(time_variable="log_sigma", t_min=0.0), "t_min"),
     ],
 )
 def test_bad_arguments_fail_naming_the_field(kwargs, field):
