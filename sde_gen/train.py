@@ -82,7 +82,7 @@ class TrainConf:
     batch_size: int = 512
     lr: float = 2e-3
     warmup: int = 200
-    lr_decay: str = "none"
+    lr_decay: str = "cosine"
     grad_clip: Optional[float] = 1.0
     ema_decay: float = 0.995
     weighting: str = "sigma2"
