@@ -1,4 +1,8 @@
-"""The report command `sde-gen-report DIR`: aggregate every `metrics.json` under a multirun dir.
+"""The report command `sde-gen-report DIR`: aggregate the runs under a (multi)run directory.
+
+Sampling runs (`sde-gen-sample`, one `metrics.json` each) and training runs (`sde-gen-train`, a
+`metrics.csv` whose last row is the final evaluation, next to `config_resolved.yaml`) are both found;
+each kind gets its own table and plot.
 
 Writes, atomically, into DIR (or `--out`):
     report.md    a markdown table, one row per run (problem, SDE, sampler, NFE requested and
@@ -23,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .io import atomic_save_figure, atomic_write_text
 
-__all__ = ["load_runs", "markdown_table", "plot_quality", "main"]
+__all__ = ["load_runs", "markdown_table", "plot_quality", "load_training_runs", "training_table", "plot_training", "main"]
 
 
 def load_runs(root: str) -> List[Dict[str, Any]]:
@@ -151,6 +155,77 @@ def plot_quality(runs: List[Dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+# ---- training runs ----
+def _target_name(node: Dict[str, Any]) -> str:
+    name = str(node.get("_target_", "?")).rsplit(".", 1)[-1]
+    if node.get("schedule") not in (None, "linear"):
+        name += f"({node['schedule']})"
+    return name
+
+
+def load_training_runs(root: str) -> List[Dict[str, Any]]:
+    """Every training run below `root`: its final evaluation row and the options that define it."""
+    import csv
+
+    from omegaconf import OmegaConf
+
+    runs = []
+    for path in sorted(glob.glob(os.path.join(root, "**", "metrics.csv"), recursive=True)):
+        cfg_path = os.path.join(os.path.dirname(path), "config_resolved.yaml")
+        if not os.path.exists(cfg_path):
+            continue
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows:
+            continue
+        cfg = OmegaConf.to_container(OmegaConf.load(cfg_path))
+        final = {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
+        runs.append({
+            "run_dir": os.path.relpath(os.path.dirname(path), root),
+            "sde": _target_name(cfg["sde"]), "data": _target_name(cfg["data"]), "model": _target_name(cfg["model"]),
+            "weighting": cfg["train"]["weighting"] + ("+IS" if cfg["train"].get("importance_sampling") else ""),
+            "seed": cfg.get("seed"), **final,
+        })
+    return runs
+
+
+def training_table(runs: List[Dict[str, Any]]) -> str:
+    """Markdown table: one row per training run, final quality next to its noise floor."""
+    head = "| run | SDE | data | model | weighting | seed | steps | sliced W2 / floor | mode-weight err (floor) | score err (mean over t) |"
+    lines = [head, "|" + "---|" * 10]
+    for r in runs:
+        ratio = r["sw2"] / r["sw2_floor_mean"] if r.get("sw2_floor_mean") else float("nan")
+        mode = f"{_fmt(r.get('mode_err'))} ({_fmt(r.get('mode_err_floor_mean'))})" if "mode_err" in r else "–"
+        lines.append(f"| {r['run_dir']} | {r['sde']} | {r['data']} | {r['model']} | {r['weighting']} | {r['seed']} | "
+                     f"{int(r['step'])} | {_fmt(ratio)} | {mode} | {_fmt(r.get('score_err_mean'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_training(runs: List[Dict[str, Any]], path: str) -> None:
+    """Bar chart of the final sliced W2 / noise floor and the mean score error, one bar per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['sde']} {r['weighting']} s{r['seed']}" for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(runs) + 1.6))
+    ratios = [r["sw2"] / r["sw2_floor_mean"] if r.get("sw2_floor_mean") else float("nan") for r in runs]
+    axes[0].barh(labels, ratios, color="C0")
+    spread = [1 + 2 * r.get("sw2_floor_std", 0) / r["sw2_floor_mean"] for r in runs if r.get("sw2_floor_mean")]
+    if spread:
+        axes[0].axvline(1.0, color="k", lw=0.8)
+        axes[0].axvline(max(spread), color="0.5", ls="--", lw=0.8, label="floor mean + 2 std")
+        axes[0].legend(fontsize=8)
+    axes[0].set_title("final sliced W2 / noise floor")
+    axes[1].barh(labels, [r.get("score_err_mean", float("nan")) for r in runs], color="C1")
+    axes[1].set_xscale("log")
+    axes[1].set_title("score error vs the oracle (mean over t)")
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point `sde-gen-report DIR [--out OUTDIR]`."""
     parser = argparse.ArgumentParser(prog="sde-gen-report", description=__doc__.splitlines()[0])
@@ -159,15 +234,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not os.path.isdir(args.root):
         parser.error(f"root: no such directory {args.root!r}")
-    runs = load_runs(args.root)
-    if not runs:
-        parser.error(f"root: no metrics.json found under {args.root!r}")
+    runs, trains = load_runs(args.root), load_training_runs(args.root)
+    if not runs and not trains:
+        parser.error(f"root: no metrics.json (sampling) or metrics.csv (training) runs under {args.root!r}")
     out = args.out or args.root
-    table = markdown_table(runs)
-    text = f"# Sampler report\n\n{len(runs)} runs under `{os.path.abspath(args.root)}`.\n\n{table}"
+    text = ""
+    if runs:
+        table = markdown_table(runs)
+        text += f"# Sampler report\n\n{len(runs)} runs under `{os.path.abspath(args.root)}`.\n\n{table}\n"
+        plot_quality(runs, os.path.join(out, "report.png"))
+    if trains:
+        table = training_table(trains)
+        text += f"# Training report\n\n{len(trains)} runs under `{os.path.abspath(args.root)}`.\n\n{table}"
+        plot_training(trains, os.path.join(out, "report_training.png"))
     atomic_write_text(os.path.join(out, "report.md"), text)
-    plot_quality(runs, os.path.join(out, "report.png"))
-    print(table)
+    print(text)
     return 0
 
 
