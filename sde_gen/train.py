@@ -57,8 +57,8 @@ class TrainConf:
         lr: Adam learning rate after warm-up.
         warmup: linear warm-up steps (0: none).
         lr_decay: "none" (constant after warm-up) or "cosine" (half-cosine from lr to 0 over the
-            steps after warm-up; Loshchilov & Hutter 2017). A function of the step only, so a
-            resumed run follows the same schedule.
+            steps after warm-up; Loshchilov & Hutter 2017). A function of the step and of `steps`,
+            so a resumed run follows the same schedule as long as `steps` is unchanged.
         grad_clip: maximum global gradient norm (null: no clipping).
         ema_decay: EMA decay per step, in [0, 1).
         weighting: DSM weighting lambda(t): sigma2, likelihood or none.
