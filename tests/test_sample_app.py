@@ -180,6 +180,12 @@ def test_bad_values_fail_at_start_up_naming_the_field(tmp_path, override, field,
     assert not count_score_calls and not (tmp_path / "samples.pt").exists()
 
 
+def test_bad_device_fails_at_start_up(tmp_path, count_score_calls):
+    with pytest.raises(ConfigError, match="device"):
+        sample_main(["device=gpu0", f"hydra.run.dir={tmp_path}"])
+    assert not count_score_calls and not (tmp_path / "samples.pt").exists()
+
+
 def test_misspelt_key_fails_at_composition(tmp_path):
     with pytest.raises(Exception, match="num_sampels"):
         sample_main(["num_sampels=3", f"hydra.run.dir={tmp_path}"])
