@@ -14,7 +14,7 @@ with the exact score. Reported per run:
              no sampling noise at all
     time     wall time per 1,000 samples, split into time inside the score function (`TimedScore`)
              and the sampler's own time (total - score)
-Prior mismatch (closed form for the Gaussian, `sde_gen.sample.prior_mismatch`) is printed per SDE.
+Prior mismatch (closed form for the Gaussian, `sde_gen.evaluation.prior_mismatch`) is printed per SDE.
 A second table times every sampler with a "realistic-cost" score: the exact score plus a fixed MLP
 forward pass (width 512, 4 layers) multiplied by 0, so the samples are unchanged but each call costs
 what a small network costs; it reports the sampler's share of the total.
@@ -37,7 +37,7 @@ from peers import build_peers  # noqa: E402
 
 from sde_gen import SDES, make_preset  # noqa: E402
 from sde_gen.io import atomic_write_text  # noqa: E402
-from sde_gen.sample import TimedScore, oracle_metrics, prior_mismatch, timed_sample  # noqa: E402
+from sde_gen.evaluation import TimedScore, oracle_metrics, prior_mismatch, timed_sample  # noqa: E402
 from sde_gen.samplers import SAMPLERS, build_sampler  # noqa: E402
 
 NFES = (10, 20, 50, 100, 200, 1000)

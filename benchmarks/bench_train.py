@@ -54,7 +54,8 @@ def throughput(quick: bool):
 
     from sde_gen.config import instantiate, register_configs
     from sde_gen.losses import DenoisingScoreMatching
-    from sde_gen.train import CONF_DIR, build_model
+    from sde_gen.config import CONF_DIR
+    from sde_gen.nets import build_score_model
 
     register_configs()
     out = []
@@ -65,7 +66,7 @@ def throughput(quick: bool):
             torch.manual_seed(0)
             sde = instantiate(cfg.sde, "sde")
             data = instantiate(cfg.data, "data")
-            model = build_model(cfg, sde, data.event_shape, data.data_std())
+            model = build_score_model(cfg.model, sde, data.event_shape, data.data_std())
             opt = torch.optim.Adam(model.parameters(), lr=1e-4)
             loss_fn = DenoisingScoreMatching()
             g = torch.Generator().manual_seed(0)

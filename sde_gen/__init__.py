@@ -3,19 +3,22 @@
 Public API (explicit re-exports; nothing relies on side-effect imports):
     SDEs:      SDE, VPSDE, SubVPSDE, VESDE, SDES, build_sde
     oracles:   GaussianMixture, PRESETS, make_preset
-    training:  dsm_loss, DenoisingScoreMatching, ScoreModel, MLP, UNet, DATASETS, build_dataset,
-               load_trained (sde_gen.train holds the loop and the Hydra app)
+    sampling:  sample, SAMPLERS, SampleResult
+    training:  dsm_loss, DenoisingScoreMatching, ScoreModel, MLP, UNet, build_score_model, DATASETS,
+               build_dataset, train, load_trained, Trained
     likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult
-               (sde_gen.evaluate holds the sde-gen-eval app)
     helpers:   append_dims, batch_sum
+The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 """
 from .checkpoint import Trained, load_trained
 from .data import DATASETS, build_dataset
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, evaluate_dataset, log_likelihood
 from .losses import DenoisingScoreMatching, dsm_loss
-from .nets import MLP, ScoreModel, UNet
+from .nets import MLP, ScoreModel, UNet, build_score_model
 from .oracles import PRESETS, GaussianMixture, make_preset
+from .samplers import SAMPLERS, SampleResult, sample
 from .sdes import SDE, SDES, SubVPSDE, VESDE, VPSDE, build_sde
+from .training import train
 from .utils import append_dims, batch_sum
 
 __version__ = "0.1.0"
@@ -30,6 +33,11 @@ __all__ = [
     "GaussianMixture",
     "PRESETS",
     "make_preset",
+    "sample",
+    "SAMPLERS",
+    "SampleResult",
+    "train",
+    "build_score_model",
     "dsm_loss",
     "DenoisingScoreMatching",
     "ScoreModel",

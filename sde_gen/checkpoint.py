@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
+from omegaconf import OmegaConf
 
+from .config import instantiate, register_configs
 from .io import atomic_path
+from .nets import build_score_model
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path", "Trained", "load_trained"]
 
@@ -131,22 +134,16 @@ def load_trained(path: str, device=None, ema: bool = True, dataset: bool = True)
     Raises:
         CheckpointError naming the file when there is no checkpoint or it cannot be read.
     """
-    from omegaconf import OmegaConf
-
-    from .train import build_model  # late import: train imports this module
-
     file = latest_checkpoint(path)
     if file is None:
         raise CheckpointError(f"no checkpoint (ckpt_*.pt) found at {path!r}")
     state = load_checkpoint(file, map_location="cpu")
     cfg = OmegaConf.create(state["config"])
-    from .config import instantiate, register_configs
-
     register_configs()
     sde = instantiate(cfg.sde, "sde")
     data = instantiate(cfg.data, "data") if dataset else None
     event_shape = tuple(state["event_shape"]) if "event_shape" in state else tuple(data.event_shape)
-    model = build_model(cfg, sde, event_shape, state.get("data_std", 1.0))
+    model = build_score_model(cfg.model, sde, event_shape, state.get("data_std", 1.0))
     if ema:
         # AveragedModel keys are "module.<name>" plus the "n_averaged" counter
         weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}

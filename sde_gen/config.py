@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import os
 import typing
 from typing import Any, Dict, Optional, Type
 
@@ -29,6 +31,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 __all__ = [
+    "CONF_DIR",
     "ConfigError",
     "schema_for",
     "register_target",
@@ -36,9 +39,13 @@ __all__ = [
     "instantiate",
     "validate",
     "resolve_device",
+    "TrainConf",
 ]
 
 _PRIMITIVES = (int, float, bool, str)
+
+#: the config folder shipped inside the package (`conf/` at the repository root links to it)
+CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 
 
 class ConfigError(ValueError):
@@ -114,7 +121,6 @@ def _register_training() -> None:
     """Schemas of the training app: backbones (shape arguments come from the data), datasets, train."""
     from .data import DATASETS
     from .nets import MLP, UNet
-    from .train import TrainConf
 
     register_target("model", "mlp", MLP, exclude=("dim",))
     register_target("model", "unet", UNet, exclude=("in_channels", "image_size"))
@@ -176,7 +182,88 @@ def to_plain(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
-# ---- sde-gen-eval (the likelihood app, sde_gen/evaluate.py) ----
+# ---- the train: section of sde-gen-train ----
+#: learning-rate decays after the warm-up
+LR_DECAYS = ("none", "cosine")
+
+
+@dataclasses.dataclass
+class TrainConf:
+    """The `train:` section (checked at start-up; see `conf/train/default.yaml`).
+
+    Attributes:
+        steps: total optimiser steps (a resumed run continues up to this number).
+        batch_size: training batch size.
+        lr: Adam learning rate after warm-up.
+        warmup: linear warm-up steps (0: none).
+        lr_decay: "none" (constant after warm-up) or "cosine" (half-cosine from lr to 0 over the
+            steps after warm-up; Loshchilov & Hutter 2017). A function of the step and of `steps`,
+            so a resumed run follows the same schedule as long as `steps` is unchanged.
+        grad_clip: maximum global gradient norm (null: no clipping).
+        ema_decay: EMA decay per step, in [0, 1).
+        weighting: DSM weighting lambda(t): sigma2, likelihood or none.
+        importance_sampling: draw t proportional to g^2 / s^2 (needs weighting=likelihood).
+        checkpoint_every: steps between checkpoints (one is always written at the end).
+        keep_checkpoints: how many checkpoint files to keep.
+        eval_every: steps between evaluations (one always runs at the end).
+        eval_samples: samples drawn with the EMA model per evaluation.
+        eval_projections: random directions of the sliced Wasserstein distance.
+        noise_floor_replicates: replicates of the noise-floor estimate.
+        score_error_samples: Monte Carlo samples per time of the score-error diagnostic.
+        log_every: steps between loss log rows (and progress-bar updates).
+        resume: null (fresh run), "auto" (the latest checkpoint of this run directory if any) or a
+            checkpoint file / run directory to continue from.
+        progress: show a tqdm progress bar.
+        tensorboard: also log to TensorBoard when it is installed.
+        plots: save pictures in the run directory.
+    """
+
+    steps: int = 6000
+    batch_size: int = 512
+    lr: float = 2e-3
+    warmup: int = 200
+    lr_decay: str = "cosine"
+    grad_clip: Optional[float] = 1.0
+    ema_decay: float = 0.995
+    weighting: str = "sigma2"
+    importance_sampling: bool = False
+    checkpoint_every: int = 2000
+    keep_checkpoints: int = 2
+    eval_every: int = 3000
+    eval_samples: int = 10000
+    eval_projections: int = 500
+    noise_floor_replicates: int = 10
+    score_error_samples: int = 2048
+    log_every: int = 100
+    resume: Optional[str] = None
+    progress: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+
+    def __post_init__(self):
+        from .losses import WEIGHTINGS
+
+        def need(ok: bool, field: str, rule: str):
+            if not ok:
+                raise ValueError(f"{field} must be {rule}; got {getattr(self, field)!r}")
+
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "eval_every",
+                     "eval_samples", "eval_projections", "noise_floor_replicates", "score_error_samples", "log_every"):
+            need(getattr(self, name) >= 1, name, "an integer >= 1")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", "> 0")
+        need(self.warmup >= 0, "warmup", ">= 0")
+        need(self.lr_decay in LR_DECAYS, "lr_decay", f"one of {list(LR_DECAYS)}")
+        need(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0), "grad_clip", "> 0 or null")
+        need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
+        need(self.weighting in WEIGHTINGS, "weighting", f"one of {list(WEIGHTINGS)}")
+        need(not self.importance_sampling or self.weighting == "likelihood", "importance_sampling",
+             "false unless weighting=likelihood")
+
+
+LR_DECAYS = ("none", "cosine")
+
+
+# ---- sde-gen-eval (the likelihood app, sde_gen/apps/evaluate.py) ----
 _EVAL_SOURCES = ("oracle", "checkpoint")
 _EVAL_PRIORS = ("standard", "exact")
 _EVAL_DTYPES = ("float32", "float64")

@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 
 from sde_gen import VESDE, make_preset
 from sde_gen.config import ConfigError, register_configs
-from sde_gen.evaluate import run_eval
+from sde_gen.apps.evaluate import run_eval
 
 CONF = pathlib.Path(__file__).resolve().parents[1] / "sde_gen" / "conf"
 ROOT = CONF.parents[1]
@@ -110,7 +110,7 @@ def test_checkpoint_source_after_a_two_step_training(hydra_ctx, tmp_path, data):
     log-likelihood for oracle data, dequantised bits/dim for images; numbers match direct calls."""
     from sde_gen.checkpoint import load_trained
     from sde_gen.likelihood import bits_per_dim, log_likelihood
-    from sde_gen.train import train
+    from sde_gen.training import train
 
     run = tmp_path / "run"
     cfg = compose(

@@ -6,7 +6,7 @@ import re
 from hydra import compose, initialize_config_dir
 
 from sde_gen.config import register_configs
-from sde_gen.train import train
+from sde_gen.training import train
 
 from .test_train import CONF, TINY
 

@@ -20,8 +20,8 @@ from hydra.core.global_hydra import GlobalHydra
 from sde_gen import VPSDE, make_preset
 from sde_gen.config import ConfigError, instantiate, register_configs
 from sde_gen.oracles import GaussianMixture
-from sde_gen.report import main as report_main
-from sde_gen.sample import main as sample_main
+from sde_gen.apps.report import main as report_main
+from sde_gen.apps.sample import main as sample_main
 from sde_gen.samplers import SAMPLERS
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sde_gen", "conf")
@@ -209,7 +209,7 @@ def test_sweep_config_composes_and_covers_every_sampler():
 def test_checkpoint_source_samples_the_trained_ema_model(tmp_path):
     from sde_gen.checkpoint import load_trained
     from sde_gen.samplers import build_sampler
-    from sde_gen.train import train
+    from sde_gen.training import train
 
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):

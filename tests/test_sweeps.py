@@ -4,8 +4,8 @@ import importlib.util
 
 import pytest
 
-from sde_gen.report import main as report_main
-from sde_gen.sample import main as sample_main
+from sde_gen.apps.report import main as report_main
+from sde_gen.apps.sample import main as sample_main
 
 from .test_sample_app import SMALL
 from .test_train import _app

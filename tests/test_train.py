@@ -21,7 +21,10 @@ from sde_gen.diagnostics import score_error_vs_t
 from sde_gen.nets import MLP, ScoreModel
 from sde_gen.samplers import Sampler
 from sde_gen.sdes import SDE
-from sde_gen.train import CONF_DIR, TrainConf, build_model, train
+from sde_gen.config import CONF_DIR
+from sde_gen.config import TrainConf
+from sde_gen.nets import build_score_model
+from sde_gen.training import train
 
 from .conftest import ALL_SDES, SDE_IDS
 
@@ -160,7 +163,7 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx):
                 assert isinstance(validate(cfg.train, TrainConf, "train"), TrainConf)
             elif group == "model":
                 shape = (1, 8, 8) if option == "unet" else (2,)
-                assert isinstance(build_model(cfg, VPSDE(), shape), ScoreModel)
+                assert isinstance(build_score_model(cfg.model, VPSDE(), shape), ScoreModel)
             elif group == "data":
                 if "data_dir" in cfg.data:  # file-based: without files, the error names them
                     with pytest.raises(ConfigError, match="missing file"):
@@ -169,7 +172,7 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx):
                     assert isinstance(instantiate(cfg.data, "data"), Dataset)
             elif group == "experiment":
                 data = instantiate(cfg.data, "data")
-                assert isinstance(build_model(cfg, instantiate(cfg.sde, "sde"), data.event_shape), ScoreModel)
+                assert isinstance(build_score_model(cfg.model, instantiate(cfg.sde, "sde"), data.event_shape), ScoreModel)
 
 
 @pytest.mark.parametrize("experiment", [None] + _group_options("experiment"))
@@ -236,7 +239,8 @@ def test_hydra_app_multirun_of_the_default_run(tmp_path):
 
 def test_learning_rate_schedule_closed_form():
     """Warm-up is linear; the cosine decay starts at lr after warm-up and reaches 0 at the end."""
-    from sde_gen.train import TrainConf, learning_rate
+    from sde_gen.config import TrainConf
+    from sde_gen.training import learning_rate
 
     tc = TrainConf(steps=1000, lr=1e-3, warmup=100, lr_decay="cosine")
     assert learning_rate(tc, 0) == pytest.approx(1e-3 / 101)
