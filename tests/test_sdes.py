@@ -71,6 +71,23 @@ def test_cosine_schedule_is_nichol_dhariwal_before_the_cap():
     assert float(sde.beta(torch.tensor([1.0], dtype=f64))[0]) == pytest.approx(sde.beta_max)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_cosine_variance_is_accurate_relative_to_itself_near_zero(dtype):
+    """1 - alpha_bar(t) = sin(delta) sin(2 theta0 + delta) / cos^2(theta0), delta = theta(t) - theta0
+    (from cos^2 a - cos^2 b = sin(b - a) sin(b + a)): a product, so accurate to relative precision
+    however small t is. s(t)^2 must match it to a few ulps of its own size, and be 0 at t = 0."""
+    sde = VPSDE(schedule="cosine")
+    s = sde.cosine_s
+    t = torch.tensor([0.0, 1e-12, 1e-9, 1e-6, 1e-3, 0.1, 0.5, 0.9], dtype=f64).to(dtype)
+    theta0 = 0.5 * math.pi * s / (1 + s)
+    delta = 0.5 * math.pi * t.to(f64) / (1 + s)
+    exact = torch.sin(delta) * torch.sin(2 * theta0 + delta) / math.cos(theta0) ** 2
+    got = sde.marginal_var(t)
+    assert float(got[0]) == 0.0
+    rtol = 64 * torch.finfo(dtype).eps
+    torch.testing.assert_close(got.to(f64), exact, rtol=rtol, atol=0)
+
+
 def test_ddpm_chain_has_linear_schedule_betas_for_fine_grids():
     """beta_i = 1 - exp(-int beta) over each step; the midpoint rule integrates a linear beta exactly,
     and to first order beta_i = beta(t_i) dt, the DDPM discretisation."""
