@@ -9,8 +9,12 @@ Two kinds of schema:
   A YAML file extends its schema through its defaults list, e.g. `conf/sde/vp.yaml`:
 
       defaults:
-        - vp_schema
+        - /sde_vp_schema
       beta_min: 0.1
+
+  The schemas are stored at the root of the ConfigStore as `<group>_<name>_schema`, not inside
+  their group: a group lists exactly its YAML files in `--help`, and `sde=vp_schema` is no option
+  (the apps refuse it in one line naming the group's options, see `sde_gen.apps._hydra`).
 
 * Plain sections (training options, app options) are dataclasses with a `__post_init__` that checks
   ranges; `validate(cfg, schema)` converts the section with `OmegaConf.to_object`, running it.
@@ -102,9 +106,19 @@ def schema_for(target: type, exclude: tuple = ()) -> Type:
     return dataclasses.make_dataclass(f"{target.__name__}Conf", fields)
 
 
+def schema_name(group: str, name: str) -> str:
+    """The ConfigStore name of the schema of option `name` of `group`, e.g. "sde_vp_schema"."""
+    return f"{group}_{name}_schema"
+
+
 def register_target(group: str, name: str, target: type, exclude: tuple = ()) -> None:
-    """Store `schema_for(target)` in the ConfigStore as `<group>/<name>_schema`."""
-    ConfigStore.instance().store(group=group, name=f"{name}_schema", node=schema_for(target, exclude))
+    """Store `schema_for(target)` at the root of the ConfigStore as `<group>_<name>_schema`.
+
+    At the root, not in `group`: a schema is what a YAML option extends (`- /<group>_<name>_schema`
+    in its defaults list), not an option itself, so it never shows in the group's `--help` choices
+    and `group=<name>_schema` is not selectable.
+    """
+    ConfigStore.instance().store(name=schema_name(group, name), node=schema_for(target, exclude))
 
 
 _REGISTERED = False
@@ -138,7 +152,8 @@ def _register_training() -> None:
         register_target("model", name, cls, exclude=SHAPE_ARGS)
     for name, cls in DATASETS.items():
         register_target("data", name, cls)
-    ConfigStore.instance().store(group="train", name="train_schema", node=TrainConf)
+    # at the root like the other schemas (`- /train_schema` in conf/train/default.yaml)
+    ConfigStore.instance().store(name="train_schema", node=TrainConf)
 
 
 #: functions run by `register_configs` for schemas defined in other modules (training, apps)
