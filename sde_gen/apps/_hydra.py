@@ -73,9 +73,12 @@ def _unknown_choices(config_name: str, argv: Sequence[str]) -> List[str]:
         if args.config_dir is not None:  # as hydra.main adds it
             search_path.prepend("command-line", f"file://{os.path.abspath(args.config_dir)}", SearchPathQuery(provider="schema"))
         loader = ConfigLoaderImpl(config_search_path=search_path)
+        listed: Dict[Any, List[str]] = {}
 
         def listing(group: str, kind) -> List[str]:
-            return loader.get_group_options(group, kind, config_name=name, overrides=list(args.overrides))
+            if (group, kind) not in listed:  # each listing loads the primary config once
+                listed[group, kind] = loader.get_group_options(group, kind, config_name=name, overrides=list(args.overrides))
+            return listed[group, kind]
 
         for override in parsed:
             group = override.key_or_group
