@@ -10,6 +10,16 @@ Writes go to a temporary file that is read back and checked before it atomically
 target (`sde_gen.io.atomic_path`), so a crash, a full disk or a bad write never destroys the last
 good checkpoint. `load_trained` rebuilds the SDE, the dataset and the EMA model from the stored
 config: the entry point of the sampling and likelihood apps.
+
+Checkpoints are data, not code. Run directories are shared, so a stored config is untrusted input:
+`load_checkpoint` runs `check_checkpoint_config` on it before anything reads it, and that check
+compares strings only (nothing is imported): a `_target_` may appear only on the component
+sections `sde`, `model`, `data`, `sampler` and must name a class of the library's registries
+(`sde_gen.config.component_registries`) or one the *caller* trusts (`trusted_targets`, or
+`sde_gen.nets.register_backbone`); every other Hydra keyword (`_args_`, `_partial_`,
+`_recursive_`, `_convert_`, ...), a `_target_` anywhere else, an interpolation `${...}` and any
+value that is not a plain str / int / float / bool / None / list / dict is refused. Trust is never
+read from the checkpoint.
 """
 from __future__ import annotations
 
@@ -17,16 +27,17 @@ import glob
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
 
-from .config import instantiate, register_configs
+from .config import check_target_names, component_registries, instantiate, register_configs, registered_targets
 from .io import atomic_path
 from .nets import build_score_model
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path", "Trained", "load_trained"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_checkpoint_config", "latest_checkpoint",
+           "checkpoint_path", "Trained", "load_trained"]
 
 FORMAT = 1
 _REQUIRED = ("format", "step", "model", "ema", "optimizer", "rng", "config", "metrics")
@@ -42,11 +53,21 @@ def checkpoint_path(directory: str, step: int) -> str:
     return os.path.join(directory, f"ckpt_{step:07d}.pt")
 
 
-def load_checkpoint(path: str, map_location=None) -> Dict[str, Any]:
+def load_checkpoint(path: str, map_location=None, trusted_targets: Sequence[str] = ()) -> Dict[str, Any]:
     """Load and check a checkpoint with `torch.load(weights_only=True)`.
 
+    The stored config is checked by `check_checkpoint_config` before the state is returned, so
+    every reader (`load_trained`, training resume) refuses a tampered config the same way.
+
+    Args:
+        path: the checkpoint file.
+        map_location: as for `torch.load`.
+        trusted_targets: `_target_` strings of your own the stored config may name (see
+            `check_checkpoint_config`).
+
     Raises:
-        CheckpointError naming `path` when the file is missing, unreadable or incomplete.
+        CheckpointError naming `path` when the file is missing, unreadable or incomplete, or naming
+        the config key when the stored config would build something not allowed.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
@@ -59,7 +80,107 @@ def load_checkpoint(path: str, map_location=None) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint {path!r} is not a sde_gen training checkpoint (missing {missing})")
     if state["format"] != FORMAT:
         raise CheckpointError(f"checkpoint {path!r} has format {state['format']}, expected {FORMAT}")
+    try:
+        check_checkpoint_config(state["config"], trusted_targets)
+    except CheckpointError as err:
+        raise CheckpointError(f"checkpoint {path!r}: {err}") from None
     return state
+
+
+#: the sections of a stored config that build an object from a `_target_`
+COMPONENT_SECTIONS = ("sde", "model", "data", "sampler")
+#: Hydra's instantiation keywords look like `_name_`: `_args_`, `_partial_`, `_recursive_`, `_convert_`
+_HYDRA_KEYWORD = re.compile(r"_[A-Za-z0-9_]*_")
+_PLAIN = (str, int, float, bool, type(None))
+#: deeper than any config of ours; refusing early keeps the walk from exhausting the stack
+_MAX_DEPTH = 32
+
+
+def check_checkpoint_config(config: Any, trusted_targets: Sequence[str] = ()) -> None:
+    """Refuse a stored config that would make Hydra do anything but call an allowed constructor
+    with plain values. Strings are compared; nothing is imported or instantiated.
+
+    Allowed: a mapping of str keys whose values are str / int / float / bool / None, lists and
+    mappings of those, and `_target_` keys on the component sections `config.sde`, `config.model`,
+    `config.data`, `config.sampler` naming a class of that section's registry
+    (`sde_gen.config.registered_targets`, e.g. "sde_gen.sdes.VPSDE" or "sde_gen.VPSDE") or a
+    string in `trusted_targets`. Refused, with the key's path:
+
+    * any other `_target_` (e.g. "builtins.open", "os.system", "payload.run" resolved through the
+      working directory), and a `_target_` anywhere but on a component section (nested nodes and
+      `_args_` entries would be built recursively);
+    * every other Hydra keyword (`_args_`, `_partial_`, `_recursive_`, `_convert_`, ...): they call
+      with positional values, return partial functions or change the conversion;
+    * a string holding `${`: the config was stored resolved, so an interpolation can only have
+      been written in; resolved on access it could read the environment (`oc.env`) or run any
+      resolver registered in the process;
+    * any other value type (tensors, ...), non-string keys, and nesting deeper than 32.
+
+    Args:
+        config: `state["config"]` of a checkpoint (plain containers).
+        trusted_targets: `_target_` strings of your own (absolute dotted paths) to accept in the
+            component sections; the caller's choice, never read from the checkpoint.
+
+    Raises:
+        CheckpointError naming the key path (e.g. `config.sde._target_`) and the offending value.
+        ConfigError naming `trusted_targets` when it is not a list of dotted paths.
+    """
+    trusted = frozenset(check_target_names("trusted_targets", trusted_targets))
+    if not isinstance(config, dict):
+        raise CheckpointError(f"config: the stored config must be a mapping; got {type(config).__name__}")
+    _check_node(config, "config", trusted)
+
+
+def _refuse_target(target: Any, key_path: str, section: Optional[str]) -> CheckpointError:
+    if section is None:
+        return CheckpointError(
+            f"{key_path}: target {target!r} refused: a stored config may name a _target_ only on its "
+            f"component sections {', '.join(f'config.{s}' for s in COMPONENT_SECTIONS)}"
+        )
+    canonical = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in component_registries()[section].values())
+    return CheckpointError(
+        f"{key_path}: target {target!r} is not allowed in a checkpoint; {section} may name {canonical}"
+        " or a target you pass in trusted_targets"
+    )
+
+
+def _check_node(node: Any, path: str, trusted: frozenset, depth: int = 0, key: Optional[str] = None) -> None:
+    """Walk one stored node (see `check_checkpoint_config`); `key` is its own key, and `depth` 1
+    marks the top-level sections."""
+    if depth > _MAX_DEPTH:
+        raise CheckpointError(f"{path}: nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(node, dict):
+        if "_target_" in node:
+            target, key_path = node["_target_"], f"{path}._target_"
+            section = key if depth == 1 and key in COMPONENT_SECTIONS else None
+            allowed = registered_targets(section) if section is not None else {}
+            if not isinstance(target, str) or not (target in allowed or (section is not None and target in trusted)):
+                raise _refuse_target(target, key_path, section)
+        for child, value in node.items():
+            if not isinstance(child, str):
+                raise CheckpointError(f"{path}: key {child!r} is not a string")
+            key_path = f"{path}.{child}"
+            if "${" in child:
+                raise CheckpointError(f"{key_path}: interpolation in a key refused in a stored config")
+            if child == "_target_":
+                continue
+            if _HYDRA_KEYWORD.fullmatch(child):
+                raise CheckpointError(
+                    f"{key_path}: Hydra keyword {child!r} refused in a stored config (a component is built by "
+                    "calling its constructor with plain keyword values)"
+                )
+            _check_node(value, key_path, trusted, depth + 1, child)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _check_node(value, f"{path}[{i}]", trusted, depth + 1)
+    elif isinstance(node, str):
+        if "${" in node:
+            raise CheckpointError(
+                f"{path}: interpolation {node!r} refused in a stored config (configs are stored resolved; "
+                "resolvers would run on load)"
+            )
+    elif not isinstance(node, _PLAIN):
+        raise CheckpointError(f"{path}: a {type(node).__name__} is not a plain config value")
 
 
 def save_checkpoint(path: str, state: Dict[str, Any], keep: Optional[int] = None) -> None:
@@ -122,28 +243,47 @@ class Trained:
     path: str
 
 
-def load_trained(path: str, device=None, ema: bool = True, dataset: bool = True) -> Trained:
+def load_trained(
+    path: str, device=None, ema: bool = True, dataset: bool = True, trusted_targets: Sequence[str] = ()
+) -> Trained:
     """Rebuild the model of a training run from a checkpoint file or a run directory.
+
+    The stored config is checked (`check_checkpoint_config`) before anything is imported or built:
+    it may build only the library's registered SDEs, datasets, backbones and samplers, plus the
+    classes you trust here.
 
     Args:
         path: a `ckpt_*.pt` file, or a run directory (its newest checkpoint is used).
         device: where to put the model (None: CPU).
         ema: load the EMA weights (True) or the raw training weights.
         dataset: also rebuild the dataset (set False to skip loading image files).
+        trusted_targets: `_target_` strings of your own the stored config may build, e.g.
+            ["mypkg.nets.MyNet"] (or register a backbone once with `sde_gen.nets.register_backbone`).
 
     Raises:
-        CheckpointError naming the file when there is no checkpoint or it cannot be read.
+        CheckpointError naming the file when there is no checkpoint or it cannot be read, and naming
+        the config key and the target when the stored config is refused.
     """
     file = latest_checkpoint(path)
     if file is None:
         raise CheckpointError(f"no checkpoint (ckpt_*.pt) found at {path!r}")
-    state = load_checkpoint(file, map_location="cpu")
-    cfg = OmegaConf.create(state["config"])
+    state = load_checkpoint(file, map_location="cpu", trusted_targets=trusted_targets)
+    stored = state["config"]
+    for key in ("sde", "model") + (("data",) if dataset else ()):
+        if not isinstance(stored.get(key), dict) or "_target_" not in stored[key]:
+            raise CheckpointError(f"checkpoint {file!r}: config.{key} with a _target_ is missing")
+    if "event_shape" in state:
+        shape = state["event_shape"]
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and n >= 1 for n in shape):
+            raise CheckpointError(f"checkpoint {file!r}: event_shape must be a list of integers >= 1; got {shape!r}")
+    elif not dataset:
+        raise CheckpointError(f"checkpoint {file!r} stores no event_shape; load it with dataset=True")
+    cfg = OmegaConf.create(stored)
     register_configs()
     sde = instantiate(cfg.sde, "sde")
     data = instantiate(cfg.data, "data") if dataset else None
     event_shape = tuple(state["event_shape"]) if "event_shape" in state else tuple(data.event_shape)
-    model = build_score_model(cfg.model, sde, event_shape, state.get("data_std", 1.0))
+    model = build_score_model(cfg.model, sde, event_shape, state.get("data_std", 1.0), trusted_targets=trusted_targets)
     if ema:
         # AveragedModel keys are "module.<name>" plus the "n_averaged" counter
         weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
@@ -153,4 +293,4 @@ def load_trained(path: str, device=None, ema: bool = True, dataset: bool = True)
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
-    return Trained(model=model, sde=model.sde, dataset=data, config=state["config"], step=int(state["step"]), path=file)
+    return Trained(model=model, sde=model.sde, dataset=data, config=stored, step=int(state["step"]), path=file)

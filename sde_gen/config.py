@@ -9,13 +9,22 @@ Two kinds of schema:
   A YAML file extends its schema through its defaults list, e.g. `conf/sde/vp.yaml`:
 
       defaults:
-        - vp_schema
+        - /sde_vp_schema
       beta_min: 0.1
+
+  The schemas are stored at the root of the ConfigStore as `<group>_<name>_schema`, not inside
+  their group: a group lists exactly its YAML files in `--help`, and `sde=vp_schema` is no option
+  (the apps refuse it in one line naming the group's options, see `sde_gen.apps._hydra`).
 
 * Plain sections (training options, app options) are dataclasses with a `__post_init__` that checks
   ranges; `validate(cfg, schema)` converts the section with `OmegaConf.to_object`, running it.
 
 Every failure is raised as `ConfigError` naming the config path, before any work is done.
+
+Which components a config may build: `component_registries()` maps each `_target_` section (sde,
+model, data, sampler) to the library's registry, and `registered_targets(section)` gives the
+`_target_` strings of its classes. A config stored in a checkpoint is checked against these
+strings before anything is imported (`sde_gen.checkpoint.check_checkpoint_config`).
 """
 from __future__ import annotations
 
@@ -23,8 +32,10 @@ import dataclasses
 import inspect
 import math
 import os
+import re
+import sys
 import typing
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -36,6 +47,10 @@ __all__ = [
     "schema_for",
     "register_target",
     "register_configs",
+    "component_registries",
+    "target_names",
+    "registered_targets",
+    "check_target_names",
     "instantiate",
     "validate",
     "resolve_device",
@@ -91,9 +106,19 @@ def schema_for(target: type, exclude: tuple = ()) -> Type:
     return dataclasses.make_dataclass(f"{target.__name__}Conf", fields)
 
 
+def schema_name(group: str, name: str) -> str:
+    """The ConfigStore name of the schema of option `name` of `group`, e.g. "sde_vp_schema"."""
+    return f"{group}_{name}_schema"
+
+
 def register_target(group: str, name: str, target: type, exclude: tuple = ()) -> None:
-    """Store `schema_for(target)` in the ConfigStore as `<group>/<name>_schema`."""
-    ConfigStore.instance().store(group=group, name=f"{name}_schema", node=schema_for(target, exclude))
+    """Store `schema_for(target)` at the root of the ConfigStore as `<group>_<name>_schema`.
+
+    At the root, not in `group`: a schema is what a YAML option extends (`- /<group>_<name>_schema`
+    in its defaults list), not an option itself, so it never shows in the group's `--help` choices
+    and `group=<name>_schema` is not selectable.
+    """
+    ConfigStore.instance().store(name=schema_name(group, name), node=schema_for(target, exclude))
 
 
 _REGISTERED = False
@@ -120,17 +145,82 @@ def register_configs() -> None:
 def _register_training() -> None:
     """Schemas of the training app: backbones (shape arguments come from the data), datasets, train."""
     from .data import DATASETS
-    from .nets import MLP, UNet
+    from .nets import BACKBONES
+    from .nets.build import SHAPE_ARGS
 
-    register_target("model", "mlp", MLP, exclude=("dim",))
-    register_target("model", "unet", UNet, exclude=("in_channels", "image_size"))
+    for name, cls in BACKBONES.items():
+        register_target("model", name, cls, exclude=SHAPE_ARGS)
     for name, cls in DATASETS.items():
         register_target("data", name, cls)
-    ConfigStore.instance().store(group="train", name="train_schema", node=TrainConf)
+    # at the root like the other schemas (`- /train_schema` in conf/train/default.yaml)
+    ConfigStore.instance().store(name="train_schema", node=TrainConf)
 
 
 #: functions run by `register_configs` for schemas defined in other modules (training, apps)
 _EXTRA_REGISTRATIONS: list = []
+
+
+# ---- the components a config may build ----
+#: the public packages whose re-exports also name a component (e.g. `sde_gen.VPSDE`, `sde_gen.nets.MLP`)
+_PUBLIC_MODULES = ("sde_gen", "sde_gen.sdes", "sde_gen.nets", "sde_gen.data", "sde_gen.samplers")
+#: an absolute dotted Python path: no relative (leading dot) or file-system form
+_DOTTED_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def component_registries() -> Dict[str, Dict[str, type]]:
+    """Config section -> the registry (config name -> class) of the components it may build."""
+    from .data import DATASETS
+    from .nets import BACKBONES
+    from .samplers import SAMPLERS
+    from .sdes import SDES
+
+    return {"sde": SDES, "model": BACKBONES, "data": DATASETS, "sampler": SAMPLERS}
+
+
+def target_names(cls: type) -> List[str]:
+    """Every `_target_` string that names `cls`: `f"{cls.__module__}.{cls.__qualname__}"` (what the
+    schemas write) and its public re-exports (e.g. `sde_gen.VPSDE`).
+
+    Computed from the already imported modules of the package, so it imports nothing.
+    """
+    names = [f"{cls.__module__}.{cls.__qualname__}"]
+    for module_name in _PUBLIC_MODULES:
+        module = sys.modules.get(module_name)
+        for attr, value in (vars(module).items() if module is not None else ()):
+            if value is cls and f"{module_name}.{attr}" not in names:
+                names.append(f"{module_name}.{attr}")
+    return names
+
+
+def registered_targets(section: str) -> Dict[str, type]:
+    """`_target_` string -> class for every registered component of config section `section`
+    ("sde", "model", "data" or "sampler"; {} for any other section)."""
+    registry = component_registries().get(section, {})
+    return {name: cls for cls in registry.values() for name in target_names(cls)}
+
+
+def check_target_names(field: str, names: Optional[Iterable[str]]) -> Tuple[str, ...]:
+    """A user's list of trusted `_target_` strings, checked: absolute dotted paths only.
+
+    Args:
+        field: the option's name, for the message (e.g. "trusted_targets").
+        names: None or a list of strings such as "mypkg.nets.MyNet".
+
+    Raises:
+        ConfigError naming `field` for a bare string, a non-string or a name that is not an
+        absolute dotted path (a relative ".mod.Cls" or a file path).
+    """
+    if names is None:
+        return ()
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise ConfigError(f"{field} must be a list of dotted class paths such as [mypkg.nets.MyNet]; got {names!r}")
+    out = tuple(names)
+    for name in out:
+        if not isinstance(name, str) or not _DOTTED_PATH.fullmatch(name):
+            raise ConfigError(
+                f"{field} must hold absolute dotted paths such as 'mypkg.nets.MyNet' (no file paths, no leading dot); got {name!r}"
+            )
+    return out
 
 
 def instantiate(node: DictConfig, path: str, **kwargs) -> Any:
@@ -321,11 +411,14 @@ class EvalConf:
     seed: int = 0
     progress: bool = True
     likelihood: LikelihoodOptionsConf = dataclasses.field(default_factory=LikelihoodOptionsConf)
+    #: `_target_` strings of your own that a checkpoint's config may build (never read from the checkpoint)
+    trusted_targets: List[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         from ._validation import check_choice, check_positive_int
         from .oracles import PRESETS
 
+        check_target_names("trusted_targets", self.trusted_targets)
         check_choice("source", self.source, _EVAL_SOURCES)
         if self.source == "checkpoint" and not self.checkpoint:
             raise ValueError("checkpoint must be a path when source=checkpoint; got null")
@@ -369,6 +462,8 @@ class SampleAppConf:
         noise_floor_replicates: independent exact-vs-exact replicates for the noise floor (>= 2).
         num_projections: random directions of the sliced Wasserstein distance.
         plot: write the picture.
+        trusted_targets: `_target_` strings of your own (e.g. a backbone "mypkg.nets.MyNet") that
+            the checkpoint's stored config may build; trust is never read from the checkpoint.
     """
 
     source: str = "oracle"
@@ -384,11 +479,13 @@ class SampleAppConf:
     noise_floor_replicates: int = 10
     num_projections: int = 500
     plot: bool = True
+    trusted_targets: List[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         from ._validation import check_choice, check_nonnegative, check_positive_int
         from .oracles import PRESETS
 
+        check_target_names("trusted_targets", self.trusted_targets)
         check_choice("source", self.source, SAMPLE_SOURCES)
         if self.source == "oracle":
             check_choice("problem", self.problem, PRESETS)

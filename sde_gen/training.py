@@ -155,7 +155,8 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         if resume_from is None:
             raise ConfigError(f"train.resume: no checkpoint found at {tc.resume!r}")
     if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location="cpu")
+        # the stored config is checked against the registries and the user's own trust, never its own
+        state = load_checkpoint(resume_from, map_location="cpu", trusted_targets=cfg.get("trusted_targets") or ())
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])

@@ -123,7 +123,7 @@ def _image_report(sde, score_fn, dataset, conf: EvalConf, generator, device, dty
 
 
 def _checkpoint_report(conf: EvalConf, generator, device, dtype) -> Dict[str, Any]:
-    trained = load_trained(conf.checkpoint, device=device, ema=conf.ema)
+    trained = load_trained(conf.checkpoint, device=device, ema=conf.ema, trusted_targets=conf.trusted_targets)
     model, sde, dataset = trained.model, trained.sde.to(device), trained.dataset
     model.eval()
     param = next(model.parameters(), None)

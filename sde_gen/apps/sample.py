@@ -49,7 +49,7 @@ def _app_section(cfg: DictConfig) -> DictConfig:
 
 def _load_checkpoint_source(app: SampleAppConf, device: torch.device):
     """(sde, score_fn, event_shape, oracle or None, reference data or None) from a checkpoint."""
-    trained = load_trained(app.checkpoint, device=device, ema=app.ema)
+    trained = load_trained(app.checkpoint, device=device, ema=app.ema, trusted_targets=app.trusted_targets)
     model = trained.model.eval()
     dataset = trained.dataset
     oracle = getattr(dataset, "oracle", None)

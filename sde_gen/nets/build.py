@@ -1,31 +1,104 @@
-"""Build a `ScoreModel` from a `model:` config node and the data's shape."""
+"""Build a `ScoreModel` from a `model:` config node and the data's shape.
+
+`BACKBONES` is the one name -> class registry of backbones. A `model:` node names its backbone by
+the `_target_` string of a registered class, which is looked up here, never imported: a config
+stored in a downloaded checkpoint cannot make this module import code. A backbone of your own is
+trusted explicitly, either for the whole process (`register_backbone`) or for one call
+(`trusted_targets`).
+"""
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Dict, Sequence
+import re
+from typing import Any, Dict, Iterable, Sequence
 
-from ..config import ConfigError, instantiate
+from torch import nn
+
+from ..config import ConfigError, check_target_names, instantiate, register_target, registered_targets
+from .mlp import MLP
 from .score_model import ScoreModel
+from .unet import UNet
 
-__all__ = ["build_score_model"]
+__all__ = ["BACKBONES", "SHAPE_ARGS", "register_backbone", "build_score_model"]
+
+#: config name -> backbone class (the `model/` options of the configs)
+BACKBONES: Dict[str, type] = {"mlp": MLP, "unet": UNet}
+
+#: constructor arguments filled in from the data's shape, never from the config
+SHAPE_ARGS = ("dim", "in_channels", "image_size")
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def build_score_model(model_cfg, sde, event_shape: Sequence[int], data_std: float = 1.0) -> ScoreModel:
+def register_backbone(name: str, cls: type) -> None:
+    """Trust a backbone class of your own for this process, like the built-in ones.
+
+    Afterwards `build_score_model`, `load_trained` and the apps accept configs and checkpoints whose
+    `model._target_` names `cls` (`f"{cls.__module__}.{cls.__qualname__}"`), and a YAML file of
+    your own can extend its schema `/model_<name>_schema` (compose-time type checking).
+
+    Args:
+        name: the config name (an identifier, e.g. "my_net"); a name already registered for
+            another class is refused.
+        cls: an `nn.Module` subclass whose constructor takes the data shape as `dim` (vectors) or
+            `in_channels` and `image_size` (images) and everything else as keyword options, and
+            whose `forward(x, t, y=None)` returns a tensor like x (the -noise prediction, see
+            `ScoreModel`).
+
+    Raises:
+        ValueError naming the argument when `name` or `cls` is not acceptable.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"backbone name must be an identifier such as 'my_net'; got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"backbone class must be a torch.nn.Module subclass; got {cls!r}")
+    if BACKBONES.get(name, cls) is not cls:
+        raise ValueError(f"backbone name {name!r} is already registered for {BACKBONES[name].__qualname__}; choose another")
+    BACKBONES[name] = cls
+    register_target("model", name, cls, exclude=SHAPE_ARGS)
+
+
+def _backbone_class(target: Any, trusted: Iterable[str]) -> type:
+    """The class a `model._target_` string names: registered (looked up) or trusted (imported)."""
+    known = registered_targets("model")
+    if isinstance(target, str) and target in known:
+        return known[target]
+    if isinstance(target, str) and target in trusted:
+        from hydra.utils import get_class
+
+        try:
+            return get_class(target)
+        except Exception as err:
+            raise ConfigError(f"model._target_: cannot import trusted target {target!r} ({err})") from err
+    raise ConfigError(
+        f"model._target_: {target!r} is not a registered backbone (registered: {sorted(known)}); "
+        "register your own with sde_gen.nets.register_backbone(name, cls) or list it in trusted_targets"
+    )
+
+
+def build_score_model(
+    model_cfg, sde, event_shape: Sequence[int], data_std: float = 1.0, trusted_targets: Sequence[str] = ()
+) -> ScoreModel:
     """The `ScoreModel` of a `model:` node (`_target_` + options) for data of `event_shape`.
 
     The backbone's shape arguments come from the data, not the config: `dim` (vectors) or
     `in_channels` and `image_size` (images, event shape (C, H, W)).
 
-    Raises:
-        ConfigError naming `model` when the target cannot be imported or does not fit the data.
-    """
-    from hydra.utils import get_class
+    Args:
+        model_cfg: the `model:` node; its `_target_` names a class of `BACKBONES`
+            (e.g. "sde_gen.nets.mlp.MLP"), or one listed in `trusted_targets`.
+        sde: the forward SDE (gives the score parameterisation its std(t)).
+        event_shape: the shape of one data point, e.g. (2,) or (1, 8, 8).
+        data_std: the data's standard deviation (input scaling of the parameterisation).
+        trusted_targets: further `_target_` strings of your own to import and build.
 
-    try:
-        cls = get_class(model_cfg._target_)
-    except Exception as err:
-        raise ConfigError(f"model: cannot import _target_ {model_cfg.get('_target_')!r} ({err})") from err
+    Raises:
+        ConfigError naming `model` when the target is neither registered nor trusted, cannot be
+        imported or does not fit the data.
+    """
+    trusted = check_target_names("trusted_targets", trusted_targets)
+    cls = _backbone_class(model_cfg.get("_target_"), trusted)
     params = inspect.signature(cls.__init__).parameters
     shape_args: Dict[str, Any] = {}
     if "dim" in params:
