@@ -160,11 +160,16 @@ def test_bash_block_commands_exist(block):
 
 
 def test_python_m_commands_in_prose_exist():
-    """`python -m sde_gen.x` written in the text (outside code blocks) names a runnable module."""
+    """`python -m sde_gen.x` written in the text (outside code blocks) names a runnable module;
+    `python -m sde_gen.<a|b>` stands for each of a and b."""
+    found = []
     for path in DOCS:
-        for module in re.findall(r"python -m (sde_gen[\w.]*)", FENCE.sub("", path.read_text())):
-            spec = importlib.util.find_spec(module)
-            assert spec is not None and '__name__ == "__main__"' in pathlib.Path(spec.origin).read_text(), (path.name, module)
+        for stem, choices in re.findall(r"python -m (sde_gen[\w.]*)(?:<([\w|]+)>)?", FENCE.sub("", path.read_text())):
+            found += [(path.name, stem + c) for c in (choices.split("|") if choices else [""])]
+    assert found
+    for doc, module in found:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and '__name__ == "__main__"' in pathlib.Path(spec.origin).read_text(), (doc, module)
 
 
 # ---------------------------------------------------------------- names and paths in the prose
