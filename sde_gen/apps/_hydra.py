@@ -1,42 +1,143 @@
 """One way for every Hydra app to start: `hydra_app(config_name, task, argv)`.
 
 It registers the schemas, points Hydra at the configs shipped inside the package (so the apps run
-from any working directory), checks every `group=option` of the command line against the group's
-real options (`check_group_choices`), and turns the package's own errors into one line on stderr
-with exit code 2 (`HYDRA_FULL_ERROR=1` shows the traceback instead).
+from any working directory), names the Hydra job after the app (its log file and `--help`), and
+turns bad input into one line on stderr with exit code 2:
+
+* the package's own errors raised by the task (`ConfigError`, `CheckpointError`, `ValueError`) and
+  a full disk;
+* Hydra's and OmegaConf's errors raised while the configuration is composed, before the task runs
+  (an unknown config-group option, a misspelt key, an override that does not parse).
+
+`HYDRA_FULL_ERROR=1` shows the traceback instead. Any other exception is a bug and keeps its
+traceback.
+
+It also registers the OmegaConf resolver `sde_gen.safe_dirname`, which the app configs use to build
+a sweep job's folder name from its overrides without `/` or `..` (see `safe_dirname`).
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..checkpoint import CheckpointError
 from ..config import CONF_DIR, ConfigError, register_configs
 
-__all__ = ["USER_ERRORS", "check_group_choices", "hydra_app", "one_line_errors"]
+__all__ = ["USER_ERRORS", "hydra_app", "one_line_errors", "one_line", "safe_dirname", "SAFE_DIRNAME_RESOLVER"]
 
 #: errors that describe bad input rather than a bug: reported in one line
 USER_ERRORS = (ConfigError, CheckpointError, ValueError)
 
+#: name of the OmegaConf resolver wrapping `safe_dirname` (used in the apps' `hydra.sweep.subdir`)
+SAFE_DIRNAME_RESOLVER = "sde_gen.safe_dirname"
+
 Task = Callable[[DictConfig, str, Dict[str, str]], Any]
+
+# characters kept in a folder name built from overrides: portable and shell-safe ("=" and "," are
+# what Hydra puts between keys, values and overrides)
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=,+-]")
+_MAX_DIRNAME = 120  # well under the 255-byte limit of common file systems, leaves room for a prefix
+
+
+def safe_dirname(text: Any, max_len: int = _MAX_DIRNAME) -> str:
+    """A single, harmless path component made from `text` (e.g. Hydra's `override_dirname`).
+
+    Every character outside `[A-Za-z0-9._=,+-]` (path separators, spaces, quotes, brackets, ...)
+    becomes "_", every run of two or more dots becomes "_" (so neither "/" nor ".." can appear and
+    the name can never climb out of its parent folder), and a leading dot becomes "_" (no hidden
+    folders). A name longer than `max_len` keeps its first characters and ends with 8 hex digits of
+    the SHA-1 of `text`, so different long override lists stay different.
+
+    Args:
+        text: the raw name; converted with `str` (None and "" give "").
+        max_len: the longest name returned (>= 16).
+
+    Returns:
+        The sanitised name ("" for an empty `text`; callers prefix it, e.g. with the job number).
+    """
+    if max_len < 16:
+        raise ValueError(f"max_len must be >= 16; got {max_len!r}")
+    raw = "" if text is None else str(text)
+    name = _UNSAFE_CHARS.sub("_", raw)
+    name = re.sub(r"\.{2,}", "_", name)
+    if name.startswith("."):
+        name = "_" + name[1:]
+    if len(name) > max_len:
+        digest = hashlib.sha1(raw.encode("utf-8")).hexdigest()[:8]
+        name = name[: max_len - 9] + "-" + digest
+    return name
+
+
+def _register_resolver() -> None:
+    if not OmegaConf.has_resolver(SAFE_DIRNAME_RESOLVER):
+        OmegaConf.register_new_resolver(SAFE_DIRNAME_RESOLVER, safe_dirname)
+
+
+# registered on import: a launcher worker that unpickles an app's task imports this module too
+_register_resolver()
 
 
 def _prog() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "sde_gen"
+    """The command as the user typed it: `sde-gen-sample`, or `python -m sde_gen.sample`."""
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if argv0.endswith(".py") or argv0 in ("", "-c", "__main__.py"):
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            return f"python -m {spec.name.removesuffix('.__main__')}"
+        return argv0 or "sde_gen"
+    return argv0
 
 
-def one_line_errors(fn: Callable[[], Any]) -> Any:
-    """Run `fn()`; a user error (or a full disk) becomes one stderr line and `SystemExit(2)`."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+def one_line(err: BaseException) -> str:
+    """`err`'s message on one line: its lines joined, Hydra's search-path listing dropped.
+
+    For a missing config-group option the choices are listed (the `*_schema` entries, which are
+    the validation schemas rather than choices, are left out).
+    """
+    text = str(err)
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause) not in text:
+        text += "\n" + str(cause)  # Hydra's compact errors keep the OmegaConf detail in the cause
+    options = getattr(err, "options", None)
+    lines = []
+    for line in text.splitlines():
+        if line.strip().startswith("Config search path"):
+            break  # the rest is Hydra's search path: noise for a user
+        if line.strip():
+            lines.append(line.strip())
+    if options is not None:
+        # the listed options (one per line) are replaced by a comma-separated list of real choices
+        listed = set(options)
+        lines = [l for l in lines if l not in listed]
+        lines = [l for l in lines if not l.startswith("Available options")]
+        choices = [o for o in options if not o.endswith("_schema")]
+        lines.append(f"(choices: {', '.join(choices)})" if choices else "")
+    return " ".join(l for l in lines if l)
+
+
+def one_line_errors(fn: Callable[[], Any], full_error: Optional[bool] = None) -> Any:
+    """Run `fn()`; a user error (or a full disk) becomes one stderr line and `SystemExit(2)`.
+
+    Args:
+        fn: the work.
+        full_error: show tracebacks instead (None: read `HYDRA_FULL_ERROR` now).
+    """
+    if full_error is None:
+        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if full_error:
         return fn()
     try:
         return fn()
     except USER_ERRORS as err:
-        print(f"{_prog()}: error: {err}", file=sys.stderr)
+        print(f"{_prog()}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as err:
         if err.errno != errno.ENOSPC:
@@ -45,79 +146,22 @@ def one_line_errors(fn: Callable[[], Any]) -> Any:
         raise SystemExit(2) from None
 
 
-def _unknown_choices(config_name: str, argv: Sequence[str]) -> List[str]:
-    """`group=option` overrides of `argv` whose option is not in its app config group, as messages.
+@contextmanager
+def _hydra_reraises() -> Iterator[None]:
+    """Make Hydra re-raise errors instead of printing its own multi-line report and exiting 1.
 
-    Options are listed by Hydra's own config loader on the search path the app will use (the
-    package configs, `--config-dir`, `hydra.searchpath`), so an option of your own is accepted.
-    Returns [] for anything it cannot read (a malformed command line is Hydra's to report).
+    Hydra's only switch for that is the environment variable HYDRA_FULL_ERROR; it is set for the
+    duration of the app and restored afterwards.
     """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path, get_args_parser
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.object_type import ObjectType
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ValueType
-
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        args, _ = get_args_parser().parse_known_args(list(argv))
-    except SystemExit:  # argparse's own error; Hydra repeats and reports it
-        return []
-    if args.config_path is not None or args.shell_completion:
-        return []
-    name = args.config_name or config_name
-    problems = []
-    try:
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
-        search_path = create_config_search_path(f"file://{CONF_DIR}")
-        if args.config_dir is not None:  # as hydra.main adds it
-            search_path.prepend("command-line", f"file://{os.path.abspath(args.config_dir)}", SearchPathQuery(provider="schema"))
-        loader = ConfigLoaderImpl(config_search_path=search_path)
-        listed: Dict[Any, List[str]] = {}
-
-        def listing(group: str, kind) -> List[str]:
-            if (group, kind) not in listed:  # each listing loads the primary config once
-                listed[group, kind] = loader.get_group_options(group, kind, config_name=name, overrides=list(args.overrides))
-            return listed[group, kind]
-
-        for override in parsed:
-            group = override.key_or_group
-            if override.is_delete() or override.is_hydra_override() or "." in group:
-                continue  # a value override (sde.beta_min=...) or Hydra's own groups
-            parent, _, leaf = group.rpartition("/")
-            if leaf not in listing(parent, ObjectType.GROUP):
-                continue
-            if override.value_type == ValueType.ELEMENT:
-                values = [override.value()]
-            elif override.value_type in (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP):
-                values = list(override.sweep_string_iterator())
-            else:  # glob() expands over the real options; range() and interval() are not options
-                continue
-            options = listing(group, ObjectType.CONFIG)
-            bad = [v for v in values if isinstance(v, str) and v not in options]
-            if bad:
-                problems.append(
-                    f"{override.input_line}: no option {', '.join(map(repr, bad))} in config group '{group}'; "
-                    f"choose one of: {', '.join(options)}"
-                )
-    except Exception:  # noqa: BLE001 - an override Hydra cannot parse is reported by Hydra itself
-        return []
-    return problems
-
-
-def check_group_choices(config_name: str, argv: Sequence[str]) -> None:
-    """Refuse, before Hydra starts, a `group=option` naming no option of that group.
-
-    Hydra would refuse it too, in a multi-line report; this gives the apps' one-line form. It also
-    answers `sampler=heun_schema`: schemas live at the root of the ConfigStore, not in their group
-    (`sde_gen.config.register_target`), so they are neither listed in `--help` nor selectable.
-
-    Raises:
-        ConfigError naming the override, the group and its options.
-    """
-    problems = _unknown_choices(config_name, argv)
-    if problems:
-        raise ConfigError("; ".join(problems))
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
 
 
 def hydra_app(config_name: str, task: Task, argv: Optional[Sequence[str]] = None) -> None:
@@ -131,21 +175,40 @@ def hydra_app(config_name: str, task: Task, argv: Optional[Sequence[str]] = None
     """
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
 
     register_configs()
-    one_line_errors(lambda: check_group_choices(config_name, sys.argv[1:] if argv is None else argv))
+    _register_resolver()
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    from_task = set()  # ids of exceptions that escaped the task: those are not composition errors
 
     def entry(cfg: DictConfig) -> Any:
         hc = HydraConfig.get()
-        return one_line_errors(lambda: task(cfg, hc.runtime.output_dir, dict(hc.runtime.choices)))
+        try:
+            return one_line_errors(lambda: task(cfg, hc.runtime.output_dir, dict(hc.runtime.choices)), full_error)
+        except BaseException as err:
+            from_task.add(id(err))
+            raise
+
+    # Hydra names the job (its log file, `--help`'s header) after the task function's module:
+    # the app's module ("sample"), not this helper ("_hydra")
+    module = task.__module__
+    if module == "__main__":  # `python -m sde_gen.apps.sample`
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else config_name
+    entry.__module__ = module
 
     app = hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(entry)
-    if argv is None:
-        app()
-        return
     saved = sys.argv
-    sys.argv = [saved[0] if saved else config_name, *argv]
+    if argv is not None:
+        sys.argv = [saved[0] if saved else config_name, *argv]
     try:
-        app()
+        with _hydra_reraises():
+            app()
+    except (HydraException, OmegaConfBaseException) as err:
+        if full_error or id(err) in from_task:
+            raise
+        print(f"{_prog()}: error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         sys.argv = saved

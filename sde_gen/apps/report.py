@@ -13,7 +13,12 @@ Writes, atomically, into DIR (or `--out`):
                  (mean +- std over replicates: what a perfect sampler scores)
 
 The quality on each panel is the Bures-Wasserstein error for single-Gaussian targets and the
-sliced Wasserstein-2 distance otherwise (see `sde_gen.sample` and `sde_gen.metrics`).
+sliced Wasserstein-2 distance otherwise (see `sde_gen.apps.sample` and `sde_gen.metrics`).
+
+A run whose files cannot be read or parsed (a truncated metrics.json, a garbled metrics.csv, a
+folder named like one) is named in a warning on stderr and left out; the others are reported. When
+nothing readable remains, or the output cannot be written, the command prints one error line and
+exits with code 2.
 """
 from __future__ import annotations
 
@@ -22,20 +27,74 @@ import glob
 import json
 import math
 import os
+import sys
+import warnings
 from collections import defaultdict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..io import atomic_save_figure, atomic_write_text
 
 __all__ = ["load_runs", "markdown_table", "plot_quality", "load_training_runs", "training_table", "plot_training", "main"]
 
+#: (path, reason) of a file that was left out of the report
+Skipped = List[Tuple[str, str]]
 
-def load_runs(root: str) -> List[Dict[str, Any]]:
-    """Every metrics.json below `root`, each with its directory under the key "run_dir"."""
+# keys a sampling run's metrics.json must have for its table row (written by every sde-gen-sample)
+_SAMPLE_KEYS = ("sampler", "nfe_spent")
+# columns a training run's final metrics.csv row must have for its table row
+_TRAIN_COLUMNS = ("step", "sw2")
+
+
+# numbers the table and the plot compute with (when present)
+_NUMERIC_KEYS = (
+    "nfe_spent", "sw2", "sw2_floor_mean", "sw2_floor_std", "sw2_ratio", "bures_wasserstein", "bw_floor_mean",
+    "bw_floor_std", "bw_ratio", "mode_weight_error", "time_total_s", "time_score_s", "time_sampler_s",
+)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _skip(skipped: Optional[Skipped], path: str, reason: str) -> None:
+    """Record a file left out: in `skipped` when the caller collects them, else as a warning."""
+    if skipped is not None:
+        skipped.append((path, reason))
+    else:
+        warnings.warn(f"skipping {path}: {reason}", stacklevel=3)
+
+
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: " + " ".join(str(err).split())
+
+
+def load_runs(root: str, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
+    """Every readable metrics.json below `root`, each with its directory under the key "run_dir".
+
+    Args:
+        root: the folder searched recursively.
+        skipped: when given, each file left out (unreadable, not JSON, not a sampling run's
+            metrics) is appended as (path, reason); otherwise each is a `warnings.warn`.
+    """
     runs = []
     for path in sorted(glob.glob(os.path.join(root, "**", "metrics.json"), recursive=True)):
-        with open(path) as fh:
-            m = json.load(fh)
+        try:
+            with open(path) as fh:
+                m = json.load(fh)
+        except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+            _skip(skipped, path, _reason(err))
+            continue
+        if not isinstance(m, dict):
+            _skip(skipped, path, f"not a JSON object (a {type(m).__name__})")
+            continue
+        missing = [k for k in _SAMPLE_KEYS if k not in m]
+        if missing:
+            _skip(skipped, path, f"no {', '.join(missing)}: not the metrics of an sde-gen-sample run")
+            continue
+        bad = [k for k in _NUMERIC_KEYS if k in m and not _is_number(m[k])]
+        if bad:
+            _skip(skipped, path, f"{', '.join(bad)} not a number")
+            continue
         m["run_dir"] = os.path.relpath(os.path.dirname(path), root)
         runs.append(m)
     return runs
@@ -58,11 +117,11 @@ def _label(run: Dict[str, Any], varying: Dict[str, List[str]]) -> str:
 
 
 def _quality(run: Dict[str, Any]):
-    """(name, value, floor mean, floor std) of the panel's quality metric, or None."""
-    if "bures_wasserstein" in run:
-        return "Bures-Wasserstein", run["bures_wasserstein"], run["bw_floor_mean"], run["bw_floor_std"]
-    if "sw2" in run:
-        return "sliced W2", run["sw2"], run["sw2_floor_mean"], run["sw2_floor_std"]
+    """(name, value, floor mean, floor std) of the panel's quality metric, or None (none recorded)."""
+    for name, keys in (("Bures-Wasserstein", ("bures_wasserstein", "bw_floor_mean", "bw_floor_std")),
+                       ("sliced W2", ("sw2", "sw2_floor_mean", "sw2_floor_std"))):
+        if all(k in run for k in keys):
+            return (name, *(run[k] for k in keys))
     return None
 
 
@@ -163,29 +222,61 @@ def _target_name(node: Dict[str, Any]) -> str:
     return name
 
 
-def load_training_runs(root: str) -> List[Dict[str, Any]]:
-    """Every training run below `root`: its final evaluation row and the options that define it."""
+def _training_run(path: str, cfg_path: str, root: str) -> Optional[Dict[str, Any]]:
+    """One training run's row, or None when its metrics.csv has no evaluation yet.
+
+    Raises:
+        OSError, ValueError, KeyError, TypeError or an OmegaConf error for unreadable files.
+    """
     import csv
 
     from omegaconf import OmegaConf
+
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return None
+    # a row with more fields than the header puts the extras under the key None
+    final = {k: float(v) for k, v in rows[-1].items() if k is not None and v not in ("", None)}
+    missing = [c for c in _TRAIN_COLUMNS if c not in final]
+    if missing:
+        raise ValueError(f"the last row has no {', '.join(missing)}")
+    cfg = OmegaConf.to_container(OmegaConf.load(cfg_path))
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{os.path.basename(cfg_path)} is not a mapping")
+    return {
+        "run_dir": os.path.relpath(os.path.dirname(path), root),
+        "sde": _target_name(cfg["sde"]), "data": _target_name(cfg["data"]), "model": _target_name(cfg["model"]),
+        "weighting": cfg["train"]["weighting"] + ("+IS" if cfg["train"].get("importance_sampling") else ""),
+        "seed": cfg.get("seed"), **final,
+    }
+
+
+def load_training_runs(root: str, skipped: Optional[Skipped] = None) -> List[Dict[str, Any]]:
+    """Every readable training run below `root`: its final evaluation row and its defining options.
+
+    A metrics.csv without `config_resolved.yaml` beside it (not a training run) or without rows
+    (no evaluation yet) is passed over silently.
+
+    Args:
+        root: the folder searched recursively.
+        skipped: when given, each run left out because a file is unreadable or garbled is appended
+            as (path, reason); otherwise each is a `warnings.warn`.
+    """
+    from omegaconf.errors import OmegaConfBaseException
 
     runs = []
     for path in sorted(glob.glob(os.path.join(root, "**", "metrics.csv"), recursive=True)):
         cfg_path = os.path.join(os.path.dirname(path), "config_resolved.yaml")
         if not os.path.exists(cfg_path):
             continue
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        if not rows:
+        try:
+            run = _training_run(path, cfg_path, root)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, OmegaConfBaseException) as err:
+            _skip(skipped, path, _reason(err))
             continue
-        cfg = OmegaConf.to_container(OmegaConf.load(cfg_path))
-        final = {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
-        runs.append({
-            "run_dir": os.path.relpath(os.path.dirname(path), root),
-            "sde": _target_name(cfg["sde"]), "data": _target_name(cfg["data"]), "model": _target_name(cfg["model"]),
-            "weighting": cfg["train"]["weighting"] + ("+IS" if cfg["train"].get("importance_sampling") else ""),
-            "seed": cfg.get("seed"), **final,
-        })
+        if run is not None:
+            runs.append(run)
     return runs
 
 
@@ -227,27 +318,44 @@ def plot_training(runs: List[Dict[str, Any]], path: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point `sde-gen-report DIR [--out OUTDIR]`."""
-    parser = argparse.ArgumentParser(prog="sde-gen-report", description=__doc__.splitlines()[0])
-    parser.add_argument("root", help="a multirun directory (searched recursively for metrics.json)")
+    """Console entry point `sde-gen-report DIR [--out OUTDIR]`.
+
+    Returns:
+        0 on success. Bad input (no such folder, nothing readable, an output that cannot be
+        written) exits with code 2 after one `sde-gen-report: error: ...` line on stderr.
+    """
+    prog = "sde-gen-report"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="a multirun directory (searched recursively for metrics.json and metrics.csv)")
     parser.add_argument("--out", default=None, help="where report.md and report.png go (default: root)")
     args = parser.parse_args(argv)
+
+    def fail(message: str):
+        parser.exit(2, f"{prog}: error: {message}\n")
+
     if not os.path.isdir(args.root):
-        parser.error(f"root: no such directory {args.root!r}")
-    runs, trains = load_runs(args.root), load_training_runs(args.root)
+        fail(f"root: no such directory {args.root!r}")
+    skipped: Skipped = []
+    runs, trains = load_runs(args.root, skipped), load_training_runs(args.root, skipped)
+    for path, reason in skipped:
+        print(f"{prog}: warning: skipping {path}: {reason}", file=sys.stderr)
     if not runs and not trains:
-        parser.error(f"root: no metrics.json (sampling) or metrics.csv (training) runs under {args.root!r}")
+        what = f" ({len(skipped)} unreadable, named above)" if skipped else ""
+        fail(f"root: no readable metrics.json (sampling) or metrics.csv (training) runs under {args.root!r}{what}")
     out = args.out or args.root
     text = ""
-    if runs:
-        table = markdown_table(runs)
-        text += f"# Sampler report\n\n{len(runs)} runs under `{os.path.abspath(args.root)}`.\n\n{table}\n"
-        plot_quality(runs, os.path.join(out, "report.png"))
-    if trains:
-        table = training_table(trains)
-        text += f"# Training report\n\n{len(trains)} runs under `{os.path.abspath(args.root)}`.\n\n{table}"
-        plot_training(trains, os.path.join(out, "report_training.png"))
-    atomic_write_text(os.path.join(out, "report.md"), text)
+    try:
+        if runs:
+            table = markdown_table(runs)
+            text += f"# Sampler report\n\n{len(runs)} runs under `{os.path.abspath(args.root)}`.\n\n{table}\n"
+            plot_quality(runs, os.path.join(out, "report.png"))
+        if trains:
+            table = training_table(trains)
+            text += f"# Training report\n\n{len(trains)} runs under `{os.path.abspath(args.root)}`.\n\n{table}"
+            plot_training(trains, os.path.join(out, "report_training.png"))
+        atomic_write_text(os.path.join(out, "report.md"), text)
+    except OSError as err:  # --out not writable, a file where a folder should be, a full disk
+        fail(f"out: cannot write the report into {out!r} ({_reason(err)})")
     print(text)
     return 0
 

@@ -8,8 +8,10 @@ checkpoint's EMA weights (`source=checkpoint checkpoint=PATH`), and writes into 
     samples.png    a picture: a scatter against exact samples (2-D), 2-D projections and a
                    1-D marginal against exact samples (> 2-D vectors), an image grid (images)
     metrics.json   the sampler and its options, the NFE requested and spent, wall time split
-                   into time inside the score function and the sampler's own time, and for
-                   oracle problems the quality metrics below (atomic write)
+                   into time inside the score function and the sampler's own time, the fraction
+                   of samples whose every coordinate is finite (`finite_fraction`), and for
+                   oracle problems the quality metrics below, computed on the finite samples
+                   (atomic write)
 
 Quality against the exact target and the timing split: `sde_gen.evaluation`.
 
@@ -128,23 +130,42 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
         "time_sampler_s": timing["sampler_s"],
         "sampler_time_fraction": timing["sampler_s"] / timing["total_s"] if timing["total_s"] > 0 else float("nan"),
     }
+    # A sampler can diverge on some rows (a stiff step, a bad network): the metrics and the picture
+    # use the rows whose every coordinate is finite, and say how many were left out.
+    finite_rows = torch.isfinite(samples.flatten(1)).all(1)
+    finite = samples[finite_rows]
+    num_finite = int(finite.shape[0])
+    metrics["num_finite"] = num_finite
+    metrics["finite_fraction"] = num_finite / app.num_samples
+    if num_finite < app.num_samples:
+        log.warning("%d of %d samples have non-finite coordinates; metrics and picture use the %d finite ones",
+                    app.num_samples - num_finite, app.num_samples, num_finite)
     if oracle is not None:
-        metrics.update(
-            oracle_metrics(samples, oracle, sde, app.num_projections, app.noise_floor_replicates, app.metrics_seed)
-        )
+        if num_finite >= 2:  # a distance between sample sets needs at least two points
+            metrics.update(
+                oracle_metrics(finite, oracle, sde, app.num_projections, app.noise_floor_replicates, app.metrics_seed)
+            )
         if reference is None:
             ref_gen = torch.Generator(device).manual_seed(app.metrics_seed + 2)
             reference = oracle.sample(min(app.num_samples, 5000), ref_gen, device=device, dtype=torch.float64)
-    elif reference is not None and torch.is_tensor(reference):
+    elif reference is not None and torch.is_tensor(reference) and num_finite >= 2:
         ref = reference[: app.num_samples].to(device)
         metrics["sw2_to_test"] = float(
-            sliced_wasserstein(samples, ref, app.num_projections, torch.Generator(device).manual_seed(app.metrics_seed))
+            sliced_wasserstein(finite, ref, app.num_projections, torch.Generator(device).manual_seed(app.metrics_seed))
         )
+    # oracle_metrics describes the rows it was given; these keys describe every sample drawn
+    metrics["num_samples"] = app.num_samples
+    metrics["finite"] = num_finite == app.num_samples
     metrics["config"] = to_plain(_app_section(cfg))
     if app.plot:
         title = f"{problem} | {sde_name} | {sampler_name} NFE {metrics['nfe_spent']:g}"
-        ref_img = reference if torch.is_tensor(reference) else None
-        save_picture(os.path.join(out_dir, "samples.png"), samples, ref_img, title)
+        if num_finite < app.num_samples:
+            title += f" | {app.num_samples - num_finite} of {app.num_samples} non-finite samples not shown"
+        if num_finite == 0:
+            log.warning("no finite sample to draw; %s not written", os.path.join(out_dir, "samples.png"))
+        else:
+            ref_img = reference if torch.is_tensor(reference) else None
+            save_picture(os.path.join(out_dir, "samples.png"), finite, ref_img, title)
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     summary = {k: metrics[k] for k in ("nfe_spent", "time_total_s", "sw2_ratio", "bw_ratio", "mode_weight_error") if k in metrics}
     log.info("metrics: %s", summary)
