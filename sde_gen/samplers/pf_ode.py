@@ -17,11 +17,11 @@ Two families of torchdiffeq methods (Chen et al. 2018, torchdiffeq):
   and is NOT a bound on the evaluations: report and compare the returned `SampleResult.nfe`.
 
 The right-hand side, the method table and the `odeint` call with its guards are `sde_gen.ode`'s,
-shared with the likelihood. The grid is float64 and so is the coefficient arithmetic (torchdiffeq
-hands the right-hand side its time in the state's dtype; in a float32 solve that time carries a
-relative error ~1e-7, far below the discretisation error of any budget). The ODE right-hand side does
-no host synchronisation; torchdiffeq's own loop does (its step-size control compares tensors on the
-host).
+shared with the likelihood. The grid is float64; torchdiffeq hands the right-hand side its time in
+the state's dtype, so in a float32 solve the SDE coefficients are evaluated at float32 times, like the
+score (relative error ~1e-7, far below the discretisation error of any budget). The ODE right-hand
+side does no host synchronisation; torchdiffeq's own loop does (its step-size control compares
+tensors on the host).
 """
 from __future__ import annotations
 
