@@ -215,3 +215,13 @@ def test_the_template_leaves_the_sampler_unchanged_by_a_call():
         before = (repr(smp), smp.num_steps, dict(vars(smp)))
         smp(sde, gm.score_fn(sde), (8, 2), generator=torch.Generator().manual_seed(0))
         assert (repr(smp), smp.num_steps, dict(vars(smp))) == before, name
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["VP", "VE"])
+def test_t_min_whose_std_underflows_is_refused(sde):
+    """At the smallest positive double s(t_min) underflows to 0, where the score and the Tweedie step
+    divide by zero: the grid refuses it before any evaluation instead of returning inf/NaN samples."""
+    calls = []
+    with pytest.raises(ValueError, match=r"t_min must lie in \(0, T\) .*marginal_std"):
+        sample(sde, lambda x, t: calls.append(1) or -x, (4, 2), nfe=5, t_min=5e-324)
+    assert not calls
