@@ -386,8 +386,10 @@ class LikelihoodOptionsConf:
         check_choice("likelihood.divergence", self.divergence, DIVERGENCES)
         check_positive_int("likelihood.num_probes", self.num_probes)
         check_choice("likelihood.probe", self.probe, PROBES)
-        if self.t_min is not None and not self.t_min >= 0:
-            raise ValueError(f"likelihood.t_min must be >= 0 (or null for sde.eps); got {self.t_min!r}")
+        if self.t_min is not None and not self.t_min > 0:
+            # the score divides by s(t_min), which is 0 at t = 0; the upper end (T) is checked
+            # against the SDE by log_likelihood
+            raise ValueError(f"likelihood.t_min must be in (0, T) (or null for sde.eps); got {self.t_min!r}")
         if self.fixed_steps is not None:
             check_positive_int("likelihood.fixed_steps", self.fixed_steps)
         check_choice("likelihood.time_variable", self.time_variable, TIME_VARIABLES)

@@ -1,67 +1,28 @@
 """Exact log-likelihood through the probability-flow ODE, and bits/dim for discrete images.
 
-Probability-flow ODE (Song et al. 2021, eq. 13), with drift
-    f~(x, t) = f(x, t) - 1/2 g(t)^2 grad log p_t(x).
-Its solution carries p_{t_min} to p_T, and by the instantaneous change of variables
-(Chen et al. 2018, Neural ODEs, Thm. 1; Song et al. 2021, eq. 39)
-    d/dt log p_t(x(t)) = -div f~(x(t), t),
-so with z = x(T) obtained from x = x(t_min),
-    log p_{t_min}(x) = log p_T(z) + int_{t_min}^T div f~(x(t), t) dt.          (*)
-We integrate the augmented state (x, delta_logp) forward in time with `torchdiffeq.odeint`;
-`delta_logp` is the integral in (*), the prior term is log p_T(z) (the SDE's prior
-N(0, prior_std^2 I) unless an exact p_T is given), and logp = prior_logp + delta_logp.
+Probability-flow ODE (Song et al. 2021, eq. 13): dx/dt = f(t) x - 1/2 g(t)^2 score(x, t) =
+k1 x + k2 score (`SDE.probability_flow_coeffs`). It carries p_{t_min} to p_T, and by the
+instantaneous change of variables (Chen et al. 2018, Neural ODEs, Thm. 1; Song et al. 2021, eq. 39),
+d/dt log p_t(x(t)) = -div f~(x(t), t), so with z = x(T) obtained from x = x(t_min),
 
-Time variables (`time_variable`). Every SDE here has x_t = a(t) x_0 + s(t) z, a drift f(t) x and
-ds^2/dt = 2 f s^2 + g^2; let lambda(t) = log(a/s) (`sde.half_log_snr`, inverse
-`sde.time_at_half_log_snr`), sigma = s/a = exp(-lambda) and u = log sigma. The drift is semi-linear,
-    f~(x, t) = f(t) x - 1/2 g(t)^2 score(x, t)
-(Lu et al. 2022, DPM-Solver, eq. 3.1), so in each variable below dw/dtau = k1 w + k2 score(m w, t)
-with scalars k1, k2, m, and div_w = D k1 + k2 m tr(d score / dx): the linear part's divergence is
-added in closed form and only the score goes through autograd.
-    "t":      w = x,  dx/dt = f x - 1/2 g^2 score                          (Song et al. 2021, eq. 13)
-    "log_sigma": w = x, tau = u. Since du/dt = -dlambda/dt = g^2 / (2 s^2),
-              dx/du = (2 s^2 / g^2) f x - s^2 score = (2 s^2 / g^2) f x + s eps_hat,
-              eps_hat = -s score; the same ODE with time reparameterised (t = t(u)), so the
-              divergence integral is the same quantity; d/du log p = -div_x(dx/du).
-    "log_sigma_scaled": w = y = x / a(t), tau = u. With y the flow is that of
-              p_0 * N(0, sigma^2 I), dy/dsigma = -sigma grad_y log p(y; sigma) = eps_hat(x, t)
-              (Karras et al. 2022, EDM, eq. 4 and App. B.2), so dy/du = -sigma s score(a y, t),
-              with no linear part. Densities transform exactly, log p_x(x) = log p_y(y) - D log a(t),
-              at both ends, so
-                  log p_{t_min}(x) = log p_T(z) + D log(a(T) / a(t_min)) + int div_y(dy/du) du,
-              z = a(T) y(u_T), div_y = a div_x. (Karras et al. argue these trajectories are nearly
-              straight in sigma; in log sigma y grows like e^u once sigma exceeds the data scale.)
-The integrals run from u(t_min) = -lambda(t_min) to u(T) (t_min > 0). What we measured
-(benchmarks/results/likelihood.md, docs/likelihood.md): with dopri5 at rtol = atol = 1e-5, "t"
-needs the fewest evaluations on our problems (VP 16-D Gaussian: 56 vs 86 for "log_sigma" and 140
-for "log_sigma_scaled"), because near t_min the t-ODE is not stiff for data with a finite smallest
-scale; on fixed grids, uniform in u ("log_sigma") is the most accurate at equal NFE for VP and
-sub-VP (uniform steps in log-SNR, as DPM-Solver's grids), uniform in t for VE.
+    log p_{t_min}(x) = log p_T(z) + int_{t_min}^T div f~(x(t), t) dt,   div f~ = D k1 + k2 tr(d score / dx).
 
-Divergence (of the score part; the linear part's D k1 is exact, see above):
-    "exact": tr(d score / dx) = sum_i e_i^T (d score / dx) e_i, the D vector-Jacobian products in
-        blocks of basis vectors, each block one batched backward pass (`is_grads_batched`) through
-        one score evaluation; exact, O(D) backward cost, for low D. (Profiled on the 64-D digits
-        oracle: forward 6 ms, each VJP about as much, so D VJPs dominate; the blocked passes, a
-        Python loop of D single VJPs and `torch.func.vmap(vjp)` were within 20% of each other.)
-    "hutchinson": the Skilling-Hutchinson estimator E_v[v^T (d score / dx) v] with E[v v^T] = I
-        (Skilling 1989; Hutchinson 1990; used for CNFs by Grathwohl et al. 2019, FFJORD,
-        eq. 7), v Rademacher or standard Gaussian. The M = `num_probes` probes are drawn once
-        per solve and held fixed along the trajectory, so each probe gives an unbiased
-        estimate I_m = int v_m^T J v_m dt of the divergence integral; we integrate the M
-        integrals separately and report their mean and its standard error
-        std_m(I_m) / sqrt(M) (per sample; undefined, NaN, for M = 1).
+The augmented state (x, delta_logp) is integrated forward by `sde_gen.ode` (the right-hand side and
+the one `torchdiffeq.odeint` call shared with the `pf_ode` sampler), in t or in u = log sigma =
+-lambda(t) (`time_variable`, dx/du = (dt/du) dx/dt: the same flow, reparameterised). The linear
+part's divergence D k1 is exact; only the score goes through autograd, either exactly (D
+vector-Jacobian products) or with the Skilling-Hutchinson estimator E_v[v^T J v], E[v v^T] = I
+(Skilling 1989; Hutchinson 1990; FFJORD, Grathwohl et al. 2019, eq. 7), whose M probes are drawn
+once per solve and held fixed, so each gives an unbiased estimate of the whole integral.
 
-Bits/dim for b-bit images (Theis et al. 2016; Ho et al. 2019, Flow++, sec. 3.1): pixels k in
-{0, ..., 2^b - 1}^D are dequantised uniformly, v = k + u, u ~ U[0, 1)^D, in PIXEL units (bins of
-width 1), and mapped affinely to model space x = to_model(v) with dx/dv = c (`model_per_pixel`).
-Then log p_V(v) = log p_X(x) + D log c and, by Jensen,
-    E_u[-log p_V(k + u)] >= -log P(k) >= 0,   P(k) = int_{[0,1)^D} p_V(k + u) du <= 1,
-so the reported
-    bits/dim = (-log p_X(x) - D log c) / (D ln 2)
-is an upper bound on the discrete code length of k, can never be negative in expectation, and
-is the same whatever affine scaling of the data the model uses. (The original score-SDE code
-instead adds a fixed offset that is only right for one scaling, and skips dequantisation.)
+Bits/dim for b-bit images (Theis et al. 2016; Ho et al. 2019, Flow++, sec. 3.1): pixels k are
+dequantised uniformly, v = k + u, u ~ U[0, 1)^D, in pixel units, and mapped affinely to the model
+space x = to_model(v), dx/dv = c (`model_per_pixel`); then
+bits/dim = (-log p_X(x) - D log c) / (D ln 2), an upper bound on the discrete code length of k by
+Jensen, never negative in expectation and the same for every affine scaling of the data.
+
+Measurements (solver NFE per time variable, fixed-grid accuracy, Hutchinson variance, timings):
+docs/likelihood.md and benchmarks/results/likelihood.md.
 """
 from __future__ import annotations
 
@@ -73,6 +34,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from ._validation import check_choice, check_positive, check_positive_int
+from .ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, TIME_VARIABLES, ProbabilityFlow, integrate
 from .sdes import SDE
 from .utils import append_dims, batch_sum, event_numel
 
@@ -96,10 +58,6 @@ __all__ = [
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: torchdiffeq solvers with step-size control (rtol/atol apply)
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-#: torchdiffeq solvers on a fixed grid (NFE known in advance: lock-step across processes)
-FIXED_GRID_METHODS = ("euler", "midpoint", "heun3", "rk4")
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 
@@ -221,10 +179,10 @@ def drift_and_divergence(
 ):
     """The probability-flow drift dx/dt and its divergence at (x, t), detached.
 
-    drift = f(t) x - 1/2 g(t)^2 score, div = D f(t) - 1/2 g(t)^2 tr(d score / dx): the linear
-    part's divergence is exact, only the score's Jacobian trace goes through autograd (for
-    Hutchinson, v^T J_score v per probe; the estimate stays unbiased and the linear part adds no
-    variance).
+    drift = k1 x + k2 score, div = D k1 + k2 tr(d score / dx) with (k1, k2) =
+    `sde.probability_flow_coeffs(t)` = (f(t), -1/2 g(t)^2): the linear part's divergence is exact,
+    only the score's Jacobian trace goes through autograd (for Hutchinson, v^T J_score v per probe;
+    the estimate stays unbiased and the linear part adds no variance).
 
     Args:
         sde: the SDE. score_fn: `score_fn(x, t)` -> tensor like `x`.
@@ -236,59 +194,35 @@ def drift_and_divergence(
         `(drift, div)`: drift like `x`; div (B,) for the exact divergence, (M, B) per probe else.
     """
     score, trace = score_and_divergence(score_fn, x, t, probes, vjp_chunk_size)
-    f = sde.drift_coeff(t).to(x.dtype)
-    half_g2 = 0.5 * (sde.diffusion(t) ** 2).to(x.dtype)
-    drift = append_dims(f, x.ndim) * x - append_dims(half_g2, x.ndim) * score
-    return drift, event_numel(x) * f - half_g2 * trace
+    k1, k2 = (k.to(x.dtype) for k in sde.probability_flow_coeffs(t))
+    drift = append_dims(k1, x.ndim) * x + append_dims(k2, x.ndim) * score
+    return drift, event_numel(x) * k1 + k2 * trace
 
 
-#: time variables of the probability-flow ODE (module docstring): the SDE's time "t" (state x);
-#: "log_sigma", u = log(s/a) = -lambda (state x: the t-ODE reparameterised); "log_sigma_scaled",
-#: u with the scaled state y = x / a(t) (Karras et al. 2022, eq. 4, in log sigma).
-TIME_VARIABLES = ("t", "log_sigma", "log_sigma_scaled")
+def _check_t_min(sde: SDE, t_min) -> float:
+    """t_min in (0, T) with s(t_min) > 0: the score (a net's output is scaled by 1 / s) and Tweedie
+    divide by s(t), so t_min = 0, or a t_min whose s underflows, has no finite score."""
+    t_min = sde.eps if t_min is None else t_min
+    allowed = f"allowed: (0, T) = (0, {sde.T}), where marginal_std(t_min) > 0"
+    if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 < t_min < sde.T:
+        raise ValueError(f"t_min must lie in (0, T) ({allowed}); got {t_min!r}")
+    std = float(sde.marginal_std(torch.tensor(float(t_min), dtype=torch.float64)))
+    if not std > 0:
+        raise ValueError(f"t_min must lie in (0, T) with marginal_std(t_min) > 0 ({allowed}); got {t_min!r}, "
+                         f"whose marginal_std is {std!r}")
+    return float(t_min)
 
 
-class _AugmentedDynamics(torch.nn.Module):
-    """d/dtau (w, delta) = (dw/dtau, div_w dw/dtau), counting score evaluations.
-
-    tau = t:  w = x, dx/dt = f x - 1/2 g^2 score(x, t).
-    tau = u = log sigma, t = t(u) (inverse half log-SNR, in float64):
-      "log_sigma":        w = x, dx/du = (2 s^2 / g^2) f x - s^2 score(x, t)   (dt/du = 2 s^2 / g^2)
-      "log_sigma_scaled": w = y = x / a, dy/du = -sigma s score(a y, t)         (no linear part)
-    In every case dw/dtau = k1 w + k2 score(m w, t) with scalars k1, k2, m, so
-    div_w = D k1 + k2 m tr(d score / dx): the linear part is exact, only the score is differentiated.
-    """
-
-    def __init__(self, sde: SDE, score_fn: ScoreFn, probes=None, vjp_chunk_size=None, time_variable: str = "t"):
-        super().__init__()
-        self.sde, self.score_fn, self.probes = sde, score_fn, probes
-        self.vjp_chunk_size = vjp_chunk_size
-        self.time_variable = time_variable
-        self.nfe = 0  # a Python int: counting costs no host sync
-
-    def _coefficients(self, tau: torch.Tensor):
-        """(t, k1, k2, m) at tau, 0-d float64 tensors."""
-        sde = self.sde
-        if self.time_variable == "t":
-            t = tau.to(torch.float64)
-            return t, sde.drift_coeff(t), -0.5 * sde.diffusion(t) ** 2, torch.ones_like(t)
-        # u -> t in float64: the inverse log-SNR is ill-conditioned in float32 near t = 0
-        u = tau.to(torch.float64)
-        t = sde.time_at_half_log_snr(-u)
-        if self.time_variable == "log_sigma":
-            s2 = sde.marginal_var(t)
-            dt_du = 2 * s2 / sde.diffusion(t) ** 2  # du/dt = -dlambda/dt = g^2 / (2 s^2)
-            return t, dt_du * sde.drift_coeff(t), -s2, torch.ones_like(t)
-        a, s = sde.marginal_coeffs(t)
-        return t, torch.zeros_like(t), -torch.exp(u) * s, a  # dy/du = sigma eps_hat, eps_hat = -s score
-
-    def forward(self, tau: torch.Tensor, state):
-        w, _ = state
-        self.nfe += 1
-        B, D = w.shape[0], event_numel(w)
-        t, k1, k2, m = (c.to(w.dtype) for c in self._coefficients(tau))
-        score, trace = score_and_divergence(self.score_fn, m * w, t.expand(B), self.probes, self.vjp_chunk_size)
-        return k1 * w + k2 * score, D * k1 + (k2 * m) * trace
+def _check_finite_rows(name: str, x: torch.Tensor, offset: int = 0) -> None:
+    """Raise naming the rows of `x` (B, *event) that hold an inf or NaN (indices + `offset`)."""
+    if not x.is_floating_point():
+        return
+    bad = ~torch.isfinite(x).flatten(1).all(1)
+    if bool(bad.any()):  # one host read, before any solve
+        rows = (bad.nonzero().flatten() + offset).tolist()
+        shown = ", ".join(map(str, rows[:20])) + (", ..." if len(rows) > 20 else "")
+        raise ValueError(f"{name} has non-finite values (inf or NaN) in {len(rows)} of {x.shape[0]} rows: "
+                         f"[{shown}]; remove or fix them (rows must be finite)")
 
 
 def _check_ode_options(method, rtol, atol, fixed_steps, divergence, num_probes, probe, t_min, sde, time_variable):
@@ -309,15 +243,7 @@ def _check_ode_options(method, rtol, atol, fixed_steps, divergence, num_probes, 
     check_positive_int("num_probes", num_probes)
     check_choice("probe", probe, PROBES)
     check_choice("time_variable", time_variable, TIME_VARIABLES)
-    t_min = sde.eps if t_min is None else t_min
-    if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 <= t_min < sde.T:
-        raise ValueError(f"t_min must lie in [0, T) = [0, {sde.T}); got {t_min!r}")
-    if time_variable != "t" and t_min <= 0:
-        raise ValueError(
-            f"t_min must be > 0 with time_variable={time_variable!r} (log sigma(0) = -inf); "
-            "got t_min=0: give t_min > 0 or time_variable='t'"
-        )
-    return method, float(t_min)
+    return method, _check_t_min(sde, t_min)
 
 
 def log_likelihood(
@@ -343,13 +269,9 @@ def log_likelihood(
 
     Args:
         sde: the forward SDE. score_fn: `score_fn(x, t)` -> tensor like `x`, `t` of shape (B,).
-        x: (B, *event) points; the computation follows its device and dtype.
+        x: (B, *event) finite points; the computation follows its device and dtype.
         method: torchdiffeq solver; None gives "dopri5" (adaptive) or "rk4" with `fixed_steps`.
-        rtol, atol: tolerances of the adaptive solvers (ignored on a fixed grid). They apply to
-            the ODE state: (x, delta) for "t" and "log_sigma", (y = x / a(t), delta_y) for
-            "log_sigma_scaled", whose y reaches |z| / a(T) (~150 |z| for the default VP) and whose
-            delta_y contains D log(a(t_min) / a(T)), so equal tolerances are looser there in
-            absolute terms.
+        rtol, atol: tolerances of the adaptive solvers (ignored on a fixed grid), on the state (x, delta).
         divergence: "exact" or "hutchinson".
         num_probes: Hutchinson probes M (fixed for the whole solve).
         probe: "rademacher" or "gaussian".
@@ -357,61 +279,50 @@ def log_likelihood(
         prior_logp: `prior_logp(z) -> (B,)`, the log-density at T; None uses `sde.prior_logp`
             (N(0, prior_std^2 I)). Pass an exact p_T, e.g. `oracle.perturbed(sde, sde.T).log_prob`,
             to remove the prior mismatch.
-        t_min: start time in [0, T) (None: `sde.eps`); the result is log p_{t_min}(x). Must be
-            > 0 unless `time_variable="t"`.
+        t_min: start time in (0, T) with `sde.marginal_std(t_min) > 0` (None: `sde.eps`); the
+            result is log p_{t_min}(x). At s(t_min) = 0 the score is not finite.
         fixed_steps: number of uniform steps in the time variable (uniform in t, or in log sigma)
             for a fixed-grid `method`; the NFE is then fixed in advance (e.g. 4 per step for
             rk4), so processes can run in lock-step.
         options: extra options passed to `torchdiffeq.odeint`.
         vjp_chunk_size: basis vectors per backward pass of the exact divergence (None: automatic,
             see `score_and_divergence`).
-        time_variable: the independent variable of the ODE (module docstring): "t" (default;
-            the fewest steps with the adaptive solvers in our measurements), "log_sigma"
-            (u = log(s/a) = -lambda, state x: on a fixed grid, uniform in log-SNR, it is the most
-            accurate for VP / sub-VP at equal NFE), or "log_sigma_scaled" (u, state y = x / a).
-            All give log p_{t_min}(x); the last two need t_min > 0.
+        time_variable: "t" (default; the fewest steps with the adaptive solvers in our
+            measurements) or "log_sigma" (u = log(s/a) = -lambda: on a fixed grid, uniform in
+            log-SNR, the most accurate for VP / sub-VP at equal NFE). Both give log p_{t_min}(x).
 
     Returns:
         `LikelihoodResult` (detached tensors).
-    """
-    from torchdiffeq import odeint
 
+    Raises:
+        ValueError: a bad option (named), or rows of `x` with inf or NaN (their indices named).
+    """
     method, t_min = _check_ode_options(
         method, rtol, atol, fixed_steps, divergence, num_probes, probe, t_min, sde, time_variable
     )
     if x.ndim < 2:
         raise ValueError(f"x must have shape (B, *event); got {tuple(x.shape)}")
-    probes = None if divergence == "exact" else draw_probes(x, num_probes, probe, generator)
     if vjp_chunk_size is not None:
         check_positive_int("vjp_chunk_size", vjp_chunk_size)
-    dynamics = _AugmentedDynamics(sde, score_fn, probes, vjp_chunk_size, time_variable)
-    B, D = x.shape[0], event_numel(x)
+    _check_finite_rows("x", x)
+    probes = None if divergence == "exact" else draw_probes(x, num_probes, probe, generator)
+    flow = ProbabilityFlow(
+        sde, score_fn, time_variable,
+        divergence=lambda w, t: score_and_divergence(score_fn, w, t, probes, vjp_chunk_size),
+    )
+    B = x.shape[0]
     delta0 = x.new_zeros((B,) if probes is None else (probes.shape[0], B))
     # the end points in float64, once, outside the ODE (host scalars are fine here)
     ends = torch.tensor([t_min, sde.T], dtype=torch.float64, device=x.device)
-    a_ends = sde.marginal_coeffs(ends)[0]
-    scaled = time_variable == "log_sigma_scaled"
-    span = ends if time_variable == "t" else -sde.half_log_snr(ends)  # u = log sigma = -lambda
-    w0 = x.detach() / a_ends[0].to(x.dtype) if scaled else x.detach()
-    t_span = span.to(x.dtype)
-    options = dict(options or {})
+    if time_variable == "log_sigma":
+        ends = -sde.half_log_snr(ends)  # u = log sigma = -lambda
+    grid = None
     if fixed_steps is not None:
-        # the uniform grid built in float64, then cast; given as the solver's grid (not as output
-        # times) so that only the end state is kept, and the step count is exactly fixed_steps
-        lo, hi = span.tolist()
-        grid = torch.linspace(lo, hi, fixed_steps + 1, dtype=torch.float64).to(x.device, x.dtype)
-        options.setdefault("grid_constructor", lambda func, y0, t: grid)
+        # uniform in the time variable, in float64; the solver steps on it exactly (fixed_steps steps)
+        grid = ends[0] + (ends[1] - ends[0]) * torch.linspace(0, 1, fixed_steps + 1, dtype=torch.float64, device=x.device)
+        grid[-1] = ends[1]
     with torch.no_grad():
-        ws, deltas = odeint(
-            dynamics, (w0, delta0), t_span, rtol=rtol, atol=atol, method=method, options=options or None
-        )
-    w1, delta = ws[-1], deltas[-1]
-    if scaled:
-        # back to x at T, and log p_x = log p_y - D log a at both ends
-        z = a_ends[1].to(x.dtype) * w1
-        delta = delta + D * (torch.log(a_ends[1]) - torch.log(a_ends[0])).to(x.dtype)
-    else:
-        z = w1
+        z, delta = integrate(flow, (x.detach(), delta0), ends, method, grid=grid, rtol=rtol, atol=atol, options=options)
     prior = (sde.prior_logp if prior_logp is None else prior_logp)(z).to(x.dtype)
     if probes is None:
         delta_logp, std_error = delta, torch.zeros_like(delta)
@@ -422,7 +333,7 @@ def log_likelihood(
         else:
             std_error = torch.full_like(delta_logp, float("nan"))
     return LikelihoodResult(
-        logp=prior + delta_logp, prior_logp=prior, delta_logp=delta_logp, std_error=std_error, z=z, nfe=dynamics.nfe
+        logp=prior + delta_logp, prior_logp=prior, delta_logp=delta_logp, std_error=std_error, z=z, nfe=flow.nfe
     )
 
 
@@ -575,12 +486,16 @@ def evaluate_dataset(
         dtype: floating dtype (None: `data`'s if floating, else torch's default).
         progress: show a tqdm progress bar (off by default in library calls).
         **ode_kwargs: passed to `log_likelihood`.
+
+    Raises:
+        ValueError: a bad option, or rows of `data` with inf or NaN (their indices named).
     """
     from tqdm.auto import tqdm
 
     check_positive_int("batch_size", batch_size)
     if data.ndim < 2 or data.shape[0] < 1:
         raise ValueError(f"data must have shape (N, *event) with N >= 1; got {tuple(data.shape)}")
+    _check_finite_rows("data", data)  # before any solve, with the rows' indices in the whole set
     device = data.device if device is None else torch.device(device)
     if dtype is None:
         dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()

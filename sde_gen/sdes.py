@@ -367,6 +367,21 @@ class SDE(nn.Module, ABC):
     def extra_repr(self) -> str:
         return f"T={self.T}, eps={self.eps}"
 
+    def probability_flow_coeffs(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(k1, k2) such that the probability-flow drift is k1 x + k2 score (Song et al. 2021, eq. 13).
+
+        The drift f(t) x - 1/2 g(t)^2 score is semi-linear (Lu et al. 2022, DPM-Solver, eq. 3.1):
+        k1 = f(t), k2 = -1/2 g(t)^2. Every probability-flow solver (the `pf_ode` sampler, the
+        likelihood) builds its right-hand side from these two scalars, so the drift is written once.
+
+        Args:
+            t: times, any shape (float64 recommended; the caller casts to x's dtype).
+
+        Returns:
+            `(k1, k2)`, both shaped and typed like `t`.
+        """
+        return self.drift_coeff(t), -0.5 * self.diffusion(t) ** 2
+
 
 class VPSDE(SDE):
     """Variance-preserving SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw (Song et al. 2021, eq. 11).

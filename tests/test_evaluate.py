@@ -32,7 +32,7 @@ def test_oracle_source_writes_exact_and_model_likelihood(hydra_ctx, tmp_path):
         config_name="eval",
         overrides=[
             "source=oracle", "problem=gaussian16d", "sde=subvp", "num_test=40", "batch_size=16",
-            "device=cpu", "progress=false", "likelihood.prior=exact", "likelihood.t_min=0.0",
+            "device=cpu", "progress=false", "likelihood.prior=exact", "likelihood.t_min=1e-9",
             "likelihood.rtol=1e-6", "likelihood.atol=1e-6",
         ],
     )

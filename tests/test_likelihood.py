@@ -15,8 +15,10 @@ from sde_gen.likelihood import (
     drift_and_divergence,
     evaluate_dataset,
     log_likelihood,
+    score_and_divergence,
     TIME_VARIABLES,
 )
+from sde_gen.ode import ProbabilityFlow
 
 from .conftest import DEVICES
 
@@ -37,17 +39,27 @@ def _gaussian_kl(mean, cov, var):
 
 
 # ---------------------------------------------------------------------------- exact densities
+def _exact_logp_t(oracle, sde, x, t):
+    """log p_t(x) of a single Gaussian N(m, C) in closed form: N(a m, a^2 C + s^2 I)."""
+    a, s = (float(c) for c in sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64)))
+    cov = a ** 2 * oracle.covariance() + s ** 2 * torch.eye(x.shape[1], dtype=torch.float64)
+    return torch.distributions.MultivariateNormal(a * oracle.mean(), cov).log_prob(x)
+
+
 @pytest.mark.parametrize("name", list(SDE_FACTORIES))
 def test_gaussian16d_exact_prior_recovers_analytic_logpdf(gauss16, name):
-    """With the oracle's exact p_T as prior and t_min = 0, logp = log N(x; mu, Sigma) (float64)."""
+    """With the oracle's exact p_T as prior, logp = log N(x; a m, a^2 C + s^2 I) at t_min (float64);
+    at t_min = 1e-9 that is the data density log N(x; m, C) to ~1e-8 nats."""
     sde = SDE_FACTORIES[name]()
     g = torch.Generator().manual_seed(1)
     x = gauss16.sample(48, g, dtype=torch.float64)
     res = log_likelihood(
-        sde, gauss16.score_fn(sde), x, t_min=0.0, rtol=1e-6, atol=1e-6,
+        sde, gauss16.score_fn(sde), x, t_min=1e-9, rtol=1e-6, atol=1e-6,
         prior_logp=gauss16.perturbed(sde, sde.T).log_prob,
     )
-    exact = torch.distributions.MultivariateNormal(gauss16.mean(), gauss16.covariance()).log_prob(x)
+    exact = _exact_logp_t(gauss16, sde, x, 1e-9)
+    data = torch.distributions.MultivariateNormal(gauss16.mean(), gauss16.covariance()).log_prob(x)
+    assert (exact - data).abs().max() < 1e-6
     D = x.shape[1]
     assert (res.logp - exact).abs().max() / D < 1e-4
     assert torch.allclose(res.logp, res.prior_logp + res.delta_logp)
@@ -59,19 +71,19 @@ def test_gaussian16d_exact_prior_recovers_analytic_logpdf(gauss16, name):
     [("vp", dict(beta_max=3.0)), ("subvp", dict(beta_max=3.0)), ("ve", dict(sigma_max=2.0))],
 )
 def test_standard_prior_mismatch_equals_closed_form_kl(gauss16, name, kwargs):
-    """With the SDE's N(0, prior_std^2 I) prior, E_x[logp(x) - log p_0(x)] = -KL(p_T || prior).
+    """With the SDE's N(0, prior_std^2 I) prior, E_x[logp(x) - log p_eps(x)] = -KL(p_T || prior).
 
-    The flow maps p_0 onto p_T exactly, so the mean error over data is the prior mismatch,
+    The flow maps p_eps onto p_T exactly, so the mean error over x ~ p_eps is the prior mismatch,
     computed in closed form. Short-horizon SDEs make it large enough to measure against its
     Monte Carlo standard error; the default SDEs' mismatch is reported in docs/likelihood.md.
     """
     sde = SDE_FACTORIES[name](**kwargs)
     g = torch.Generator().manual_seed(2)
-    x = gauss16.sample(1000, g, dtype=torch.float64)
-    res = log_likelihood(sde, gauss16.score_fn(sde), x, t_min=0.0, rtol=1e-6, atol=1e-6)
+    x = gauss16.perturbed(sde, sde.eps).sample(1000, g, dtype=torch.float64)
+    res = log_likelihood(sde, gauss16.score_fn(sde), x, rtol=1e-6, atol=1e-6)
     p_T = gauss16.perturbed(sde, sde.T)
     kl = _gaussian_kl(p_T.mean(), p_T.covariance(), sde.prior_std ** 2)
-    diff = res.logp - gauss16.log_prob(x)
+    diff = res.logp - _exact_logp_t(gauss16, sde, x, sde.eps)
     se = diff.std() / math.sqrt(len(diff))
     assert kl > 6 * se, "the mismatch must be measurable for the test to mean anything"
     assert abs(diff.mean() + kl) < 3 * se + 1e-4 * x.shape[1]
@@ -94,7 +106,7 @@ def test_ring2d_logdensity_matches_mixture(time_variable):
 
 
 def test_every_sde_recovers_the_ring_density(sde):
-    """Property over every registered SDE (incl. cosine VP): exact p_T prior, t_min = 0, float64.
+    """Property over every registered SDE (incl. cosine VP): exact p_T prior, t_min = eps, float64.
 
     rtol = atol = 1e-7: the cosine schedule's rate has a kink where it reaches its cap, which
     costs the adaptive solver about one digit at 1e-6.
@@ -102,16 +114,16 @@ def test_every_sde_recovers_the_ring_density(sde):
     ring = make_preset("ring2d")
     x = ring.sample(32, torch.Generator().manual_seed(15), dtype=torch.float64)
     res = log_likelihood(
-        sde, ring.score_fn(sde), x, t_min=0.0, rtol=1e-7, atol=1e-7, prior_logp=ring.perturbed(sde, sde.T).log_prob
+        sde, ring.score_fn(sde), x, rtol=1e-7, atol=1e-7, prior_logp=ring.perturbed(sde, sde.T).log_prob
     )
-    assert (res.logp - ring.log_prob(x)).abs().max() / 2 < 1e-4
+    assert (res.logp - ring.log_prob(x, sde.eps, sde)).abs().max() / 2 < 1e-4
 
 
-@pytest.mark.parametrize("time_variable", ["log_sigma", "log_sigma_scaled"])
+@pytest.mark.parametrize("time_variable", ["log_sigma"])
 @pytest.mark.parametrize("name", list(SDE_FACTORIES))
 def test_log_sigma_time_variables_recover_gaussian16d(gauss16, name, time_variable):
-    """In u = log sigma (state x, or y = x / a with the D log a terms), exact p_T prior: the
-    result is the closed-form log p_eps(x) within 1e-4 nats/dim (float64)."""
+    """In u = log sigma, exact p_T prior: the result is the closed-form log p_eps(x) within
+    1e-4 nats/dim (float64)."""
     sde = SDE_FACTORIES[name]()
     x = gauss16.sample(48, torch.Generator().manual_seed(21), dtype=torch.float64)
     res = log_likelihood(
@@ -139,18 +151,23 @@ def test_time_variables_agree_with_each_other(name):
         assert torch.allclose(res.z, results[0].z, rtol=1e-4, atol=1e-4)
 
 
+def _augmented_flow(sde, score, time_variable="t", probes=None):
+    """The likelihood's right-hand side: the shared probability flow with the divergence."""
+    return ProbabilityFlow(sde, score, time_variable,
+                           divergence=lambda w, t: score_and_divergence(score, w, t, probes))
+
+
 @pytest.mark.parametrize("time_variable", TIME_VARIABLES)
 def test_dynamics_match_chain_rule_and_finite_difference_divergence(gauss16, time_variable):
     """The ODE function in each time variable against independent computations: its drift is
-    the probability-flow drift dx/dt times dt/du (dlambda/dt by autograd on `half_log_snr`), plus
-    the -x dlog a/du / a term for y = x / a; its divergence (linear part in closed form, score by
-    VJPs) is the trace of the central-difference Jacobian of its own drift."""
-    from sde_gen.likelihood import _AugmentedDynamics
-
+    the probability-flow drift dx/dt (`SDE.probability_flow_drift`, written independently of
+    `probability_flow_coeffs`) times dt/du (dlambda/dt by autograd on `half_log_snr`); its divergence
+    (linear part in closed form, score by VJPs) is the trace of the central-difference Jacobian of
+    its own drift."""
     sde = SubVPSDE()
     score = gauss16.score_fn(sde)
     w = gauss16.sample(3, torch.Generator().manual_seed(23), dtype=torch.float64)
-    dynamics = _AugmentedDynamics(sde, score, time_variable=time_variable)
+    dynamics = _augmented_flow(sde, score, time_variable)
     tau = torch.tensor(0.4 if time_variable == "t" else -0.7, dtype=torch.float64)
     drift, div = dynamics(tau, (w, w.new_zeros(3)))
     if time_variable == "t":
@@ -159,11 +176,7 @@ def test_dynamics_match_chain_rule_and_finite_difference_divergence(gauss16, tim
         t = sde.time_at_half_log_snr(-tau).detach().requires_grad_(True)
         (dlam_dt,) = torch.autograd.grad(sde.half_log_snr(t), t)
         dt_du = (-1 / dlam_dt).detach()
-        t = t.detach()
-        a = sde.mean_coeff(t)
-        x = w * a if time_variable == "log_sigma_scaled" else w
-        dx_du = sde.probability_flow_drift(x, t.expand(3), score) * dt_du
-        expected = dx_du if time_variable == "log_sigma" else (dx_du - sde.drift_coeff(t) * dt_du * x) / a
+        expected = sde.probability_flow_drift(w, t.detach().expand(3), score) * dt_du
     assert torch.allclose(drift, expected, rtol=1e-9, atol=1e-9)
     h, D = 1e-5, w.shape[1]
     for b in range(3):
@@ -186,9 +199,9 @@ def test_every_sde_recovers_the_64d_mixture_density(sde):
     mix = make_preset("mixture64d")
     x = mix.sample(100, torch.Generator().manual_seed(16), dtype=torch.float64)
     res = log_likelihood(
-        sde, mix.score_fn(sde), x, t_min=0.0, rtol=1e-7, atol=1e-7, prior_logp=mix.perturbed(sde, sde.T).log_prob
+        sde, mix.score_fn(sde), x, rtol=1e-7, atol=1e-7, prior_logp=mix.perturbed(sde, sde.T).log_prob
     )
-    assert (res.logp - mix.log_prob(x)).abs().max() / 64 < 1e-4
+    assert (res.logp - mix.log_prob(x, sde.eps, sde)).abs().max() / 64 < 1e-4
 
 
 # ---------------------------------------------------------------------------- divergence
@@ -278,7 +291,7 @@ class _Counter:
         (dict(method="euler", fixed_steps=9), 9),
         (dict(divergence="hutchinson", num_probes=3), None),
         (dict(time_variable="log_sigma"), None),
-        (dict(time_variable="log_sigma_scaled", divergence="hutchinson", num_probes=2), None),
+        (dict(time_variable="log_sigma", divergence="hutchinson", num_probes=2), None),
         (dict(time_variable="log_sigma", fixed_steps=6), 24),
     ],
 )
@@ -321,13 +334,11 @@ def test_works_under_no_grad_and_returns_detached():
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
 def test_ode_function_makes_no_host_round_trip(monkeypatch, divergence, time_variable):
     """Every way of pulling a value to the host raises inside the ODE function: none is used."""
-    from sde_gen.likelihood import _AugmentedDynamics
-
     ring = make_preset("ring2d")
     sde = VPSDE()
     x = ring.sample(8, torch.Generator().manual_seed(17), dtype=torch.float64)
     probes = None if divergence == "exact" else draw_probes(x, 3, "rademacher", torch.Generator().manual_seed(18))
-    dynamics = _AugmentedDynamics(sde, ring.score_fn(sde), probes, time_variable=time_variable)
+    dynamics = _augmented_flow(sde, ring.score_fn(sde), time_variable, probes)
     t = torch.tensor(0.3, dtype=torch.float64)
     delta = x.new_zeros((8,) if probes is None else (3, 8))
 
@@ -375,6 +386,37 @@ def test_bad_arguments_fail_naming_the_field(kwargs, field):
     sde = VPSDE()
     with pytest.raises(ValueError, match=field):
         log_likelihood(sde, ring.score_fn(sde), torch.zeros(2, 2), **kwargs)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["VP", "VE"])
+@pytest.mark.parametrize("t_min", [0.0, -1e-3, 5e-324], ids=["zero", "negative", "std-underflows-to-0"])
+@pytest.mark.parametrize("time_variable", TIME_VARIABLES)
+def test_t_min_where_the_score_divides_by_zero_is_refused(sde, t_min, time_variable):
+    """At s(t_min) = 0 a score s_theta / s(t) (and Tweedie) divides by zero: t_min = 0, and the
+    smallest positive double, whose marginal std underflows to exactly 0 for both SDEs, are refused
+    before any evaluation, naming the allowed range."""
+    assert float(sde.marginal_std(torch.tensor(5e-324, dtype=torch.float64))) == 0.0
+    score = _Counter(make_preset("ring2d").score_fn(sde))
+    with pytest.raises(ValueError, match=r"t_min must lie in \(0, T\)") as info:
+        log_likelihood(sde, score, torch.zeros(4, 2, dtype=torch.float64), t_min=t_min, fixed_steps=2,
+                       time_variable=time_variable)
+    assert f"(0, {sde.T})" in str(info.value) and score.calls == 0
+
+
+def test_non_finite_input_rows_are_named_before_any_solve():
+    """log_likelihood names the rows (batch indices), evaluate_dataset the rows of the whole set,
+    instead of failing inside torchdiffeq; the score is never called."""
+    ring = make_preset("ring2d")
+    sde = VPSDE()
+    x = ring.sample(10, torch.Generator().manual_seed(40), dtype=torch.float64)
+    x[3, 0], x[7, 1] = math.nan, -math.inf
+    score = _Counter(ring.score_fn(sde))
+    with pytest.raises(ValueError, match=r"x has non-finite values .* in 2 of 10 rows: \[3, 7\]"):
+        log_likelihood(sde, score, x, fixed_steps=2)
+    # batches of 2: rows 3 and 7 of the set are rows 1 and 1 of their batches
+    with pytest.raises(ValueError, match=r"data has non-finite values .* in 2 of 10 rows: \[3, 7\]"):
+        evaluate_dataset(sde, score, x, batch_size=2, fixed_steps=2)
+    assert score.calls == 0
 
 
 # ---------------------------------------------------------------------------- bits per dimension
@@ -445,7 +487,7 @@ def _bpd(data, sde, pixels, seed, **kw):
     oracle = data.model_oracle()
     return bits_per_dim(
         sde, _FlatScore(oracle, sde), pixels, data, generator=torch.Generator().manual_seed(seed),
-        t_min=0.0, rtol=1e-7, atol=1e-7, prior_logp=_flat_prior(oracle, sde), dtype=torch.float64, **kw,
+        t_min=1e-9, rtol=1e-7, atol=1e-7, prior_logp=_flat_prior(oracle, sde), dtype=torch.float64, **kw,
     )
 
 

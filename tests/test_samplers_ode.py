@@ -250,7 +250,10 @@ def test_ddim_eta0_is_deterministic_and_inverts_its_trajectory(sde):
 
 @pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
 def test_ddim_eta1_step_is_the_posterior(sde):
-    """One eta=1 step from x_t is q(x_s | x_t, x0_hat): analytic coefficients and 20k empirical draws."""
+    """One eta=1 step from x_t is q(x_s | x_t, x0_hat): the step minus its noise is the posterior mean
+    (the noise regenerated from the same seed), its noise scale the posterior std; 20k empirical draws."""
+    from sde_gen.samplers.base import CountingScore
+
     score_fn = RING.score_fn(sde)
     smp = build_sampler("ddim", nfe=10, eta=1.0, denoise=False)
     t, s = torch.full((1,), 0.6, dtype=f64), torch.full((1,), 0.45, dtype=f64)
@@ -260,15 +263,16 @@ def test_ddim_eta1_step_is_the_posterior(sde):
     a_t, s_t = sde.marginal_coeffs(t)
     x0_hat = (x_t + s_t ** 2 * score) / a_t
     mean, std = sde.posterior(x_t, x0_hat, s, t)
+    step = lambda x, seed: smp.step(sde, CountingScore(score_fn), x, 0, t.expand(len(x)), s.expand(len(x)),
+                                    torch.Generator().manual_seed(seed), smp.init_state(sde, x, torch.cat([t, s])))
     # analytic: the update's deterministic part and noise scale
-    c_x, c_eps, sigma = smp.coefficients(sde, t, s)
-    torch.testing.assert_close(c_x * x_t + c_eps * (-s_t * score), mean, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(sigma, std, rtol=1e-10, atol=0)
+    state = smp.init_state(sde, x_t, torch.cat([t, s]))
+    torch.testing.assert_close(state["sigma"], std, rtol=1e-10, atol=0)
+    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(7), dtype=f64)
+    torch.testing.assert_close(step(x_t, 7) - std * z, mean, rtol=1e-10, atol=1e-10)
     # empirical: many draws of the actual step
     n = 20000
-    from sde_gen.samplers.base import CountingScore
-    x = smp.step(sde, CountingScore(score_fn), x_t.expand(n, 2), t.expand(n), s.expand(n),
-                 torch.Generator().manual_seed(2), {})
+    x = step(x_t.expand(n, 2), 2)
     se = std / math.sqrt(n)
     assert torch.all((x.mean(0) - mean[0]).abs() < 4.5 * se)
     torch.testing.assert_close(x.var(0), std.expand(2) ** 2, rtol=4.5 * math.sqrt(2 / n), atol=0)
@@ -334,12 +338,13 @@ def test_float32_tracks_float64(name):
 
 def test_declared_properties():
     for name in ODE_SAMPLERS:
-        cls = SAMPLERS[name]
-        assert cls.default_grid in ("uniform", "log_snr", "karras") and cls.order >= 1
+        smp = build_sampler(name)
+        assert smp.default_grid in ("uniform", "log_snr", "karras") and smp.order >= 1
     assert SAMPLERS["heun"].default_grid == "karras" and SAMPLERS["dpm_solver"].default_grid == "log_snr"
     assert not build_sampler("heun").stochastic and build_sampler("heun", S_churn=1.0).stochastic
     assert not build_sampler("ddim", eta=0.0).stochastic and build_sampler("ddim", eta=0.3).stochastic
     assert build_sampler("pf_ode", method="rk4").order == 4 and build_sampler("pf_ode", method="rk4", nfe=41).num_steps == 10
+    assert build_sampler("pf_ode", method="dopri5").order == 5 and build_sampler("pf_ode", method="dopri5").adaptive
     assert not build_sampler("pf_ode").stochastic and not build_sampler("dpm_solver").stochastic
 
 

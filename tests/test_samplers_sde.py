@@ -15,7 +15,7 @@ import torch
 
 from sde_gen import VESDE, VPSDE, make_preset
 from sde_gen.metrics import bures_wasserstein, gaussian_w2_to_target, mode_weight_error, noise_floor, sliced_wasserstein
-from sde_gen.samplers import SAMPLERS, build_sampler, langevin_correct, sample, time_grid
+from sde_gen.samplers import SAMPLERS, LangevinCorrector, build_sampler, langevin_correct, sample, time_grid
 
 from .conftest import ALL_SDES, SDE_IDS
 
@@ -169,7 +169,7 @@ def test_ancestral_step_is_the_ddpm_posterior(sde, variance):
     x = (x0 * _scalars(sde, t)[0] + 0.3).expand(n, 2)
     score = RING.score(x[:1], tt[:1], sde)
     sampler = build_sampler("ancestral", variance=variance)
-    out = sampler.step(sde, RING.score_fn(sde), x, tt, ss, torch.Generator().manual_seed(2), {})
+    out = sampler.step(sde, RING.score_fn(sde), x, 0, tt, ss, torch.Generator().manual_seed(2), {})
     abar_t, abar_s = _scalars(sde, t)[0] ** 2, _scalars(sde, s)[0] ** 2
     if isinstance(sde, VESDE):  # sigma_t^2 - sigma_s^2 is the chain's transition variance
         sig_t, sig_s = _scalars(sde, t)[1], _scalars(sde, s)[1]
@@ -222,13 +222,13 @@ def test_pc_without_corrector_is_its_predictor(predictor):
     sde = VPSDE()
     run = lambda name, **o: sample(sde, RING.score_fn(sde), (64, 2), sampler=name, nfe=9,
                                    generator=torch.Generator().manual_seed(4), dtype=f64, **o)
-    pc = run("pc", predictor=predictor, corrector="none")
+    pc = run("pc", predictor=SAMPLERS[predictor](), corrector=LangevinCorrector(num_steps=0))
     alone = run(predictor)
     assert torch.equal(pc.samples, alone.samples) and pc.nfe == alone.nfe == 9
 
 
 def test_pc_budget_splits_between_predictor_and_corrector():
-    pc = build_sampler("pc", nfe=100, corrector_steps=2)
+    pc = build_sampler("pc", nfe=100, corrector=LangevinCorrector(num_steps=2))
     assert pc.evals_per_step == 3 and pc.num_steps == 33
     calls = []
 
@@ -240,14 +240,61 @@ def test_pc_budget_splits_between_predictor_and_corrector():
     assert res.nfe == len(calls) == 33 * 3 + 1 and res.num_steps == 33
 
 
+def test_pc_with_a_heun_predictor_spends_full_heun_steps():
+    """The predictor's share of the budget is N x its evaluations per step: Heun as a predictor takes
+    full Heun steps (its odd-budget Euler step belongs to Heun run on its own)."""
+    calls = []
+
+    def counted(x, t):
+        calls.append(1)
+        return RING.score(x, t, VPSDE())
+
+    pc = build_sampler("pc", nfe=32, predictor=SAMPLERS["heun"](), corrector=LangevinCorrector(num_steps=1))
+    assert pc.evals_per_step == 3 and pc.num_steps == 10 and pc.grid == "karras" and pc.order == 2
+    res = pc(VPSDE(), counted, (8, 2), generator=torch.Generator().manual_seed(0))
+    assert res.nfe == len(calls) == 10 * 3 + 1
+
+
+def test_pc_config_builds_nested_predictor_and_corrector():
+    """conf/sampler/pc.yaml: the predictor and the corrector are `_target_` nodes (defaults: Song et
+    al.'s reverse-diffusion predictor, one Langevin step at snr 0.16); overrides reach into them and
+    their constructors' checks name the field."""
+    import pathlib
+
+    from hydra import compose, initialize_config_dir
+
+    from sde_gen.config import ConfigError, instantiate, register_configs
+
+    register_configs()
+    conf = pathlib.Path(__file__).resolve().parents[1] / "sde_gen" / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        default = instantiate(compose(config_name=None, overrides=["+sampler=pc"])["sampler"], "sampler")
+        swapped = instantiate(compose(config_name=None, overrides=[
+            "+sampler=pc", "sampler.predictor._target_=sde_gen.samplers.ancestral.Ancestral",
+            "+sampler.predictor.variance=beta", "sampler.corrector.num_steps=2"])["sampler"], "sampler")
+        bad = compose(config_name=None, overrides=["+sampler=pc", "sampler.corrector.snr=-1"])["sampler"]
+    assert type(default.predictor).__name__ == "ReverseDiffusion"
+    assert (default.corrector.snr, default.corrector.num_steps, default.corrector.norm) == (0.16, 1, "batch")
+    assert type(swapped.predictor).__name__ == "Ancestral" and swapped.predictor.variance == "beta"
+    assert swapped.evals_per_step == 3
+    with pytest.raises(ConfigError, match=r"sampler: .*snr"):
+        instantiate(bad, "sampler")
+
+
+@pytest.mark.parametrize("opts, field", [({"snr": -1.0}, "snr"), ({"num_steps": -1}, "num_steps"),
+                                          ({"num_steps": 1.5}, "num_steps"), ({"norm": "mean"}, "norm")])
+def test_langevin_corrector_options_are_validated(opts, field):
+    with pytest.raises(ValueError, match=field):
+        LangevinCorrector(**opts)
+
+
 def test_options_are_validated_with_the_field_name():
     for name, opts, field in [
         ("ancestral", {"variance": "large"}, "variance"),
-        ("pc", {"predictor": "adaptive_sde"}, "predictor"),
-        ("pc", {"predictor": "pc"}, "predictor"),
-        ("pc", {"corrector": "ald"}, "corrector"),
-        ("pc", {"snr": -1.0}, "snr"),
-        ("pc", {"predictor_options": {"nfe": 3}}, "predictor_options"),
+        ("pc", {"predictor": "reverse_diffusion"}, "predictor"),  # an object, not a name
+        ("pc", {"predictor": SAMPLERS["adaptive_sde"]()}, "predictor"),  # not a grid sampler
+        ("pc", {"predictor": SAMPLERS["pc"]()}, "predictor"),
+        ("pc", {"corrector": "langevin"}, "corrector"),
         ("langevin", {"corrector_steps": 0}, "corrector_steps"),
         ("langevin", {"norm": "mean"}, "norm"),
         ("annealed_langevin", {"steps_per_level": 0}, "steps_per_level"),
@@ -407,6 +454,6 @@ def test_adaptive_sde_on_the_ring_with_vp():
 
 def test_every_new_sampler_is_registered():
     for name in ("reverse_diffusion", "ancestral", "langevin", "pc", "annealed_langevin", "adaptive_sde"):
-        cls = SAMPLERS[name]
-        assert cls.name == name and isinstance(cls.stochastic, bool) and cls.order >= 1
-        assert cls.default_grid in ("uniform", "log_snr", "karras")
+        smp = build_sampler(name)
+        assert smp.name == name and isinstance(smp.stochastic, bool) and smp.order >= 1
+        assert smp.default_grid in ("uniform", "log_snr", "karras")

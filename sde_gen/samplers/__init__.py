@@ -1,7 +1,8 @@
-"""Reverse-time samplers behind one interface (see `base.Sampler`).
+"""Reverse-time samplers behind one interface (see `base.Sampler` and `base.GridSampler`).
 
-`SAMPLERS` maps a name to its class: adding a sampler is one module, one line here and one YAML
-file in `conf/sampler/`. `sample(...)` is the one-call convenience.
+`SAMPLERS` maps a name to its class: adding a sampler is one module (a `GridSampler` with one
+`step`, or a `Sampler` with its own `solve`), one line here and one YAML file in `conf/sampler/`.
+`sample(...)` is the one-call convenience.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from .._validation import check_choice
-from .base import CountingScore, SampleResult, Sampler
+from .base import CountingScore, GridSampler, SampleResult, Sampler
 from .adaptive_sde import AdaptiveSDE
 from .ancestral import Ancestral
 from .annealed_langevin import AnnealedLangevin
@@ -18,7 +19,7 @@ from .ddim import DDIM
 from .dpm_solver import DPMSolverPlusPlus2M
 from .euler_maruyama import EulerMaruyama
 from .heun import Heun
-from .langevin import LangevinSampler, langevin_correct
+from .langevin import LangevinCorrector, LangevinSampler, langevin_correct
 from .pc import PredictorCorrector
 from .pf_ode import ProbabilityFlowODE
 from .reverse_diffusion import ReverseDiffusion
@@ -65,10 +66,11 @@ def sample(
         sde: the forward SDE. score_fn: `score_fn(x, t)` -> tensor like x.
         shape: (B, *event), or give `x_T`. sampler: a key of `SAMPLERS`. nfe: evaluation budget.
         generator: randomness. callback: `callback(i, t_next, x)` after each step.
-        device, dtype: of the prior sample. **options: the sampler's own options.
+        device, dtype: of the prior sample. **options: the sampler's own options (e.g.
+            `check_finite=True`).
 
     Returns:
-        `SampleResult(samples, nfe, num_steps)`.
+        `SampleResult(samples, nfe, num_steps, num_nonfinite)`.
     """
     return build_sampler(sampler, nfe=nfe, **options)(
         sde, score_fn, shape=shape, x_T=x_T, generator=generator, callback=callback, device=device, dtype=dtype
@@ -77,6 +79,7 @@ def sample(
 
 __all__ = [
     "Sampler",
+    "GridSampler",
     "SampleResult",
     "CountingScore",
     "SAMPLERS",
@@ -85,4 +88,5 @@ __all__ = [
     "time_grid",
     "GRIDS",
     "langevin_correct",
+    "LangevinCorrector",
 ]

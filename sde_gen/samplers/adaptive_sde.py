@@ -35,15 +35,16 @@ Rackauckas & Nie 2017), not implemented here.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
 
 import torch
 
 from .._validation import check_in_open_interval, check_positive, check_positive_int
 from ..utils import append_dims
-from .base import Sampler
+from .base import Sampler, check_bool
 
 
+@dataclass(eq=False, kw_only=True)
 class AdaptiveSDE(Sampler):
     """Tolerance-driven reverse-SDE solver with per-sample adaptive steps; every SDE.
 
@@ -57,7 +58,8 @@ class AdaptiveSDE(Sampler):
         check_every: iterations between host-side checks that all samples reached t_min.
         reject: reject steps with E > 1 (the paper). False accepts every step and only adapts h;
             see the module docstring for when that is preferable.
-        denoise, t_min: `Sampler` options (the grid options are unused: steps are adaptive).
+        (and the `Sampler` options denoise, t_min, check_finite; the grid options are unused:
+        steps are adaptive)
     """
 
     name = "adaptive_sde"
@@ -66,37 +68,28 @@ class AdaptiveSDE(Sampler):
     order = 1.0
     default_grid = "uniform"
 
-    def __init__(
-        self,
-        nfe: int = 1000,
-        denoise: bool = True,
-        grid: Optional[str] = None,
-        rho: float = 7.0,
-        t_min: Optional[float] = None,
-        rtol: float = 0.05,
-        atol: float = 0.0078,
-        h_init: float = 0.01,
-        safety: float = 0.9,
-        exponent: float = 0.9,
-        check_every: int = 5,
-        reject: bool = True,
-    ):
-        self.rtol = check_positive("rtol", rtol)
-        self.atol = check_positive("atol", atol)
-        self.h_init = check_positive("h_init", h_init)
-        self.safety = check_in_open_interval("safety", safety, 0.0, 1.0)
-        self.exponent = check_positive("exponent", exponent)
-        self.check_every = check_positive_int("check_every", check_every)
-        self.reject = bool(reject)
-        super().__init__(nfe=nfe, denoise=denoise, grid=grid, rho=rho, t_min=t_min)
+    nfe: int = 1000
+    rtol: float = 0.05
+    atol: float = 0.0078
+    h_init: float = 0.01
+    safety: float = 0.9
+    exponent: float = 0.9
+    check_every: int = 5
+    reject: bool = True
 
-    def steps_for_budget(self, nfe: int) -> int:
-        """The most iterations `nfe` allows: 2 evaluations each, 1 kept for the final step to t_min."""
-        budget = nfe - (1 if self.denoise else 0) - 1
-        if budget < 2:
-            need = 3 + (1 if self.denoise else 0)
-            raise ValueError(f"nfe must be >= {need} for sampler {self.name!r} (denoise={self.denoise}); got {nfe}")
-        return budget // 2
+    def __post_init__(self):
+        self.rtol = check_positive("rtol", self.rtol)
+        self.atol = check_positive("atol", self.atol)
+        self.h_init = check_positive("h_init", self.h_init)
+        self.safety = check_in_open_interval("safety", self.safety, 0.0, 1.0)
+        self.exponent = check_positive("exponent", self.exponent)
+        check_positive_int("check_every", self.check_every)
+        check_bool("reject", self.reject)
+        super().__post_init__()
+
+    def steps_for(self, evals: int) -> int:
+        """The most iterations `evals` allow: 2 evaluations each, 1 kept for the final step to t_min."""
+        return (evals - 1) // 2
 
     def time_grid(self, sde, device=None) -> torch.Tensor:
         """Only the end points [T, t_min] (float64): the steps in between are adaptive."""
@@ -104,9 +97,6 @@ class AdaptiveSDE(Sampler):
         if not 0 < t_min < sde.T:
             raise ValueError(f"t_min must lie in (0, T={sde.T}); got {t_min}")
         return torch.tensor([sde.T, t_min], dtype=torch.float64, device=device)
-
-    def step(self, sde, score, x, t, t_next, generator, state):  # pragma: no cover - solve is overridden
-        raise NotImplementedError("adaptive_sde runs its own loop (see solve)")
 
     @staticmethod
     def _em(sde, score, x, y, t, h, z):
@@ -151,9 +141,5 @@ class AdaptiveSDE(Sampler):
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = torch.where(append_dims(t > t_min, nd), self._em(sde, score, x, x, t, t - t_min, z), x)
             iterations += 1
-        self.num_steps = iterations
-        return x
+        return x, iterations
 
-    def __repr__(self) -> str:
-        return (f"AdaptiveSDE(nfe<={self.nfe}, rtol={self.rtol}, atol={self.atol}, h_init={self.h_init}, "
-                f"safety={self.safety}, exponent={self.exponent}, denoise={self.denoise})")

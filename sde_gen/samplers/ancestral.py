@@ -20,22 +20,25 @@ Weak order 1, one score evaluation per step.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .._validation import check_choice
 from ..parameterization import x0_from_score
 from ..utils import append_dims
-from .base import Sampler
+from .base import GridSampler
 
 VARIANCES = ("posterior", "beta")
 
 
-class Ancestral(Sampler):
+@dataclass(eq=False, kw_only=True)
+class Ancestral(GridSampler):
     """Ancestral sampling of the grid's exact discrete chain (DDPM for VP); every SDE.
 
     Args:
         variance: "posterior" (the DDPM posterior variance) or "beta" (the transition variance).
-        **kwargs: `Sampler` options (nfe, denoise, grid, rho, t_min).
+        (and the `Sampler` options nfe, denoise, grid, rho, t_min, check_finite)
     """
 
     name = "ancestral"
@@ -44,18 +47,16 @@ class Ancestral(Sampler):
     order = 1.0
     default_grid = "uniform"
 
-    def __init__(self, nfe: int = 100, denoise: bool = True, grid=None, rho: float = 7.0, t_min=None,
-                 variance: str = "posterior"):
-        self.variance = check_choice("variance", variance, VARIANCES)
-        super().__init__(nfe=nfe, denoise=denoise, grid=grid, rho=rho, t_min=t_min)
+    variance: str = "posterior"
 
-    def step(self, sde, score, x, t, t_next, generator, state):
+    def __post_init__(self):
+        check_choice("variance", self.variance, VARIANCES)
+        super().__post_init__()
+
+    def step(self, sde, score, x, i, t, t_next, generator, state):
         x0_hat = x0_from_score(sde, x, t, score(x, t))
         mean, std = sde.posterior(x, x0_hat, t_next, t)
         if self.variance == "beta":
             std = sde.transition_coeffs(t_next, t)[1].sqrt().to(x.dtype)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return mean + append_dims(std, x.ndim) * z
-
-    def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", variance={self.variance!r})"

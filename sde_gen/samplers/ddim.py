@@ -15,72 +15,67 @@ i.e. DDPM ancestral sampling (Ho et al. 2020, eq. 6-7) on the same grid.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
 
 import torch
 
 from .._validation import check_in_closed_interval
-from ..utils import append_dims
-from .base import CountingScore, Sampler
+from .base import CountingScore, GridSampler
 
 
-class DDIM(Sampler):
+@dataclass(eq=False, kw_only=True)
+class DDIM(GridSampler):
     """DDIM (eta in [0, 1]) on the sampler's time grid; works with every SDE of the library.
 
     Args:
-        nfe: evaluation budget; one evaluation per step.
         eta: 0 = deterministic DDIM, 1 = DDPM ancestral sampling; in between interpolates.
-        denoise, grid, rho, t_min: see `Sampler`.
+        (and the `Sampler` options; one evaluation per step)
     """
 
     name = "ddim"
     evals_per_step = 1
-    stochastic = True
     order = 1.0
     default_grid = "uniform"
 
-    def __init__(self, nfe: int = 100, eta: float = 0.0, denoise: bool = True, grid: Optional[str] = None, rho: float = 7.0, t_min: Optional[float] = None):
-        self.eta = check_in_closed_interval("eta", eta, 0.0, 1.0)
-        self.stochastic = self.eta > 0
-        super().__init__(nfe=nfe, denoise=denoise, grid=grid, rho=rho, t_min=t_min)
+    eta: float = 0.0
 
-    def coefficients(self, sde, t: torch.Tensor, u: torch.Tensor):
-        """Float64 (B,) coefficients (c_x, c_eps, sigma) of x_u = c_x x_t + c_eps eps_hat + sigma z.
+    def __post_init__(self):
+        self.eta = check_in_closed_interval("eta", self.eta, 0.0, 1.0)
+        super().__post_init__()
 
-        c_x = a_u / a_t (from a_u x0_hat) and c_eps = sqrt(s_u^2 - sigma^2) - a_u s_t / a_t.
-        For u > t (inversion) only eta = 0 makes sense and sigma = 0.
+    @property
+    def stochastic(self) -> bool:
+        """eta > 0 adds fresh noise at every step."""
+        return self.eta > 0
+
+    def init_state(self, sde, x, ts, evals=None):
+        """The paper's coefficients for every step t = ts[i] -> u = ts[i + 1], float64 then x's dtype.
+
+        With the paper's sqrt(alpha_t) = a(t), sqrt(1 - alpha_t) = s(t) (any affine SDE), and the
+        noise sigma = eta * std of q(x_u | x_t, x_0) (eq. 16; `sde.posterior`'s std). On a grid run
+        upwards (`invert`) only eta = 0 is allowed, and sigma = 0.
         """
+        t, u = ts[:-1], ts[1:]
         a_t, s_t = sde.marginal_coeffs(t)
         a_u, s_u = sde.marginal_coeffs(u)
         if self.eta > 0:
-            _, v = sde.transition_coeffs(u, t)  # v_{t|u}
+            v = sde.transition_coeffs(u, t)[1]  # v_{t|u}
             sigma = self.eta * torch.sqrt(v * sde.marginal_var(u) / sde.marginal_var(t))
         else:
             sigma = torch.zeros_like(t)
-        c_x = a_u / a_t
-        c_eps = torch.sqrt((s_u ** 2 - sigma ** 2).clamp_min(0)) - c_x * s_t
-        return c_x, c_eps, sigma
+        # sqrt(1 - alpha_{t-1} - sigma_t^2) of eq. 12, in a form that cannot go negative
+        dir_coef = torch.sqrt((s_u ** 2 - sigma ** 2).clamp_min(0))
+        return {k: v.to(x.dtype) for k, v in dict(a_t=a_t, s_t=s_t, a_u=a_u, dir_coef=dir_coef, sigma=sigma).items()}
 
-    def init_state(self, sde, x, ts):
-        """The coefficients of every step at once (float64 over the grid, cast to x's dtype)."""
-        c_x, c_eps, sigma = self.coefficients(sde, ts[:-1], ts[1:])
-        s_t = sde.marginal_std(ts[:-1])
-        return {"i": 0, "coef": torch.stack([c_x, c_eps * s_t, sigma], dim=1).to(x.dtype)}
-
-    def step(self, sde, score, x, t, t_next, generator, state):
-        if "coef" in state:
-            i = state["i"]
-            state["i"] = i + 1
-            c_x, c_score, sigma = state["coef"][i].unbind()
-        else:  # a single step outside a run (t, t_next of shape (B,))
-            c_x, c_eps, sigma = self.coefficients(sde, t, t_next)
-            c_x, c_score, sigma = (append_dims(v.to(x.dtype), x.ndim) for v in (c_x, c_eps * sde.marginal_std(t), sigma))
-        # eps_hat = -s_t score, so c_eps eps_hat = -(c_eps s_t) score
-        x_next = c_x * x - c_score * score(x, t)
+    def step(self, sde, score, x, i, t, t_next, generator, state):
+        c = state
+        eps_hat = -c["s_t"][i] * score(x, t)  # eps_theta(x_t): the noise prediction, -s(t) score
+        x0_hat = (x - c["s_t"][i] * eps_hat) / c["a_t"][i]  # eq. 12, "predicted x_0" (Tweedie)
+        x_u = c["a_u"][i] * x0_hat + c["dir_coef"][i] * eps_hat  # + "direction pointing to x_t"
         if self.stochastic:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x_next = x_next + sigma * z
-        return x_next
+            x_u = x_u + c["sigma"][i] * z  # + "random noise" sigma_t eps_t
+        return x_u
 
     def invert(self, sde, score_fn, x: torch.Tensor, callback=None) -> torch.Tensor:
         """DDIM inversion: run the deterministic (eta = 0) update up the grid, t_min -> T.
@@ -98,6 +93,6 @@ class DDIM(Sampler):
         self.check_sde(sde)
         score = CountingScore(score_fn)
         with torch.no_grad():
-            # the base loop on the reversed grid: the eta = 0 update is its own inverse map
-            x = self.solve(sde, score, x, self.time_grid(sde, device=x.device).flip(0), None, callback)
+            # the grid loop on the reversed grid: the eta = 0 update is its own inverse map
+            x, _ = self.solve(sde, score, x, self.time_grid(sde, device=x.device).flip(0), None, callback)
         return x

@@ -23,23 +23,24 @@ The final Tweedie denoising step of the base class is DPM-Solver++'s first-order
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
 
 import torch
 
-from .base import Sampler
+from .base import GridSampler, check_bool
 
 #: below this many steps, `lower_order_final` makes the last step first order
 LOWER_ORDER_FINAL_BELOW = 15
 
 
-class DPMSolverPlusPlus2M(Sampler):
+@dataclass(eq=False, kw_only=True)
+class DPMSolverPlusPlus2M(GridSampler):
     """DPM-Solver++(2M) multistep (Lu et al. 2022b, Algorithm 2) for every SDE of the library.
 
     Args:
-        nfe: evaluation budget; one evaluation per step (num_steps = nfe - denoise).
         lower_order_final: first-order last step when num_steps < 15 (stability at small NFE).
-        denoise, grid, rho, t_min: see `Sampler` (default grid "log_snr").
+        (and the `Sampler` options; nfe defaults to 20, one evaluation per step, num_steps =
+        nfe - denoise; default grid "log_snr")
     """
 
     name = "dpm_solver"
@@ -48,33 +49,41 @@ class DPMSolverPlusPlus2M(Sampler):
     order = 2.0
     default_grid = "log_snr"
 
-    def __init__(self, nfe: int = 20, lower_order_final: bool = True, denoise: bool = True, grid: Optional[str] = None, rho: float = 7.0, t_min: Optional[float] = None):
-        if not isinstance(lower_order_final, bool):
-            raise ValueError(f"lower_order_final must be a bool (True or False); got {lower_order_final!r}")
-        self.lower_order_final = lower_order_final
-        super().__init__(nfe=nfe, denoise=denoise, grid=grid, rho=rho, t_min=t_min)
+    nfe: int = 20
+    lower_order_final: bool = True
 
-    def init_state(self, sde, x, ts):
-        """Every coefficient of the run at once, in float64 over the grid, then cast to x's dtype:
-        the loop itself only indexes them (no per-step schedule arithmetic, no host sync)."""
-        a, s = sde.marginal_coeffs(ts)
-        lam = torch.log(a) - torch.log(s)  # = sde.half_log_snr(ts), from the same a, s
-        h = lam[1:] - lam[:-1]  # > 0
+    def __post_init__(self):
+        check_bool("lower_order_final", self.lower_order_final)
+        super().__post_init__()
+
+    def init_state(self, sde, x, ts, evals):
+        """The schedule over the grid in float64, then x's dtype: the loop only indexes it."""
+        N = ts.numel() - 1
+        alpha, sigma = sde.marginal_coeffs(ts)  # the paper's alpha_t, sigma_t
+        lam = torch.log(alpha) - torch.log(sigma)  # lambda_t = log(alpha_t / sigma_t), from the same alpha, sigma
+        h = lam[1:] - lam[:-1]  # line 1: h_i = lambda_{t_i} - lambda_{t_{i-1}} > 0
         r = torch.ones_like(h)
-        r[1:] = h[:-1] / h[1:]  # h_{i-1} / h_i
-        w = 0.5 / r  # weight of the finite difference of x0_hat in D_i
-        w[0] = 0.0  # first step: first order
-        if self.lower_order_final and self.num_steps < LOWER_ORDER_FINAL_BELOW:
-            w[-1] = 0.0
-        # -(e^{-h} - 1) = -expm1(-h) keeps precision at small h
-        coef = torch.stack([s[:-1] ** 2, 1 / a[:-1], s[1:] / s[:-1], -a[1:] * torch.expm1(-h), w], dim=1)
-        return {"i": 0, "coef": coef.to(x.dtype), "x0_prev": None}
+        r[1:] = h[:-1] / h[1:]  # line 7: r_i = h_{i-1} / h_i
+        second_order = [False] + [True] * (N - 1)  # line 4: the first step is first order
+        if self.lower_order_final and N < LOWER_ORDER_FINAL_BELOW:
+            second_order[-1] = False
+        cast = lambda v: v.to(x.dtype)  # noqa: E731
+        return {
+            "alpha": cast(alpha), "sigma2": cast(sigma ** 2),
+            "sigma_ratio": cast(sigma[1:] / sigma[:-1]),  # sigma_{t_i} / sigma_{t_{i-1}}
+            "phi": cast(-alpha[1:] * torch.expm1(-h)),  # -alpha_{t_i} (e^{-h_i} - 1), expm1 keeps small h exact
+            "half_over_r": cast(0.5 / r),  # 1 / (2 r_i)
+            "second_order": second_order,
+            "x_theta_prev": None,  # the buffer Q
+        }
 
-    def step(self, sde, score, x, t, t_next, generator, state):
-        i = state["i"]
-        state["i"] = i + 1
-        s2, inv_a, c_x, c_d, w = state["coef"][i].unbind()
-        x0 = (x + s2 * score(x, t)) * inv_a  # Tweedie's x0_hat at t_i
-        D = x0 if state["x0_prev"] is None else (1 + w) * x0 - w * state["x0_prev"]
-        state["x0_prev"] = x0
-        return c_x * x + c_d * D
+    def step(self, sde, score, x, i, t, t_next, generator, state):
+        c = state
+        x_theta = (x + c["sigma2"][i] * score(x, t)) / c["alpha"][i]  # data prediction x_theta(x, t) (Tweedie)
+        if c["second_order"][i]:
+            w = c["half_over_r"][i]
+            D = (1 + w) * x_theta - w * c["x_theta_prev"]  # line 8
+        else:
+            D = x_theta  # line 4: the first-order (DDIM) update
+        c["x_theta_prev"] = x_theta  # lines 5 and 10: Q <- x_theta
+        return c["sigma_ratio"][i] * x + c["phi"][i] * D  # line 9

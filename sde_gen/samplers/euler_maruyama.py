@@ -6,13 +6,16 @@ with h = t - t_next > 0. Weak order 1, one score evaluation per step.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..utils import append_dims
-from .base import Sampler
+from .base import GridSampler
 
 
-class EulerMaruyama(Sampler):
+@dataclass(eq=False, kw_only=True)
+class EulerMaruyama(GridSampler):
     """Euler-Maruyama on the reverse SDE; works with every SDE of the library."""
 
     name = "euler_maruyama"
@@ -20,7 +23,7 @@ class EulerMaruyama(Sampler):
     stochastic = True
     order = 1.0
 
-    def step(self, sde, score, x, t, t_next, generator, state):
+    def step(self, sde, score, x, i, t, t_next, generator, state):
         h = append_dims((t - t_next).to(x.dtype), x.ndim)
         drift = sde.reverse_drift(x, t, score(x, t))
         g = append_dims(sde.diffusion(t).to(x.dtype), x.ndim)

@@ -29,104 +29,93 @@ step adds an O(h^2) local error). Churn makes the sampler stochastic (the SDE-li
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .._validation import check_nonnegative, check_positive
-from .base import Sampler
+from .base import GridSampler
 
 
-class Heun(Sampler):
+@dataclass(eq=False, kw_only=True)
+class Heun(GridSampler):
     """Karras et al. 2022 Algorithm 2 (Heun + optional churn) for every SDE of the library.
 
     Args:
-        nfe: evaluation budget (spent exactly: see the module docstring).
         S_churn: total churn (0 = deterministic ODE sampler). gamma_i = min(S_churn / N, sqrt(2) - 1).
         S_tmin, S_tmax: churn only where S_tmin <= sigma_i <= S_tmax (noise levels sigma = s/a).
         S_noise: scale of the added noise (slightly above 1 compensates detail loss in the paper).
-        denoise, grid, rho, t_min: see `Sampler` (default grid "karras", rho = 7).
+        (and the `Sampler` options; nfe is spent exactly, see the module docstring; default grid
+        "karras", rho = 7)
     """
 
     name = "heun"
     evals_per_step = 2
-    stochastic = False
     order = 2.0
     default_grid = "karras"
 
-    def __init__(
-        self,
-        nfe: int = 100,
-        S_churn: float = 0.0,
-        S_tmin: float = 0.0,
-        S_tmax: float = math.inf,
-        S_noise: float = 1.0,
-        denoise: bool = True,
-        grid: Optional[str] = None,
-        rho: float = 7.0,
-        t_min: Optional[float] = None,
-    ):
-        self.S_churn = check_nonnegative("S_churn", S_churn)
-        self.S_tmin = check_nonnegative("S_tmin", S_tmin)
+    S_churn: float = 0.0
+    S_tmin: float = 0.0
+    S_tmax: float = math.inf
+    S_noise: float = 1.0
+
+    def __post_init__(self):
+        self.S_churn = check_nonnegative("S_churn", self.S_churn)
+        self.S_tmin = check_nonnegative("S_tmin", self.S_tmin)
+        S_tmax = self.S_tmax
         if not isinstance(S_tmax, (int, float)) or isinstance(S_tmax, bool) or not S_tmax >= self.S_tmin:
             raise ValueError(f"S_tmax must be a real number >= S_tmin={self.S_tmin} (allowed: [S_tmin, inf]); got {S_tmax!r}")
         self.S_tmax = float(S_tmax)
-        self.S_noise = check_positive("S_noise", S_noise)
-        self.stochastic = self.S_churn > 0
-        super().__init__(nfe=nfe, denoise=denoise, grid=grid, rho=rho, t_min=t_min)
-        #: whether the last step is Euler (an odd number of evaluations left for the grid)
-        self.euler_last = (self.nfe - (1 if self.denoise else 0)) % 2 == 1
+        self.S_noise = check_positive("S_noise", self.S_noise)
+        super().__post_init__()
 
-    def steps_for_budget(self, nfe: int) -> int:
-        """b // 2 Heun steps plus one Euler step when b = nfe - denoise is odd."""
-        budget = nfe - (1 if self.denoise else 0)
-        if budget < 1:
-            raise ValueError(f"nfe must be >= {2 if self.denoise else 1} for sampler 'heun' (denoise={self.denoise}); got {nfe}")
-        return budget // 2 + budget % 2
+    @property
+    def stochastic(self) -> bool:
+        """Churn injects fresh noise; without it the sampler is a deterministic ODE solver."""
+        return self.S_churn > 0
 
-    def init_state(self, sde, x, ts):
-        """Every coefficient of the run at once, in float64 over the grid, then cast to x's dtype:
-        the loop only indexes them (no per-step schedule arithmetic, no host sync)."""
+    def steps_for(self, evals: int) -> int:
+        """b // 2 Heun steps plus one Euler step when b = evals is odd."""
+        return (evals + 1) // 2
+
+    def init_state(self, sde, x, ts, evals):
+        """Algorithm 2's noise levels over the grid, in float64, then cast to x's dtype."""
+        N = ts.numel() - 1
         a, s = sde.marginal_coeffs(ts)
-        sigma = s / a  # sigma(t) = s / a = exp(-lambda)
-        gamma = min(self.S_churn / self.num_steps, math.sqrt(2) - 1)
+        sigma = s / a  # the EDM noise level sigma(t) = s / a = exp(-lambda) of y = x / a
+        gamma = min(self.S_churn / N, math.sqrt(2) - 1)  # line 4's gamma_i inside the churn window
         churn = (sigma >= self.S_tmin) & (sigma <= self.S_tmax) & (gamma > 0)
-        # never raise the noise above sigma(T): the score is only defined on [0, T]
+        # line 5, sigma_hat = sigma_i + gamma_i sigma_i, never above sigma(T): the score is only
+        # defined on [0, T]; without churn keep (sigma, t) bit for bit, not a round trip through lambda
         raised = torch.minimum(sigma * (1 + gamma), sigma[0])
-        # where there is no churn keep (sigma, t) bit for bit, not a round trip through lambda
         sigma_hat = torch.where(churn, raised, sigma)[:-1]
         t_hat = torch.where(churn, sde.time_at_half_log_snr(-torch.log(raised)), ts)[:-1]
         a_hat = torch.where(churn[:-1], sde.mean_coeff(t_hat), a[:-1])
-        extra = (sigma_hat ** 2 - sigma[:-1] ** 2).clamp_min(0).sqrt() * self.S_noise
-        coef = torch.stack(
-            [
-                a_hat / a[:-1],  # x_hat = (a_hat / a) x + a_hat extra z   (y_hat = y + extra z)
-                a_hat * extra,
-                1 / a_hat,  # y_hat = x_hat / a_hat
-                a_hat * sigma_hat,  # s(t_hat): d = -s score = eps_hat = dy/dsigma
-                sigma[1:] - sigma_hat,  # the step in sigma
-                a[1:],
-                s[1:],
-            ],
-            dim=1,
-        )
-        return {"i": 0, "coef": coef.to(x.dtype), "t_hat": t_hat}
+        s_hat = torch.where(churn[:-1], a_hat * sigma_hat, s[:-1])
+        cast = lambda v: v.to(x.dtype)  # noqa: E731
+        return {
+            "a": cast(a), "s": cast(s), "sigma": cast(sigma),
+            "t_hat": t_hat, "sigma_hat": cast(sigma_hat), "a_hat": cast(a_hat), "s_hat": cast(s_hat),
+            # line 6's noise scale sqrt(sigma_hat^2 - sigma_i^2) S_noise (the form cannot go negative)
+            "churn_std": cast((sigma_hat ** 2 - sigma[:-1] ** 2).clamp_min(0).sqrt() * self.S_noise),
+            # line 9: the paper's last step (to sigma = 0) is Euler; ours is when the budget is odd
+            "second_order": [True] * (N - 1) + [evals >= 2 * N],
+        }
 
-    def step(self, sde, score, x, t, t_next, generator, state):
-        i = state["i"]
-        state["i"] = i + 1
-        k_x, k_z, inv_a_hat, s_hat, h, a_next, s_next = state["coef"][i].unbind()
-        t_hat = t
-        if self.stochastic:  # churn: raise the noise from sigma_i to sigma_hat
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = k_x * x + k_z * z
-            t_hat = state["t_hat"][i].expand_as(t)
-        y = x * inv_a_hat
-        d = -s_hat * score(x, t_hat)
-        y_next = y + h * d  # Euler
-        if not (self.euler_last and i == self.num_steps - 1):
-            d_next = -s_next * score(a_next * y_next, t_next)
-            y_next = y + (0.5 * h) * (d + d_next)  # Heun's correction
-        return a_next * y_next
+    def step(self, sde, score, x, i, t, t_next, generator, state):
+        c = state
+        y_i = x / c["a"][i]  # the EDM variable y = x / a(t), noise level sigma_i
+        y_hat = y_i
+        if self.stochastic:
+            eps_i = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # line 4
+            y_hat = y_i + c["churn_std"][i] * eps_i  # line 6: raise the noise from sigma_i to sigma_hat
+        t_hat = c["t_hat"][i].expand_as(t)
+        # line 7: d_i = (y_hat - D(y_hat; sigma_hat)) / sigma_hat = eps_hat = -s(t_hat) score(x_hat, t_hat)
+        d_i = -c["s_hat"][i] * score(c["a_hat"][i] * y_hat, t_hat)
+        h = c["sigma"][i + 1] - c["sigma_hat"][i]  # sigma_{i+1} - sigma_hat
+        y_next = y_hat + h * d_i  # line 8: Euler step from sigma_hat to sigma_{i+1}
+        if c["second_order"][i]:  # line 9
+            d_prime = -c["s"][i + 1] * score(c["a"][i + 1] * y_next, t_next)  # line 10
+            y_next = y_hat + h * (0.5 * d_i + 0.5 * d_prime)  # line 11: the trapezoidal correction
+        return c["a"][i + 1] * y_next

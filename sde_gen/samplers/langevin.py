@@ -19,13 +19,15 @@ the retained-signal factor of the grid step that led to t: alpha_i = a_{t_{i-1}|
 1 - beta_i for the VP chain (Algorithm 5) and 1 for the VE chain (Algorithm 4); for sub-VP it is the
 chain's own 1 - beta_i. The step size is computed on the device; nothing syncs with the host.
 
-`LangevinSampler` ("langevin") uses the corrector on its own: at every grid time t_i from T down to
-t_min it runs `corrector_steps` Langevin steps targeting p_{t_i} (annealed Langevin on the SDE's
-grid, as in Song et al. 2021, Alg. 2-3 with the predictor removed). `langevin_correct` is the
-building block `pc` uses after each predictor step.
+`LangevinCorrector` is the corrector object: after a grid step t -> t_next it runs M Langevin steps
+targeting p_{t_next} (`pc` calls it after every predictor step). `LangevinSampler` ("langevin") uses
+it on its own: at every grid time t_i from T down to t_min it runs `corrector_steps` Langevin steps
+targeting p_{t_i} (annealed Langevin on the SDE's grid, as in Song et al. 2021, Alg. 2-3 with the
+predictor removed). `langevin_correct` is the building block of both.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -33,7 +35,7 @@ import torch
 from .._validation import check_choice, check_positive, check_positive_int
 from ..sdes import SDE
 from ..utils import append_dims
-from .base import Sampler
+from .base import GridSampler
 
 
 #: how the norms of the step-size rule are taken (see the module docstring)
@@ -88,14 +90,50 @@ def langevin_correct(
     return x
 
 
-class LangevinSampler(Sampler):
+@dataclass(eq=False)
+class LangevinCorrector:
+    """The Langevin corrector of predictor-corrector sampling (Song et al. 2021, Alg. 4-5).
+
+    Args:
+        snr: signal-to-noise ratio r of the step-size rule (Song et al. use 0.16 for CIFAR-10).
+        num_steps: M, Langevin steps after every predictor step (0: no correction).
+        norm: "batch" (default) or "sample", how the rule's norms are taken (see `langevin_correct`).
+    """
+
+    snr: float = 0.16
+    num_steps: int = 1
+    norm: str = "batch"
+
+    def __post_init__(self):
+        self.snr = check_positive("snr", self.snr)
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 0:
+            raise ValueError(f"num_steps must be an integer >= 0 (0: no correction); got {self.num_steps!r}")
+        check_choice("norm", self.norm, NORMS)
+
+    def __call__(self, sde: SDE, score, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+                 generator: Optional[torch.Generator]) -> torch.Tensor:
+        """M Langevin steps targeting p_{t_next}, after a grid step from t > t_next (M evaluations).
+
+        Args:
+            sde: the forward SDE. score: `score(x, t)`.
+            x: (B, *event). t, t_next: (B,) float64 times of the grid step that led to x.
+            generator: randomness.
+        """
+        if self.num_steps == 0:
+            return x
+        alpha = langevin_alpha(sde, t, t_next)
+        return langevin_correct(score, x, t_next, alpha, self.snr, self.num_steps, generator, self.norm)
+
+
+@dataclass(eq=False, kw_only=True)
+class LangevinSampler(GridSampler):
     """Langevin MCMC at every grid time with the SNR rule (the corrector alone); every SDE.
 
     Args:
         snr: signal-to-noise ratio r of the step-size rule (Song et al. use 0.16 for CIFAR-10).
         corrector_steps: Langevin steps per grid time (evaluations per step).
         norm: "batch" (default) or "sample", how the rule's norms are taken (see `langevin_correct`).
-        **kwargs: `Sampler` options (nfe, denoise, grid, rho, t_min).
+        (and the `Sampler` options)
     """
 
     name = "langevin"
@@ -103,17 +141,19 @@ class LangevinSampler(Sampler):
     order = 1.0
     default_grid = "uniform"
 
-    def __init__(self, nfe: int = 100, denoise: bool = True, grid: Optional[str] = None, rho: float = 7.0,
-                 t_min: Optional[float] = None, snr: float = 0.16, corrector_steps: int = 1, norm: str = "batch"):
-        self.snr = check_positive("snr", snr)
-        self.norm = check_choice("norm", norm, NORMS)
-        self.corrector_steps = check_positive_int("corrector_steps", corrector_steps)
-        self.evals_per_step = self.corrector_steps
-        super().__init__(nfe=nfe, denoise=denoise, grid=grid, rho=rho, t_min=t_min)
+    snr: float = 0.16
+    corrector_steps: int = 1
+    norm: str = "batch"
 
-    def step(self, sde, score, x, t, t_next, generator, state):
-        alpha = langevin_alpha(sde, t, t_next)
-        return langevin_correct(score, x, t_next, alpha, self.snr, self.corrector_steps, generator, self.norm)
+    def __post_init__(self):
+        check_positive_int("corrector_steps", self.corrector_steps)
+        self._corrector = LangevinCorrector(snr=self.snr, num_steps=self.corrector_steps, norm=self.norm)
+        self.snr = self._corrector.snr
+        super().__post_init__()
 
-    def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", snr={self.snr}, corrector_steps={self.corrector_steps}, norm={self.norm!r})"
+    @property
+    def evals_per_step(self) -> int:
+        return self.corrector_steps
+
+    def step(self, sde, score, x, i, t, t_next, generator, state):
+        return self._corrector(sde, score, x, t, t_next, generator)

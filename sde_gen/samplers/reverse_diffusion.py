@@ -13,13 +13,16 @@ transition, the predictor works for all of them. Weak order 1, one score evaluat
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..utils import append_dims
-from .base import Sampler
+from .base import GridSampler
 
 
-class ReverseDiffusion(Sampler):
+@dataclass(eq=False, kw_only=True)
+class ReverseDiffusion(GridSampler):
     """Reverse-diffusion predictor on the exact discrete chain of the grid; every SDE."""
 
     name = "reverse_diffusion"
@@ -28,7 +31,7 @@ class ReverseDiffusion(Sampler):
     order = 1.0
     default_grid = "uniform"
 
-    def step(self, sde, score, x, t, t_next, generator, state):
+    def step(self, sde, score, x, i, t, t_next, generator, state):
         a, v = sde.transition_coeffs(t_next, t)  # float64 (B,)
         nd = x.ndim
         a, v = append_dims(a.to(x.dtype), nd), append_dims(v.to(x.dtype), nd)
