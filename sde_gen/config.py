@@ -264,6 +264,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device must be 'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1'; got {name!r}") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"device={name!r} but this machine has {count} CUDA device(s); allowed: cuda:0 .. cuda:{count - 1}")
     return dev
 
 
@@ -464,6 +467,8 @@ class SampleAppConf:
         noise_floor_replicates: independent exact-vs-exact replicates for the noise floor (>= 2).
         num_projections: random directions of the sliced Wasserstein distance.
         plot: write the picture.
+        check_finite: track samples that become non-finite during sampling (the sampler's
+            `check_finite`, no host sync in the loop) and record their number as `num_nonfinite`.
         trusted_targets: `_target_` strings of your own (e.g. a backbone "mypkg.nets.MyNet") that
             the checkpoint's stored config may build; trust is never read from the checkpoint.
     """
@@ -481,6 +486,7 @@ class SampleAppConf:
     noise_floor_replicates: int = 10
     num_projections: int = 500
     plot: bool = True
+    check_finite: bool = True
     trusted_targets: List[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):

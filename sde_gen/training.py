@@ -136,7 +136,7 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     seed = int(cfg.seed)
     sde = instantiate(cfg.sde, "sde").to(device)
     data = instantiate(cfg.data, "data")
-    sampler = instantiate(cfg.sampler, "sampler")
+    sampler = instantiate(cfg.sampler, "sampler", check_finite=True)
     loss_fn = DenoisingScoreMatching(tc.weighting, tc.importance_sampling)
     data_std = data.data_std()
     torch.manual_seed(seed)  # network initialisation

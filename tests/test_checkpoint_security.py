@@ -20,6 +20,8 @@ import subprocess
 import sys
 
 import pytest
+
+from sde_gen.apps._hydra import _prog
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -183,7 +185,7 @@ def _one_error_line(capsys, prog):
 def test_apps_refuse_in_one_line(tampered, app, tmp_path, capsys):
     ckpt, section, target, marker = tampered
     out = f"hydra.run.dir={tmp_path / 'out'}"
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "sde_gen"
+    prog = _prog()  # how the apps name the running command in their one-line errors
     with pytest.raises(SystemExit) as info:
         if app == "sample":
             sample_app.main(["source=checkpoint", f"checkpoint={ckpt}", "device=cpu", "plot=false", out])
@@ -407,7 +409,7 @@ def test_selecting_a_schema_is_refused_in_one_line(tmp_path, capsys):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "'sampler'" in lines[0] and "'heun_schema'" in lines[0] and "euler_maruyama" in lines[0] and "heun," in lines[0]
     assert not (tmp_path / "out").exists()
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "sde_gen"
+    prog = _prog()  # how the apps name the running command in their one-line errors
     for override in ("sde=vp_schema", "sde=sde_vp_schema", "train=train_schema", "model=mlp,model_mlp_schema"):
         with pytest.raises(SystemExit) as info:
             train_app.main([override, f"hydra.run.dir={tmp_path / 'out'}"])

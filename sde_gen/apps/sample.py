@@ -71,7 +71,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     app: SampleAppConf = validate(_app_section(cfg), SampleAppConf, "sample")
     device = resolve_device(app.device)
     dtype = getattr(torch, app.dtype)
-    sampler = instantiate(cfg.sampler, "sampler")
+    sampler = instantiate(cfg.sampler, "sampler", check_finite=app.check_finite)
     choices = dict(choices or {})
     sampler_name = choices.get("sampler") or getattr(sampler, "name", type(sampler).__name__)
 
@@ -92,7 +92,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     generator = torch.Generator(device).manual_seed(app.seed)
     batch = app.num_samples if app.batch_size == 0 else min(app.batch_size, app.num_samples)
     chunks, timing = [], {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
-    nfe_per_batch, steps = [], None
+    nfe_per_batch, steps, num_nonfinite = [], None, 0
     done = 0
     while done < app.num_samples:
         b = min(batch, app.num_samples - done)
@@ -101,6 +101,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
             timing[k] += tm[k]
         nfe_per_batch.append(result.nfe)
         steps = result.num_steps
+        num_nonfinite += result.num_nonfinite or 0
         chunks.append(result.samples)
         done += b
     samples = torch.cat(chunks)
@@ -110,6 +111,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
         torch.save(samples.detach().cpu(), tmp)
 
     options = {k: v for k, v in to_plain(cfg.sampler).items() if k != "_target_"}
+    options["check_finite"] = app.check_finite
     metrics: Dict[str, Any] = {
         "source": app.source,
         "problem": problem,
@@ -136,6 +138,8 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     finite = samples[finite_rows]
     num_finite = int(finite.shape[0])
     metrics["num_finite"] = num_finite
+    if app.check_finite:  # rows that were non-finite at any point of sampling (x_T, states, scores)
+        metrics["num_nonfinite"] = num_nonfinite
     metrics["finite_fraction"] = num_finite / app.num_samples
     if num_finite < app.num_samples:
         log.warning("%d of %d samples have non-finite coordinates; metrics and picture use the %d finite ones",
