@@ -125,9 +125,8 @@ def test_corrupt_checkpoint_is_reported_and_never_replaces_a_good_one(hydra_ctx,
     # a write that produces a broken file fails and leaves the good checkpoint untouched
     import sde_gen.checkpoint as ck
 
-    def broken_save(obj, path):
-        with open(path, "wb") as fh:
-            fh.write(b"PK\x03\x04 half a zip")
+    def broken_save(obj, fh):  # save_checkpoint hands torch.save an open file (so a write error keeps its errno)
+        fh.write(b"PK\x03\x04 half a zip")
 
     monkeypatch.setattr(ck.torch, "save", broken_save)
     with pytest.raises(CheckpointError):
