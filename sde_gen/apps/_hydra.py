@@ -2,7 +2,9 @@
 
 It registers the schemas, points Hydra at the configs shipped inside the package (so the apps run
 from any working directory), and turns the package's own errors into one line on stderr with exit
-code 2 (`HYDRA_FULL_ERROR=1` shows the traceback instead).
+code 2 (`HYDRA_FULL_ERROR=1` shows the traceback instead). A training run stopped by SIGINT or
+SIGTERM after saving its checkpoint prints one line and exits with 128 + the signal number
+(130, 143), with or without `HYDRA_FULL_ERROR`.
 """
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from omegaconf import DictConfig
 
 from ..checkpoint import CheckpointError
 from ..config import CONF_DIR, ConfigError, register_configs
+from ..training import TrainingDiverged, TrainingInterrupted
 
 __all__ = ["USER_ERRORS", "hydra_app", "one_line_errors"]
 
 #: errors that describe bad input rather than a bug: reported in one line
-USER_ERRORS = (ConfigError, CheckpointError, ValueError)
+USER_ERRORS = (ConfigError, CheckpointError, ValueError, TrainingDiverged)
 
 Task = Callable[[DictConfig, str, Dict[str, str]], Any]
 
@@ -29,7 +32,16 @@ def _prog() -> str:
 
 
 def one_line_errors(fn: Callable[[], Any]) -> Any:
-    """Run `fn()`; a user error (or a full disk) becomes one stderr line and `SystemExit(2)`."""
+    """Run `fn()`; a user error (or a full disk) becomes one stderr line and `SystemExit(2)`; a
+    `TrainingInterrupted` one line and `SystemExit(128 + signal number)`."""
+    try:
+        return _user_errors_in_one_line(fn)
+    except TrainingInterrupted as err:
+        print(f"{_prog()}: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+
+
+def _user_errors_in_one_line(fn: Callable[[], Any]) -> Any:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return fn()
     try:
