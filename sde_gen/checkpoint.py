@@ -143,7 +143,7 @@ def _disk_full(err: BaseException, directory: str) -> bool:
         visited.add(id(seen))
         seen = seen.__cause__ or seen.__context__
     text = str(err)
-    if not any(s in text for s in ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos")):
+    if not any(s in text for s in ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos", "iostream error")):
         return False
     try:
         return shutil.disk_usage(directory).free < _NEARLY_FULL

@@ -214,6 +214,9 @@ def _resume_mismatches(stored: Dict[str, Any], now: Dict[str, Any]) -> List[str]
         b = _flatten(now.get(section, _ABSENT), section)
         for key in list(a) + [k for k in b if k not in a]:
             va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+            if va is _ABSENT and vb is _ABSENT:
+                continue
+            # True == 1 in Python, but a flag is not a count
             if va is _ABSENT or vb is _ABSENT or va != vb or (type(va) is bool) != (type(vb) is bool):
                 diffs.append(f"{key}: {show(va)} (checkpoint) != {show(vb)} (now)")
     return diffs
@@ -302,6 +305,7 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         if acc is not None:
             loss_sum = acc["loss_sum"].to(device)
             good, skipped, bad_streak = int(acc["good"]), int(acc["skipped"]), int(acc["bad_streak"])
+        del state, acc  # a CPU copy of every tensor: not kept for the whole run
         log.info("resumed from %s at step %d", resume_from, step)
 
     for stale in prepare_checkpoint_dir(ckpt_dir):

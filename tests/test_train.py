@@ -184,7 +184,7 @@ def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experi
     out = train(_compose(*over), str(tmp_path))
     assert out["step"] == 2
     names = set(os.listdir(tmp_path))
-    assert {"checkpoints", "metrics.csv", "loss.csv", "samples.png", "loss.png"} <= names
+    assert {"checkpoints", "metrics.csv", "loss.csv", "timing.csv", "samples.png", "loss.png"} <= names
     assert torch.isfinite(torch.tensor(out["final"]["sw2"]))
 
 
@@ -194,6 +194,7 @@ def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experi
         ("train.lr=-1", "lr"), ("train.batch_size=0", "batch_size"), ("train.steps=0", "steps"),
         ("train.warmup=-1", "warmup"), ("train.grad_clip=0", "grad_clip"), ("train.ema_decay=1.0", "ema_decay"),
         ("train.checkpoint_every=0", "checkpoint_every"), ("train.eval_every=0", "eval_every"),
+        ("train.max_bad_steps=0", "max_bad_steps"),
         ("train.weighting=l2", "weighting"), ("train.importance_sampling=true", "importance_sampling"),
         ("sde.eps=2", "eps"), ("model.hidden=0", "hidden"), ("sampler.nfe=0", "nfe"),
         ("data.num_test=0", "num_test"), ("device=gpu0", "device"), ("seed=-1", "seed"),
