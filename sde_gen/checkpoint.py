@@ -8,7 +8,10 @@ can read it without executing code):
 
 Writes go to a temporary file that is read back and checked before it atomically replaces the
 target (`sde_gen.io.atomic_path`), so a crash, a full disk or a bad write never destroys the last
-good checkpoint. `load_trained` rebuilds the SDE, the dataset and the EMA model from the stored
+good checkpoint. A full disk is reported as `OSError(ENOSPC)` naming the checkpoint, a state with
+non-finite weights is never written, rotation never deletes the newest checkpoint with finite
+weights, and `prepare_checkpoint_dir` checks the folder and removes the temporary files of a save
+that was killed. `load_trained` rebuilds the SDE, the dataset and the EMA model from the stored
 config: the entry point of the sampling and likelihood apps.
 
 Checkpoints are data, not code. Run directories are shared, so a stored config is untrusted input:
@@ -23,11 +26,14 @@ read from the checkpoint.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -37,11 +43,18 @@ from .io import atomic_path
 from .nets import build_score_model
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_checkpoint_config", "latest_checkpoint",
-           "checkpoint_path", "Trained", "load_trained"]
+           "checkpoint_path", "Trained", "load_trained", "check_checkpoint_dir", "prepare_checkpoint_dir",
+           "nonfinite_weights"]
 
 FORMAT = 1
 _REQUIRED = ("format", "step", "model", "ema", "optimizer", "rng", "config", "metrics")
 _NAME = re.compile(r"ckpt_(\d+)\.pt$")
+#: the temporary file of a checkpoint save (`sde_gen.io.atomic_path`: ".<name>.<random>.tmp")
+_STALE_TMP = re.compile(r"^\.ckpt_\d+\.pt\..+\.tmp$")
+#: the state entries whose tensors are the network weights (raw and EMA)
+_WEIGHTS = ("model", "ema")
+#: below this many free bytes a failed write of torch's zip writer is taken for a full disk
+_NEARLY_FULL = 1 << 20
 
 
 class CheckpointError(RuntimeError):
@@ -69,6 +82,17 @@ def load_checkpoint(path: str, map_location=None, trusted_targets: Sequence[str]
         CheckpointError naming `path` when the file is missing, unreadable or incomplete, or naming
         the config key when the stored config would build something not allowed.
     """
+    state = _read_checkpoint(path, map_location)
+    try:
+        check_checkpoint_config(state["config"], trusted_targets)
+    except CheckpointError as err:
+        raise CheckpointError(f"checkpoint {path!r}: {err}") from None
+    return state
+
+
+def _read_checkpoint(path: str, map_location=None) -> Dict[str, Any]:
+    """`torch.load(weights_only=True)` and the structure check, without the config check (a run
+    trusted through `trusted_targets` must still be able to verify its own writes)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
@@ -80,10 +104,6 @@ def load_checkpoint(path: str, map_location=None, trusted_targets: Sequence[str]
         raise CheckpointError(f"checkpoint {path!r} is not a sde_gen training checkpoint (missing {missing})")
     if state["format"] != FORMAT:
         raise CheckpointError(f"checkpoint {path!r} has format {state['format']}, expected {FORMAT}")
-    try:
-        check_checkpoint_config(state["config"], trusted_targets)
-    except CheckpointError as err:
-        raise CheckpointError(f"checkpoint {path!r}: {err}") from None
     return state
 
 
@@ -183,31 +203,152 @@ def _check_node(node: Any, path: str, trusted: frozenset, depth: int = 0, key: O
         raise CheckpointError(f"{path}: a {type(node).__name__} is not a plain config value")
 
 
+def nonfinite_weights(state: Dict[str, Any]) -> List[str]:
+    """The names ("model.<key>", "ema.<key>") of the floating-point weight tensors of a checkpoint
+    state that hold a NaN or an infinity; empty when every weight is finite."""
+    bad = []
+    for part in _WEIGHTS:
+        for name, value in state.get(part, {}).items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(f"{part}.{name}")
+    return bad
+
+
 def save_checkpoint(path: str, state: Dict[str, Any], keep: Optional[int] = None) -> None:
     """Write `state` to `path` atomically after verifying that the written bytes load back.
 
     Args:
         path: target file (usually `checkpoint_path(dir, step)`).
         state: the checkpoint dict (see module docstring); "format" is filled in.
-        keep: if given, delete all but the newest `keep` checkpoints in the same folder afterwards.
+        keep: if given, delete all but the newest `keep` checkpoints in the same folder afterwards;
+            the newest checkpoint with finite weights is never deleted.
+
+    Raises:
+        ValueError: an entry is missing, or a model / EMA weight is NaN or infinite (nothing is written).
+        OSError: with errno ENOSPC naming `path` when the disk is full; the previous file is intact.
     """
     state = dict(state, format=FORMAT)
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise ValueError(f"checkpoint state is missing {missing}")
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        load_checkpoint(tmp)  # never let a file that does not load replace a good one
+    bad = nonfinite_weights(state)
+    if bad:
+        raise ValueError(f"refusing to save checkpoint {path!r}: non-finite weights in {', '.join(bad[:3])}"
+                         + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        with atomic_path(path) as tmp:
+            _write(state, tmp, directory)
+            _read_checkpoint(tmp)  # never let a file that does not load replace a good one
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from err
+        raise
     if keep is not None:
-        directory = os.path.dirname(os.path.abspath(path))
-        for old in _sorted_checkpoints(directory)[:-keep]:
-            if os.path.abspath(old) != os.path.abspath(path):
-                os.remove(old)
+        for old in _rotation(path, keep):
+            os.remove(old)
+
+
+def _write(state: Dict[str, Any], tmp: str, directory: str) -> None:
+    """`torch.save` into a file object we opened, so that a failed write keeps its errno (given a
+    path, torch's zip writer reports a full disk as a RuntimeError such as "unexpected pos")."""
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+    except RuntimeError as err:
+        if _disk_full(err, directory):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp) from err
+        raise
+
+
+def _disk_full(err: BaseException, directory: str) -> bool:
+    """Whether a RuntimeError of `torch.save` stands for a full disk: an ENOSPC anywhere in its
+    chain of causes, or a failed write of the zip writer while (almost) no space is left."""
+    seen, visited = err, set()
+    while seen is not None and id(seen) not in visited:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        visited.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = str(err)
+    if not any(s in text for s in ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos", "iostream error")):
+        return False
+    try:
+        return shutil.disk_usage(directory).free < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+def _rotation(path: str, keep: int) -> List[str]:
+    """The checkpoints next to `path` to delete so that the newest `keep` remain, never `path`
+    itself and never the newest checkpoint with finite weights.
+
+    `path` was just written with finite weights, so the rule only costs a look inside files
+    when checkpoints newer than `path` exist (older checkpoints, e.g. written before the NaN guard).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    ordered = _sorted_checkpoints(directory)
+    target = os.path.abspath(path)
+    doomed = [p for p in ordered[:-keep] if os.path.abspath(p) != target]
+    kept = [p for p in ordered if p not in doomed]
+    newer = lambda files: [p for p in reversed(files) if _step(p) > _step(path)]  # noqa: E731
+    if any(_finite_file(p) for p in newer(kept)):
+        return doomed
+    for p in newer(doomed):
+        if _finite_file(p):
+            return [d for d in doomed if d != p]
+    return doomed
+
+
+def _step(path: str) -> int:
+    return int(_NAME.search(path).group(1))
+
+
+def _finite_file(path: str) -> bool:
+    try:
+        return not nonfinite_weights(load_checkpoint(path, map_location="cpu"))
+    except CheckpointError:
+        return False
 
 
 def _sorted_checkpoints(directory: str):
     files = [p for p in glob.glob(os.path.join(directory, "ckpt_*.pt")) if _NAME.search(p)]
-    return sorted(files, key=lambda p: int(_NAME.search(p).group(1)))
+    return sorted(files, key=_step)
+
+
+def check_checkpoint_dir(directory: str) -> None:
+    """Raise `CheckpointError` if `directory` exists but is not a folder (e.g. a file named
+    `checkpoints`); a missing folder is fine (it is created by `prepare_checkpoint_dir`)."""
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"the checkpoint folder {directory!r} exists but is not a folder; move it away or choose another run directory")
+
+
+def prepare_checkpoint_dir(directory: str) -> List[str]:
+    """Make `directory` ready for checkpoints before training starts.
+
+    Creates it, checks that a file can be created in it, and deletes the temporary files
+    (`.ckpt_*.pt.*.tmp`) that a save killed before its rename left behind.
+
+    Returns:
+        The stale temporary files that were removed.
+
+    Raises:
+        CheckpointError: `directory` is not a folder, cannot be created or is not writable.
+    """
+    check_checkpoint_dir(directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write_probe.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise CheckpointError(f"the checkpoint folder {directory!r} is not writable ({err.strerror or err})") from err
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if _STALE_TMP.match(name):
+            os.remove(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+    return removed
 
 
 def latest_checkpoint(path: str) -> Optional[str]:

@@ -296,8 +296,13 @@ class TrainConf:
         ema_decay: EMA decay per step, in [0, 1).
         weighting: DSM weighting lambda(t): sigma2, likelihood or none.
         importance_sampling: draw t proportional to g^2 / s^2 (needs weighting=likelihood).
-        checkpoint_every: steps between checkpoints (one is always written at the end).
-        keep_checkpoints: how many checkpoint files to keep.
+        checkpoint_every: steps between checkpoints (one is always written at the end, and one when
+            SIGINT or SIGTERM stops the run). A checkpoint due while the latest step was skipped
+            (non-finite loss or gradient) waits for the next good step.
+        keep_checkpoints: how many checkpoint files to keep (the newest with finite weights is
+            never deleted).
+        max_bad_steps: stop with `TrainingDiverged` after this many consecutive steps whose loss or
+            gradient was not finite (each such step is skipped: no optimiser or EMA update).
         eval_every: steps between evaluations (one always runs at the end).
         eval_samples: samples drawn with the EMA model per evaluation.
         eval_projections: random directions of the sliced Wasserstein distance.
@@ -305,7 +310,9 @@ class TrainConf:
         score_error_samples: Monte Carlo samples per time of the score-error diagnostic.
         log_every: steps between loss log rows (and progress-bar updates).
         resume: null (fresh run), "auto" (the latest checkpoint of this run directory if any) or a
-            checkpoint file / run directory to continue from.
+            checkpoint file / run directory to continue from. The checkpoint's `sde`, `data`, `model`
+            and `seed` must equal the run's (else a ConfigError lists the differing keys); `train.*`
+            (e.g. a larger `steps`), `sampler.*` (evaluation only) and `device` may differ.
         progress: show a tqdm progress bar.
         tensorboard: also log to TensorBoard when it is installed.
         plots: save pictures in the run directory.
@@ -322,6 +329,7 @@ class TrainConf:
     importance_sampling: bool = False
     checkpoint_every: int = 2000
     keep_checkpoints: int = 2
+    max_bad_steps: int = 20
     eval_every: int = 3000
     eval_samples: int = 10000
     eval_projections: int = 500
@@ -340,7 +348,7 @@ class TrainConf:
             if not ok:
                 raise ValueError(f"{field} must be {rule}; got {getattr(self, field)!r}")
 
-        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "eval_every",
+        for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "max_bad_steps", "eval_every",
                      "eval_samples", "eval_projections", "noise_floor_replicates", "score_error_samples", "log_every"):
             need(getattr(self, name) >= 1, name, "an integer >= 1")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "> 0")

@@ -10,11 +10,25 @@ mode-weight error next to their noise floors) and, for oracle data, the score er
 (`diagnostics.py`).
 
 Determinism and resume: one dedicated `torch.Generator` draws every training batch, time and noise;
-its state, the global RNG state (dropout), the optimiser and the EMA are in every checkpoint, so
-N steps + resume N steps gives the same parameters as 2N steps straight (CPU).
+its state, the global RNG state (dropout), the optimiser, the EMA and the loss accumulators of the
+current log interval are in every checkpoint, so N steps + resume gives the same parameters and the
+same `loss.csv` as a straight run (CPU).
+
+Faults lose nothing:
+
+* a step whose loss or gradient is not finite is skipped (no optimiser or EMA update) and counted
+  (`skipped` in `loss.csv`); `train.max_bad_steps` consecutive ones stop the run with
+  `TrainingDiverged`; no checkpoint is written while the latest step was skipped, and weights that
+  are not finite are never written;
+* SIGINT / SIGTERM finish the current step, save a checkpoint at that step boundary and raise
+  `TrainingInterrupted` (the app exits with 130 / 143); `train.resume=auto` continues bit for bit;
+* before the first step the checkpoint folder is created and checked writable, and the temporary
+  files of a killed save are removed; a resume whose `sde`, `data`, `model` or `seed` differ from
+  the checkpoint's is refused naming the keys.
 
 The Hydra app `sde-gen-train` (`sde_gen.apps.train`) calls `train(cfg, run_dir)`; outputs
-(checkpoints, `metrics.csv`, `loss.csv`, pictures) go to `run_dir`.
+(checkpoints, `metrics.csv`, `loss.csv`, `timing.csv` (steps/s, wall-clock dependent), pictures)
+go to `run_dir`.
 """
 from __future__ import annotations
 
@@ -23,22 +37,50 @@ import io
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, check_checkpoint_dir, checkpoint_path, latest_checkpoint, load_checkpoint,
+                         nonfinite_weights, prepare_checkpoint_dir, save_checkpoint)
 from .config import ConfigError, TrainConf, instantiate, register_configs, resolve_device, to_plain, validate
 from .io import atomic_write_text
 from .losses import DenoisingScoreMatching
 from .nets import build_score_model
 from .plots import plot_loss, plot_samples_vs_data
 
-__all__ = ["learning_rate", "train"]
+__all__ = ["learning_rate", "train", "TrainingDiverged", "TrainingInterrupted", "RESUME_MUST_MATCH"]
 
 log = logging.getLogger(__name__)
+
+#: config keys a resumed run must share with its checkpoint; everything else (train.*, sampler.*,
+#: device) may change, e.g. a larger train.steps to extend a run
+RESUME_MUST_MATCH = ("sde", "data", "model", "seed")
+
+
+class TrainingDiverged(RuntimeError):
+    """`train.max_bad_steps` consecutive steps had a non-finite loss or gradient."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved at a step boundary.
+
+    Attributes:
+        signum: the signal number.
+        step: the step of the checkpoint.
+        checkpoint: its path.
+        exit_code: 128 + signum, the shell convention (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: str):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint} "
+                         "saved; continue with train.resume=auto in the same run directory")
 
 
 def learning_rate(tc: TrainConf, step: int) -> float:
@@ -117,15 +159,94 @@ def _write_csv(path: str, rows: List[Dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+# ---------------------------------------------------------------- faults
+class _StopRequest:
+    """SIGINT / SIGTERM handlers for the duration of training (the previous ones come back on exit).
+
+    The first signal only records itself, so the loop ends the current step, saves and stops at
+    the step boundary (a KeyboardInterrupt raised mid-step would leave the generator ahead of the
+    weights); a second signal interrupts at once (the last checkpoint stays the resume point).
+    Outside the main thread Python cannot install handlers, and nothing changes.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._old: Dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum  # no logging here: a handler may run inside a logging call
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            # None: the old handler was not installed from Python; the default is the safe choice
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._old.clear()
+
+
+_ABSENT = object()
+
+
+def _flatten(node: Any, prefix: str) -> Dict[str, Any]:
+    if isinstance(node, dict):
+        out: Dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: node}
+
+
+def _resume_mismatches(stored: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """`key: value (checkpoint) != value (now)` for every leaf of RESUME_MUST_MATCH that differs."""
+    show = lambda v: "(absent)" if v is _ABSENT else str(v)  # noqa: E731
+    diffs = []
+    for section in RESUME_MUST_MATCH:
+        a = _flatten(stored.get(section, _ABSENT), section)
+        b = _flatten(now.get(section, _ABSENT), section)
+        for key in list(a) + [k for k in b if k not in a]:
+            va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+            if va is _ABSENT and vb is _ABSENT:
+                continue
+            # True == 1 in Python, but a flag is not a count
+            if va is _ABSENT or vb is _ABSENT or va != vb or (type(va) is bool) != (type(vb) is bool):
+                diffs.append(f"{key}: {show(va)} (checkpoint) != {show(vb)} (now)")
+    return diffs
+
+
+def _loss_rows(stored: List[Any]) -> List[Dict[str, Any]]:
+    """Loss-log rows as dicts; checkpoints before the skip counter stored [step, loss, lr, steps/s]."""
+    return [dict(r) if isinstance(r, dict) else {"step": r[0], "loss": r[1], "lr": r[2], "skipped": 0} for r in stored]
+
+
 # ---------------------------------------------------------------- the loop
 def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     """Train the model described by `cfg`, writing outputs to `run_dir`.
 
-    Every config value is checked (and every object built) before the first file is written.
+    Every config value is checked (and every object built), a resume checkpoint is loaded and
+    compared with the config, and the checkpoint folder is checked writable before the first step.
 
     Returns:
         {"step": final step, "final": the last evaluation's metrics, "model": the ScoreModel,
-         "ema": the AveragedModel, "wall_s": training wall time}.
+         "ema": the AveragedModel, "wall_s": training wall time, "skipped_steps": steps skipped
+         for a non-finite loss or gradient (over the whole run, resumes included), "run_dir"}.
+
+    Raises:
+        ConfigError: a bad config value, or a resume checkpoint trained with another sde / data /
+            model / seed (the message lists the differing keys).
+        CheckpointError: the checkpoint folder is a file or not writable; the resume checkpoint is
+            unreadable or holds non-finite weights.
+        TrainingDiverged: `train.max_bad_steps` consecutive non-finite steps.
+        TrainingInterrupted: SIGINT or SIGTERM; a checkpoint was saved at the step boundary.
+        OSError: ENOSPC when a checkpoint does not fit on the disk (the previous one is intact).
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -140,36 +261,58 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     loss_fn = DenoisingScoreMatching(tc.weighting, tc.importance_sampling)
     data_std = data.data_std()
     torch.manual_seed(seed)  # network initialisation
-    model = build_score_model(cfg.model, sde, data.event_shape, data_std).to(device)
+    model = build_score_model(cfg.model, sde, data.event_shape, data_std, trusted_targets=cfg.get("trusted_targets") or ()).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     gen = torch.Generator(device).manual_seed(seed)
-    step, loss_rows, eval_rows = 0, [], []
+    config_plain = to_plain(cfg)
+    step, loss_rows, eval_rows, timing_rows = 0, [], [], []
+    # loss accumulators of the current log interval (in every checkpoint, so a resume logs the same rows)
+    loss_sum = torch.zeros((), device=device)
+    good, skipped, bad_streak = 0, 0, 0
 
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     resume_from = None
-    if tc.resume == "auto":
-        resume_from = latest_checkpoint(ckpt_dir)
-    elif tc.resume is not None:
+    if tc.resume not in (None, "auto"):
         resume_from = latest_checkpoint(tc.resume)
         if resume_from is None:
             raise ConfigError(f"train.resume: no checkpoint found at {tc.resume!r}")
+    check_checkpoint_dir(ckpt_dir)  # before "auto" looks inside: a file named `checkpoints` is no run
+    if tc.resume == "auto":
+        resume_from = latest_checkpoint(ckpt_dir)
     if resume_from is not None:
         # the stored config is checked against the registries and the user's own trust, never its own
         state = load_checkpoint(resume_from, map_location="cpu", trusted_targets=cfg.get("trusted_targets") or ())
+        diffs = _resume_mismatches(state["config"], config_plain)
+        if diffs:
+            raise ConfigError(f"train.resume: checkpoint {resume_from} was trained with another config: " + "; ".join(diffs)
+                              + f" (only train.*, sampler.* and device may differ on resume; {', '.join(RESUME_MUST_MATCH)} may not)")
+        bad = nonfinite_weights(state)
+        if bad:
+            raise CheckpointError(f"checkpoint {resume_from!r} holds non-finite weights ({', '.join(bad[:3])}); "
+                                  "resume from an earlier checkpoint with train.resume=<file>")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["rng"]["train"])
         torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step = int(state["step"])
-        loss_rows = [list(r) for r in state["metrics"]["loss"]]
+        loss_rows = _loss_rows(state["metrics"]["loss"])
         eval_rows = list(state["metrics"]["eval"])
+        timing_rows = [dict(r) for r in state["metrics"].get("timing", [])]
+        acc = state.get("accumulators")
+        if acc is not None:
+            loss_sum = acc["loss_sum"].to(device)
+            good, skipped, bad_streak = int(acc["good"]), int(acc["skipped"]), int(acc["bad_streak"])
+        del state, acc  # a CPU copy of every tensor: not kept for the whole run
         log.info("resumed from %s at step %d", resume_from, step)
 
-    os.makedirs(run_dir, exist_ok=True)
-    config_plain = to_plain(cfg)
-    atomic_write_text(os.path.join(run_dir, "config_resolved.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+    for stale in prepare_checkpoint_dir(ckpt_dir):
+        log.warning("removed %s, left by a checkpoint save that did not finish", stale)
+    config_text = OmegaConf.to_yaml(cfg, resolve=True)
+    atomic_write_text(os.path.join(run_dir, "config_resolved.yaml"), config_text)
     writer = None
     if tc.tensorboard:
         try:
@@ -179,14 +322,33 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         except Exception:  # TensorBoard is optional
             writer = None
     floors = _noise_floors(data, tc.eval_samples, tc, seed)
+    saved: Dict[str, Any] = {"step": None, "path": resume_from}
 
     def save():
+        nonlocal save_due
         state = {
             "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": {"train": gen.get_state(), "torch": torch.get_rng_state()}, "config": config_plain,
-            "metrics": {"loss": loss_rows, "eval": eval_rows}, "event_shape": list(data.event_shape), "data_std": data_std,
+            "metrics": {"loss": loss_rows, "eval": eval_rows, "timing": timing_rows},
+            "accumulators": {"loss_sum": loss_sum.clone(), "good": good, "skipped": skipped, "bad_streak": bad_streak},
+            "event_shape": list(data.event_shape), "data_std": data_std,
         }
-        save_checkpoint(checkpoint_path(ckpt_dir, step), state, keep=tc.keep_checkpoints)
+        if device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(device)
+        bad = nonfinite_weights(state)
+        if bad:
+            raise TrainingDiverged(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved; the last good "
+                                   f"checkpoint is {saved['path']}")
+        path = checkpoint_path(ckpt_dir, step)
+        save_checkpoint(path, state, keep=tc.keep_checkpoints)
+        saved.update(step=step, path=path)
+        save_due = False
+
+    def write_logs():
+        _write_csv(os.path.join(run_dir, "loss.csv"), loss_rows)
+        _write_csv(os.path.join(run_dir, "timing.csv"), timing_rows)
+        if tc.plots:
+            plot_loss([[r["step"], r["loss"]] for r in loss_rows], os.path.join(run_dir, "loss.png"))
 
     def run_eval():
         ema.eval()
@@ -199,57 +361,88 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
                     writer.add_scalar(f"eval/{k}", v, step)
         log.info("step %d: %s", step, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items() if "@" not in k})
 
+    def log_row(lr: float, now: float):
+        nonlocal good, skipped, t_log, steps_in_rate
+        mean_loss = float(loss_sum) / good if good else math.nan  # one host sync per log interval
+        loss_rows.append({"step": step, "loss": mean_loss, "lr": lr, "skipped": skipped})
+        rate = steps_in_rate / max(now - t_log, 1e-9)
+        timing_rows.append({"step": step, "steps_per_s": rate})
+        bar.set_postfix(loss=f"{mean_loss:.4f}", steps_s=f"{rate:.0f}")
+        if skipped:
+            log.warning("steps %d-%d: %d of them skipped (non-finite loss or gradient)", step - good - skipped + 1, step, skipped)
+        if writer is not None:
+            writer.add_scalar("train/loss", mean_loss, step)
+            writer.add_scalar("train/skipped", skipped, step)
+        loss_sum.zero_()
+        good, skipped, t_log, steps_in_rate = 0, 0, now, 0
+
     from tqdm import tqdm
 
     bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, dynamic_ncols=True, desc="train")
     params = [p for p in model.parameters()]
-    loss_sum = torch.zeros((), device=device)
-    count, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
+    t_log = t0 = time.perf_counter()
+    steps_in_rate, save_due = 0, False
     model.train()
     try:
-        while step < tc.steps:
-            lr = learning_rate(tc, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x0 = data.sample_batch(tc.batch_size, gen).to(device)
-            loss = loss_fn(model, sde, x0, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            optimizer.step()
-            ema.update_parameters(model)
-            step += 1
-            loss_sum += loss.detach()
-            count += 1
-            bar.update(1)
-            if step % tc.log_every == 0 or step == tc.steps:
-                now = time.perf_counter()
-                mean_loss = float(loss_sum) / count  # one host sync per log interval
-                rate = count / max(now - t_log, 1e-9)
-                loss_rows.append([step, mean_loss, lr, rate])
-                bar.set_postfix(loss=f"{mean_loss:.4f}", steps_s=f"{rate:.0f}")
-                if writer is not None:
-                    writer.add_scalar("train/loss", mean_loss, step)
-                loss_sum.zero_()
-                count, t_log = 0, now
-            if step % tc.eval_every == 0 or step == tc.steps:
-                model.eval()
-                run_eval()
-                model.train()
-            if step % tc.checkpoint_every == 0 or step == tc.steps:
-                save()
-    except KeyboardInterrupt:
-        log.warning("interrupted at step %d: saving a checkpoint to resume from (train.resume=auto)", step)
-        save()
-        raise
+        with _StopRequest() as stop:
+            while step < tc.steps:
+                lr = learning_rate(tc, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x0 = data.sample_batch(tc.batch_size, gen).to(device)
+                loss = loss_fn(model, sde, x0, gen)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)  # the norm before clipping
+                else:
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                # The skip must be decided before the optimiser step: one host sync of one bool per
+                # step, as torch.amp.GradScaler makes for its own skipped steps (free on the CPU).
+                if bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+                    optimizer.step()
+                    ema.update_parameters(model)
+                    loss_sum += loss.detach()
+                    good, bad_streak = good + 1, 0
+                else:
+                    skipped, bad_streak = skipped + 1, bad_streak + 1
+                step += 1
+                steps_in_rate += 1
+                bar.update(1)
+                if step % tc.log_every == 0 or step == tc.steps:
+                    log_row(lr, time.perf_counter())
+                if bad_streak >= tc.max_bad_steps:
+                    if good + skipped:
+                        log_row(lr, time.perf_counter())
+                    write_logs()
+                    cure = "a smaller train.lr or with train.grad_clip set"
+                    then = (f"continue from the last checkpoint {saved['path']} (train.resume=auto) with {cure}" if saved["path"]
+                            else f"no checkpoint was written: start again with {cure}")
+                    raise TrainingDiverged(
+                        f"training diverged: steps {step - bad_streak + 1}-{step} had a non-finite loss or gradient "
+                        f"(train.max_bad_steps={tc.max_bad_steps}); they were skipped and nothing was saved during them; {then}")
+                if step % tc.eval_every == 0 or step == tc.steps:
+                    model.eval()
+                    run_eval()
+                    model.train()
+                # a checkpoint due while the latest step was skipped waits for a good step, so that
+                # rotation never trades the last good checkpoint for one taken mid-divergence
+                save_due = save_due or step % tc.checkpoint_every == 0
+                if (save_due and bad_streak == 0) or step == tc.steps:
+                    save()
+                if stop.signum is not None and step < tc.steps:  # at the last step the run is complete
+                    if saved["step"] != step:
+                        save()
+                    write_logs()
+                    log.warning("stopped by %s after step %d; saved %s", signal.Signals(stop.signum).name, step, saved["path"])
+                    raise TrainingInterrupted(stop.signum, step, saved["path"])
     finally:
         bar.close()
         if writer is not None:
             writer.close()
     wall = time.perf_counter() - t0
-    if tc.plots:
-        plot_loss(loss_rows, os.path.join(run_dir, "loss.png"))
-    _write_csv(os.path.join(run_dir, "loss.csv"), [dict(zip(("step", "loss", "lr", "steps_per_s"), r)) for r in loss_rows])
+    write_logs()
     final = eval_rows[-1] if eval_rows else {}
-    return {"step": step, "final": final, "model": model, "ema": ema, "wall_s": wall, "run_dir": run_dir}
+    total_skipped = sum(int(r["skipped"]) for r in loss_rows)
+    return {"step": step, "final": final, "model": model, "ema": ema, "wall_s": wall, "skipped_steps": total_skipped,
+            "run_dir": run_dir}

@@ -102,10 +102,12 @@ def test_resume_gives_identical_parameters(hydra_ctx, tmp_path):
         assert torch.equal(p, resumed["model"].state_dict()[name]), name
     for name, p in straight["ema"].state_dict().items():
         assert torch.equal(p, resumed["ema"].state_dict()[name]), name
-    # and the same losses, step by step
+    # and the same loss log, step by step (wall-clock rates live apart, in timing.csv)
     a = load_checkpoint(str(tmp_path / "a" / "checkpoints" / "ckpt_0000010.pt"))["metrics"]["loss"]
     b = load_checkpoint(str(tmp_path / "b" / "checkpoints" / "ckpt_0000010.pt"))["metrics"]["loss"]
-    assert [r[:2] for r in a] == [r[:2] for r in b]
+    assert a == b and len(a) == 10
+    assert (tmp_path / "a" / "loss.csv").read_text() == (tmp_path / "b" / "loss.csv").read_text()
+    assert (tmp_path / "a" / "loss.csv").read_text().splitlines()[0] == "step,loss,lr,skipped"
 
 
 def test_corrupt_checkpoint_is_reported_and_never_replaces_a_good_one(hydra_ctx, tmp_path, monkeypatch):
@@ -125,9 +127,8 @@ def test_corrupt_checkpoint_is_reported_and_never_replaces_a_good_one(hydra_ctx,
     # a write that produces a broken file fails and leaves the good checkpoint untouched
     import sde_gen.checkpoint as ck
 
-    def broken_save(obj, path):
-        with open(path, "wb") as fh:
-            fh.write(b"PK\x03\x04 half a zip")
+    def broken_save(obj, fh):  # save_checkpoint hands torch.save an open file (so a write error keeps its errno)
+        fh.write(b"PK\x03\x04 half a zip")
 
     monkeypatch.setattr(ck.torch, "save", broken_save)
     with pytest.raises(CheckpointError):
@@ -183,7 +184,7 @@ def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experi
     out = train(_compose(*over), str(tmp_path))
     assert out["step"] == 2
     names = set(os.listdir(tmp_path))
-    assert {"checkpoints", "metrics.csv", "loss.csv", "samples.png", "loss.png"} <= names
+    assert {"checkpoints", "metrics.csv", "loss.csv", "timing.csv", "samples.png", "loss.png"} <= names
     assert torch.isfinite(torch.tensor(out["final"]["sw2"]))
 
 
@@ -193,6 +194,7 @@ def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experi
         ("train.lr=-1", "lr"), ("train.batch_size=0", "batch_size"), ("train.steps=0", "steps"),
         ("train.warmup=-1", "warmup"), ("train.grad_clip=0", "grad_clip"), ("train.ema_decay=1.0", "ema_decay"),
         ("train.checkpoint_every=0", "checkpoint_every"), ("train.eval_every=0", "eval_every"),
+        ("train.max_bad_steps=0", "max_bad_steps"),
         ("train.weighting=l2", "weighting"), ("train.importance_sampling=true", "importance_sampling"),
         ("sde.eps=2", "eps"), ("model.hidden=0", "hidden"), ("sampler.nfe=0", "nfe"),
         ("data.num_test=0", "num_test"), ("device=gpu0", "device"), ("seed=-1", "seed"),

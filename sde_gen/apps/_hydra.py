@@ -12,6 +12,9 @@ turns bad input into one line on stderr with exit code 2:
 `HYDRA_FULL_ERROR=1` shows the traceback instead. Any other exception is a bug and keeps its
 traceback.
 
+A training run stopped by SIGINT or SIGTERM after saving its checkpoint prints one line and exits
+with 128 + the signal number (130, 143), with or without `HYDRA_FULL_ERROR`.
+
 It also registers the OmegaConf resolver `sde_gen.safe_dirname`, which the app configs use to build
 a sweep job's folder name from its overrides without `/` or `..` (see `safe_dirname`).
 """
@@ -30,11 +33,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..checkpoint import CheckpointError
 from ..config import CONF_DIR, ConfigError, register_configs
+from ..training import TrainingDiverged, TrainingInterrupted
 
 __all__ = ["USER_ERRORS", "hydra_app", "one_line_errors", "one_line", "safe_dirname", "SAFE_DIRNAME_RESOLVER"]
 
 #: errors that describe bad input rather than a bug: reported in one line
-USER_ERRORS = (ConfigError, CheckpointError, ValueError)
+USER_ERRORS = (ConfigError, CheckpointError, ValueError, TrainingDiverged)
 
 #: name of the OmegaConf resolver wrapping `safe_dirname` (used in the apps' `hydra.sweep.subdir`)
 SAFE_DIRNAME_RESOLVER = "sde_gen.safe_dirname"
@@ -124,12 +128,21 @@ def one_line(err: BaseException) -> str:
 
 
 def one_line_errors(fn: Callable[[], Any], full_error: Optional[bool] = None) -> Any:
-    """Run `fn()`; a user error (or a full disk) becomes one stderr line and `SystemExit(2)`.
+    """Run `fn()`; a user error (or a full disk) becomes one stderr line and `SystemExit(2)`, a
+    `TrainingInterrupted` one line and `SystemExit(128 + signal number)`.
 
     Args:
         fn: the work.
-        full_error: show tracebacks instead (None: read `HYDRA_FULL_ERROR` now).
+        full_error: show tracebacks of user errors instead (None: read `HYDRA_FULL_ERROR` now).
     """
+    try:
+        return _user_errors_in_one_line(fn, full_error)
+    except TrainingInterrupted as err:  # the checkpoint is saved: nothing to debug
+        print(f"{_prog()}: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+
+
+def _user_errors_in_one_line(fn: Callable[[], Any], full_error: Optional[bool]) -> Any:
     if full_error is None:
         full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     if full_error:
