@@ -38,7 +38,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from .config import check_target_names, component_registries, instantiate, register_configs, registered_targets
+from .config import (
+    NESTED_COMPONENTS,
+    check_target_names,
+    component_registries,
+    instantiate,
+    register_configs,
+    registered_targets,
+)
 from .io import atomic_path
 from .nets import build_score_model
 
@@ -151,31 +158,49 @@ def check_checkpoint_config(config: Any, trusted_targets: Sequence[str] = ()) ->
     _check_node(config, "config", trusted)
 
 
-def _refuse_target(target: Any, key_path: str, section: Optional[str]) -> CheckpointError:
+def _refuse_target(target: Any, key_path: str, section: Optional[str], nested: bool = False) -> CheckpointError:
     if section is None:
         return CheckpointError(
             f"{key_path}: target {target!r} refused: a stored config may name a _target_ only on its "
             f"component sections {', '.join(f'config.{s}' for s in COMPONENT_SECTIONS)}"
+            f" (and their nested {', '.join(f'config.{k}' for k in NESTED_COMPONENTS)} components)"
         )
-    canonical = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in component_registries()[section].values())
+    registries = component_registries()
+    kinds = NESTED_COMPONENTS[section] if nested else (section,)
+    canonical = sorted(f"{cls.__module__}.{cls.__qualname__}" for kind in kinds for cls in registries[kind].values())
+    where = f"a component nested in {section}" if nested else section
     return CheckpointError(
-        f"{key_path}: target {target!r} is not allowed in a checkpoint; {section} may name {canonical}"
+        f"{key_path}: target {target!r} is not allowed in a checkpoint; {where} may name {canonical}"
         " or a target you pass in trusted_targets"
     )
 
 
-def _check_node(node: Any, path: str, trusted: frozenset, depth: int = 0, key: Optional[str] = None) -> None:
-    """Walk one stored node (see `check_checkpoint_config`); `key` is its own key, and `depth` 1
-    marks the top-level sections."""
+def _nested_targets(top: Optional[str]) -> Dict[str, type]:
+    """`_target_` -> class for the nodes nested in component section `top` (`NESTED_COMPONENTS`)."""
+    allowed: Dict[str, type] = {}
+    for registry in NESTED_COMPONENTS.get(top, ()):
+        allowed.update(registered_targets(registry))
+    return allowed
+
+
+def _check_node(node: Any, path: str, trusted: frozenset, depth: int = 0, key: Optional[str] = None,
+                top: Optional[str] = None) -> None:
+    """Walk one stored node (see `check_checkpoint_config`); `key` is its own key, `depth` 1 marks
+    the top-level sections, and `top` is the component section the node lies in (None: none)."""
     if depth > _MAX_DEPTH:
         raise CheckpointError(f"{path}: nested deeper than {_MAX_DEPTH} levels")
+    if depth == 1:
+        top = key if key in COMPONENT_SECTIONS else None
     if isinstance(node, dict):
         if "_target_" in node:
             target, key_path = node["_target_"], f"{path}._target_"
-            section = key if depth == 1 and key in COMPONENT_SECTIONS else None
-            allowed = registered_targets(section) if section is not None else {}
+            if depth == 1:
+                section, allowed = top, registered_targets(top) if top is not None else {}
+            else:  # a nested component (pc's predictor and corrector) of the section's own kinds
+                allowed = _nested_targets(top)
+                section = top if allowed else None
             if not isinstance(target, str) or not (target in allowed or (section is not None and target in trusted)):
-                raise _refuse_target(target, key_path, section)
+                raise _refuse_target(target, key_path, section, nested=depth > 1)
         for child, value in node.items():
             if not isinstance(child, str):
                 raise CheckpointError(f"{path}: key {child!r} is not a string")
@@ -189,10 +214,10 @@ def _check_node(node: Any, path: str, trusted: frozenset, depth: int = 0, key: O
                     f"{key_path}: Hydra keyword {child!r} refused in a stored config (a component is built by "
                     "calling its constructor with plain keyword values)"
                 )
-            _check_node(value, key_path, trusted, depth + 1, child)
+            _check_node(value, key_path, trusted, depth + 1, child, top)
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
-            _check_node(value, f"{path}[{i}]", trusted, depth + 1)
+            _check_node(value, f"{path}[{i}]", trusted, depth + 1, None, top)
     elif isinstance(node, str):
         if "${" in node:
             raise CheckpointError(

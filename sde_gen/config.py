@@ -171,10 +171,14 @@ def component_registries() -> Dict[str, Dict[str, type]]:
     """Config section -> the registry (config name -> class) of the components it may build."""
     from .data import DATASETS
     from .nets import BACKBONES
-    from .samplers import SAMPLERS
+    from .samplers import CORRECTORS, SAMPLERS
     from .sdes import SDES
 
-    return {"sde": SDES, "model": BACKBONES, "data": DATASETS, "sampler": SAMPLERS}
+    return {"sde": SDES, "model": BACKBONES, "data": DATASETS, "sampler": SAMPLERS, "corrector": CORRECTORS}
+
+
+#: components a section's nested nodes may build (e.g. `pc`'s `predictor` and `corrector`)
+NESTED_COMPONENTS = {"sampler": ("sampler", "corrector")}
 
 
 def target_names(cls: type) -> List[str]:

@@ -15,6 +15,7 @@ interpolations, non-plain values), that trust comes only from the caller (`trust
 """
 import importlib
 import os
+import re
 import pathlib
 import subprocess
 import sys
@@ -429,3 +430,29 @@ def test_own_yaml_options_are_accepted_and_a_misspelt_key_in_a_yaml_fails_naming
     with pytest.raises(ConfigCompositionException) as info:
         sample_app.main(["--cfg", "job", search, "sde=typo"])
     assert "beta_mn" in str(info.value) + str(info.value.__cause__)
+
+
+def test_pc_run_with_nested_predictor_and_corrector_loads(tmp_path):
+    """`pc` stores its predictor and corrector as nested `_target_` nodes: our own kinds load."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="config", overrides=[*TINY, "train.steps=1", "sampler=pc", "sampler.nfe=4"])
+    GlobalHydra.instance().clear()
+    train(cfg, str(tmp_path))
+    trained = load_trained(str(tmp_path))
+    assert trained.step == 1
+    stored = trained.config["sampler"]
+    assert stored["predictor"]["_target_"].startswith("sde_gen.samplers.")
+    assert stored["corrector"]["_target_"].startswith("sde_gen.samplers.")
+
+
+@pytest.mark.parametrize("where", ["predictor", "corrector"])
+@pytest.mark.parametrize("target", ["builtins.open", "os.system", "sde_gen.sdes.VESDE"])
+def test_nested_component_outside_the_sampler_kinds_is_refused(where, target):
+    from sde_gen.checkpoint import check_checkpoint_config
+
+    config = {"sampler": {"_target_": "sde_gen.samplers.pc.PredictorCorrector", where: {"_target_": target}}}
+    with pytest.raises(CheckpointError, match=rf"config\.sampler\.{where}\._target_: target '{re.escape(target)}'"):
+        check_checkpoint_config(config)
+    # the same node is accepted once the caller trusts it (never because the checkpoint says so)
+    check_checkpoint_config(config, trusted_targets=[target])

@@ -40,6 +40,9 @@ SAMPLERS = {
     AdaptiveSDE.name: AdaptiveSDE,
 }
 
+#: name -> corrector class (the `corrector` of `pc`)
+CORRECTORS = {"langevin": LangevinCorrector}
+
 
 def build_sampler(name: str, **options) -> Sampler:
     """Construct a sampler by name with its options (e.g. `nfe=50`)."""
@@ -89,4 +92,5 @@ __all__ = [
     "GRIDS",
     "langevin_correct",
     "LangevinCorrector",
+    "CORRECTORS",
 ]
