@@ -201,7 +201,7 @@ def test_a_new_sampler_is_one_class_one_registry_line_one_yaml(monkeypatch, tmp_
     # the YAML, extending the schema generated from the class
     register_target("sampler", ToyEuler.name, ToyEuler)
     (tmp_path / "sampler").mkdir()
-    (tmp_path / "sampler" / "toy_euler.yaml").write_text("defaults:\n  - toy_euler_schema\nnfe: 7\n")
+    (tmp_path / "sampler" / "toy_euler.yaml").write_text("defaults:\n  - /sampler_toy_euler_schema\nnfe: 7\n")
     with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
         built = instantiate(compose(config_name=None, overrides=["+sampler=toy_euler"])["sampler"], "sampler")
     assert isinstance(built, ToyEuler) and built.nfe == 7 and built.num_steps == 6
