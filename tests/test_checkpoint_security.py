@@ -411,7 +411,7 @@ def test_selecting_a_schema_is_refused_in_one_line(tmp_path, capsys):
     assert "sampler/heun_schema" in lines[0] and "euler_maruyama" in lines[0] and "heun," in lines[0]
     assert not (tmp_path / "out").exists()
     prog = _prog()  # how the apps name the running command in their one-line errors
-    for override in ("sde=vp_schema", "sde=sde_vp_schema", "train=train_schema", "model=mlp,model_mlp_schema"):
+    for override in ("sde=vp_schema", "sde=sde_vp_schema", "train=train_schema", "model=model_mlp_schema"):
         with pytest.raises(SystemExit) as info:
             train_app.main([override, f"hydra.run.dir={tmp_path / 'out'}"])
         group = override.split("=")[0]
