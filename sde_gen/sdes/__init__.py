@@ -4,7 +4,7 @@
 VP (linear, cosine) and sub-VP SDEs, ve.py the VE SDE. `SDES` is the name -> class registry.
 """
 from .._validation import check_choice
-from .base import SDE, Score, ScoreFn
+from .base import SDE
 from .ve import VESDE
 from .vp import SubVPSDE, VPSDE
 
