@@ -4,7 +4,7 @@ For each SDE and several times t, data from the ring oracle are pushed through t
 transition x_t = a(t) x_0 + s(t) z, and the empirical moments of x_t are checked against the
 oracle's closed-form perturbed mixture p_t (mean and covariance), together with the average
 log-density of the samples under p_t against its Monte Carlo entropy. The picture (scatter of
-x_t over the contours of log p_t) is saved to `outputs/forward_sdes.png`.
+x_t over the contours of log p_t) is saved to `outputs/demo/forward_sdes.png`.
 
 Run: `python -m sde_gen.demo [--out DIR] [--n N]`.
 """
@@ -40,7 +40,7 @@ def forward_process_table(sdes, oracle, times, n, generator):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="outputs", help="directory for the plot")
+    parser.add_argument("--out", default="outputs/demo", help="directory for the plot")
     parser.add_argument("--n", type=int, default=20000, help="samples per SDE and time")
     args = parser.parse_args(argv)
 
