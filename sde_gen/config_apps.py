@@ -11,14 +11,30 @@ from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from ._validation import check_choice, check_nonnegative, check_positive, check_positive_int
 from .config import check_target_names
+from .oracles import PRESETS
 
 __all__ = ["LikelihoodOptionsConf", "EvalConf", "SampleAppConf", "register_app_schemas"]
 
+#: where an app's score comes from: an oracle's exact score, or a training checkpoint's network
+SOURCES = ("oracle", "checkpoint")
+#: the dtypes an app computes in
+DTYPES = ("float32", "float64")
+
+
+def _check_source(conf) -> None:
+    """The checks both apps share: trusted targets, `source`, and the `problem` or `checkpoint` it needs."""
+    check_target_names("trusted_targets", conf.trusted_targets)
+    check_choice("source", conf.source, SOURCES)
+    if conf.source == "oracle":
+        check_choice("problem", conf.problem, PRESETS)
+    elif not conf.checkpoint:
+        raise ValueError(f"checkpoint must be a file path when source=checkpoint; got {conf.checkpoint!r}")
+
+
 # ---- sde-gen-eval (the likelihood app, sde_gen/apps/evaluate.py) ----
-_EVAL_SOURCES = ("oracle", "checkpoint")
 _EVAL_PRIORS = ("standard", "exact")
-_EVAL_DTYPES = ("float32", "float64")
 
 
 @dataclasses.dataclass
@@ -38,7 +54,6 @@ class LikelihoodOptionsConf:
     prior: str = "standard"
 
     def __post_init__(self):
-        from ._validation import check_choice, check_positive, check_positive_int
         from .likelihood import ADAPTIVE_METHODS, DIVERGENCES, FIXED_GRID_METHODS, PROBES, TIME_VARIABLES
 
         if self.method is not None:
@@ -79,20 +94,12 @@ class EvalConf:
     trusted_targets: List[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
-        from ._validation import check_choice, check_positive_int
-        from .oracles import PRESETS
-
-        check_target_names("trusted_targets", self.trusted_targets)
-        check_choice("source", self.source, _EVAL_SOURCES)
-        if self.source == "checkpoint" and not self.checkpoint:
-            raise ValueError("checkpoint must be a path when source=checkpoint; got null")
-        if self.source == "oracle":
-            check_choice("problem", self.problem, PRESETS)
+        _check_source(self)
         if self.num_test is not None:
             check_positive_int("num_test", self.num_test)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("num_dequant", self.num_dequant)
-        check_choice("dtype", self.dtype, _EVAL_DTYPES)
+        check_choice("dtype", self.dtype, DTYPES)
 
 
 def register_app_schemas() -> None:
@@ -101,8 +108,6 @@ def register_app_schemas() -> None:
 
 
 # ---- sde-gen-sample (sde_gen/apps/sample.py) ----
-SAMPLE_SOURCES = ("oracle", "checkpoint")
-SAMPLE_DTYPES = ("float32", "float64")
 
 
 @dataclasses.dataclass
@@ -148,18 +153,10 @@ class SampleAppConf:
     trusted_targets: List[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
-        from ._validation import check_choice, check_nonnegative, check_positive_int
-        from .oracles import PRESETS
-
-        check_target_names("trusted_targets", self.trusted_targets)
-        check_choice("source", self.source, SAMPLE_SOURCES)
-        if self.source == "oracle":
-            check_choice("problem", self.problem, PRESETS)
-        elif not self.checkpoint:
-            raise ValueError("checkpoint must be a file path when source=checkpoint; got None")
+        _check_source(self)
         check_positive_int("num_samples", self.num_samples)
         check_nonnegative("batch_size", self.batch_size)
-        check_choice("dtype", self.dtype, SAMPLE_DTYPES)
+        check_choice("dtype", self.dtype, DTYPES)
         if self.noise_floor_replicates < 2:
             raise ValueError(f"noise_floor_replicates must be an integer >= 2 (a std needs two); got {self.noise_floor_replicates!r}")
         check_positive_int("num_projections", self.num_projections)
