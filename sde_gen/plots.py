@@ -58,16 +58,10 @@ def save_picture(path: str, samples: torch.Tensor, reference: Optional[torch.Ten
     if x.ndim == 4:
         k = min(64, x.shape[0])
         cols = int(math.ceil(math.sqrt(k)))
-        imgs = x[:k]
-        lo = imgs.flatten(1).min(1).values[:, None, None, None]
-        hi = imgs.flatten(1).max(1).values[:, None, None, None]
-        imgs = ((imgs - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1)
-        fig, axes = plt.subplots(cols, cols, figsize=(cols, cols), squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i < k:
-                img = imgs[i]
-                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+        grid = image_grid(x[:k], per_image_range=True)
+        fig, ax = plt.subplots(figsize=(cols, cols))
+        ax.imshow(grid.numpy(), cmap="gray" if grid.ndim == 2 else None)
+        ax.axis("off")
         fig.suptitle(title)
         _save(fig, path, tight=False)
         return
@@ -118,17 +112,33 @@ def plot_samples_vs_data(x: torch.Tensor, data, path: str, step: int) -> None:
     else:
         fig, axes = plt.subplots(1, 2, figsize=(8, 4))
         for ax, imgs, title in ((axes[0], data.test, "data"), (axes[1], x, f"EMA samples (step {step})")):
-            ax.imshow(image_grid(imgs[:64], data), cmap="gray" if data.event_shape[0] == 1 else None)
+            ax.imshow(image_grid(imgs[:64]).numpy(), cmap="gray" if data.event_shape[0] == 1 else None)
             ax.set_title(title), ax.axis("off")
     _save(fig, path)
 
 
-def image_grid(x: torch.Tensor, data) -> torch.Tensor:
-    """(B, C, H, W) model-space images -> one (rows*H, cols*W[, C]) array in [0, 1]."""
+def image_grid(x: torch.Tensor, per_image_range: bool = False) -> torch.Tensor:
+    """The one image grid of the package: (B, C, H, W) images -> one array in [0, 1].
+
+    Args:
+        x: images in model space [-1, 1] (clamped), any device and dtype.
+        per_image_range: stretch each image's own [min, max] to [0, 1] instead (samples of a
+            network that leave [-1, 1] stay visible).
+
+    Returns:
+        (rows (H + 1), cols (W + 1)) for C = 1, else (rows (H + 1), cols (W + 1), C), float32 on
+        the CPU; a one-pixel white gap separates the images.
+    """
     B, C, H, W = x.shape
     cols = int(math.ceil(math.sqrt(B)))
     rows = int(math.ceil(B / cols))
-    img = ((x.clamp(-1, 1) + 1) / 2).float()
+    x = x.detach().to("cpu", torch.float32)
+    if per_image_range:
+        lo = x.flatten(1).min(1).values[:, None, None, None]
+        hi = x.flatten(1).max(1).values[:, None, None, None]
+        img = (x - lo) / (hi - lo).clamp_min(1e-12)
+    else:
+        img = (x.clamp(-1, 1) + 1) / 2
     grid = torch.ones(C, rows * (H + 1), cols * (W + 1))
     for i in range(B):
         r, c = divmod(i, cols)
