@@ -16,8 +16,9 @@ Two kinds of schema:
   their group: a group lists exactly its YAML files in `--help`, and `sde=vp_schema` is no option
   (the apps refuse it in one line naming the group's options, see `sde_gen.apps._hydra`).
 
-* Plain sections (training options, app options) are dataclasses with a `__post_init__` that checks
-  ranges; `validate(cfg, schema)` converts the section with `OmegaConf.to_object`, running it.
+* Plain sections (training options here, the apps' in `config_apps.py`) are dataclasses with a
+  `__post_init__` that checks ranges; `validate(cfg, schema)` converts the section with
+  `OmegaConf.to_object`, running it.
 
 Every failure is raised as `ConfigError` naming the config path, before any work is done.
 
@@ -368,152 +369,11 @@ class TrainConf:
 LR_DECAYS = ("none", "cosine")
 
 
-# ---- sde-gen-eval (the likelihood app, sde_gen/apps/evaluate.py) ----
-_EVAL_SOURCES = ("oracle", "checkpoint")
-_EVAL_PRIORS = ("standard", "exact")
-_EVAL_DTYPES = ("float32", "float64")
+# ---- the apps' sections (sde-gen-eval, sde-gen-sample) live in sde_gen/config_apps.py ----
+def _register_app_schemas() -> None:
+    from .config_apps import register_app_schemas
+
+    register_app_schemas()
 
 
-@dataclasses.dataclass
-class LikelihoodOptionsConf:
-    """ODE options of `sde_gen.likelihood.log_likelihood` (see there); `prior` picks the density at T:
-    "standard" = the SDE's N(0, prior_std^2 I), "exact" = the oracle's exact p_T (oracle data only)."""
-
-    method: Optional[str] = None
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    divergence: str = "exact"
-    num_probes: int = 1
-    probe: str = "rademacher"
-    t_min: Optional[float] = None
-    fixed_steps: Optional[int] = None
-    time_variable: str = "t"
-    prior: str = "standard"
-
-    def __post_init__(self):
-        from ._validation import check_choice, check_positive, check_positive_int
-        from .likelihood import ADAPTIVE_METHODS, DIVERGENCES, FIXED_GRID_METHODS, PROBES, TIME_VARIABLES
-
-        if self.method is not None:
-            check_choice("likelihood.method", self.method, ADAPTIVE_METHODS + FIXED_GRID_METHODS)
-        check_positive("likelihood.rtol", self.rtol)
-        check_positive("likelihood.atol", self.atol)
-        check_choice("likelihood.divergence", self.divergence, DIVERGENCES)
-        check_positive_int("likelihood.num_probes", self.num_probes)
-        check_choice("likelihood.probe", self.probe, PROBES)
-        if self.t_min is not None and not self.t_min > 0:
-            # the score divides by s(t_min), which is 0 at t = 0; the upper end (T) is checked
-            # against the SDE by log_likelihood
-            raise ValueError(f"likelihood.t_min must be in (0, T) (or null for sde.eps); got {self.t_min!r}")
-        if self.fixed_steps is not None:
-            check_positive_int("likelihood.fixed_steps", self.fixed_steps)
-        check_choice("likelihood.time_variable", self.time_variable, TIME_VARIABLES)
-        check_choice("likelihood.prior", self.prior, _EVAL_PRIORS)
-
-
-@dataclasses.dataclass
-class EvalConf:
-    """Options of the `sde-gen-eval` app (conf/eval.yaml). `sde` is the sde/ group (oracle source)."""
-
-    sde: Any = None
-    source: str = "oracle"
-    checkpoint: Optional[str] = None
-    ema: bool = True
-    problem: str = "gaussian16d"
-    num_test: Optional[int] = 1000
-    batch_size: int = 500
-    num_dequant: int = 1
-    device: str = "auto"
-    dtype: str = "float64"
-    seed: int = 0
-    progress: bool = True
-    likelihood: LikelihoodOptionsConf = dataclasses.field(default_factory=LikelihoodOptionsConf)
-    #: `_target_` strings of your own that a checkpoint's config may build (never read from the checkpoint)
-    trusted_targets: List[str] = dataclasses.field(default_factory=list)
-
-    def __post_init__(self):
-        from ._validation import check_choice, check_positive_int
-        from .oracles import PRESETS
-
-        check_target_names("trusted_targets", self.trusted_targets)
-        check_choice("source", self.source, _EVAL_SOURCES)
-        if self.source == "checkpoint" and not self.checkpoint:
-            raise ValueError("checkpoint must be a path when source=checkpoint; got null")
-        if self.source == "oracle":
-            check_choice("problem", self.problem, PRESETS)
-        if self.num_test is not None:
-            check_positive_int("num_test", self.num_test)
-        check_positive_int("batch_size", self.batch_size)
-        check_positive_int("num_dequant", self.num_dequant)
-        check_choice("dtype", self.dtype, _EVAL_DTYPES)
-
-
-def _register_eval_schema() -> None:
-    ConfigStore.instance().store(name="eval_schema", node=EvalConf)
-
-
-_EXTRA_REGISTRATIONS.append(_register_eval_schema)
-
-# ---- plain sections of the apps ----
-SAMPLE_SOURCES = ("oracle", "checkpoint")
-SAMPLE_DTYPES = ("float32", "float64")
-
-
-@dataclasses.dataclass
-class SampleAppConf:
-    """Options of the sampling app `sde-gen-sample` (the top level of `conf/sample.yaml` without
-    its `sde` and `sampler` groups). Ranges are checked in `__post_init__`, so `validate` fails at
-    start-up naming the field.
-
-    Attributes:
-        source: "oracle" (an exact-score problem) or "checkpoint" (a trained network's EMA weights).
-        problem: oracle preset name (a key of `sde_gen.oracles.PRESETS`); used when source=oracle.
-        checkpoint: path of a training checkpoint; required when source=checkpoint.
-        ema: use the EMA weights of the checkpoint.
-        num_samples: samples to draw (>= 1).
-        batch_size: samples per sampler call; 0 draws all in one call.
-        seed: seed of the generator for the prior and the sampler's noise.
-        metrics_seed: seed for the fresh exact data and the projections of the metrics.
-        device: "auto" or a torch device string.
-        dtype: "float32" or "float64" for the samples and the score.
-        noise_floor_replicates: independent exact-vs-exact replicates for the noise floor (>= 2).
-        num_projections: random directions of the sliced Wasserstein distance.
-        plot: write the picture.
-        check_finite: track samples that become non-finite during sampling (the sampler's
-            `check_finite`, no host sync in the loop) and record their number as `num_nonfinite`.
-        trusted_targets: `_target_` strings of your own (e.g. a backbone "mypkg.nets.MyNet") that
-            the checkpoint's stored config may build; trust is never read from the checkpoint.
-    """
-
-    source: str = "oracle"
-    problem: str = "ring2d"
-    checkpoint: Optional[str] = None
-    ema: bool = True
-    num_samples: int = 2000
-    batch_size: int = 0
-    seed: int = 0
-    metrics_seed: int = 12345
-    device: str = "auto"
-    dtype: str = "float32"
-    noise_floor_replicates: int = 10
-    num_projections: int = 500
-    plot: bool = True
-    check_finite: bool = True
-    trusted_targets: List[str] = dataclasses.field(default_factory=list)
-
-    def __post_init__(self):
-        from ._validation import check_choice, check_nonnegative, check_positive_int
-        from .oracles import PRESETS
-
-        check_target_names("trusted_targets", self.trusted_targets)
-        check_choice("source", self.source, SAMPLE_SOURCES)
-        if self.source == "oracle":
-            check_choice("problem", self.problem, PRESETS)
-        elif not self.checkpoint:
-            raise ValueError("checkpoint must be a file path when source=checkpoint; got None")
-        check_positive_int("num_samples", self.num_samples)
-        check_nonnegative("batch_size", self.batch_size)
-        check_choice("dtype", self.dtype, SAMPLE_DTYPES)
-        if self.noise_floor_replicates < 2:
-            raise ValueError(f"noise_floor_replicates must be an integer >= 2 (a std needs two); got {self.noise_floor_replicates!r}")
-        check_positive_int("num_projections", self.num_projections)
+_EXTRA_REGISTRATIONS.append(_register_app_schemas)

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ._validation import check_positive_int
+from .plots import plot_score_error  # noqa: F401  (drawn in plots.py; training.py imports it from here)
 from .sdes import SDE
 
 __all__ = ["score_error_vs_t", "default_time_grid", "plot_score_error"]
@@ -74,24 +75,3 @@ def score_error_vs_t(
         ses.append(per.std() / n ** 0.5)
         refs.append((s2 * exact.pow(2).flatten(1).sum(1)).mean())
     return {"t": ts, "error": torch.stack(errs).cpu(), "stderr": torch.stack(ses).cpu(), "reference": torch.stack(refs).cpu()}
-
-
-def plot_score_error(result: Dict[str, torch.Tensor], path: str, title: str = "") -> None:
-    """Save err(t) (with the zero-score reference) on log-log axes to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import atomic_save_figure
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    t = result["t"].numpy()
-    ax.errorbar(t, result["error"].numpy(), yerr=2 * result["stderr"].numpy(), marker="o", ms=3, label="trained score")
-    ax.plot(t, result["reference"].numpy(), ls="--", color="gray", label="zero score (scale)")
-    ax.set_xscale("log"), ax.set_yscale("log")
-    ax.set_xlabel("t"), ax.set_ylabel(r"$E\,s(t)^2\,|s_\theta - \nabla\log p_t|^2$")
-    ax.set_title(title or "trained-score error vs t"), ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)

@@ -8,7 +8,7 @@ with `(k1, k2) = SDE.probability_flow_coeffs(t)` (semi-linear form, Lu et al. 20
 same flow can be integrated against u = log sigma = -lambda(t) (lambda = `SDE.half_log_snr`): since
 du/dt = g^2 / (2 s^2), dx/du = (dt/du) (k1 x + k2 score) with dt/du = 2 s(t)^2 / g(t)^2.
 
-Three things live here, so that the `pf_ode` sampler and `likelihood.py` share them:
+Three things live here, so that the `pf_ode` sampler and `sde_gen.likelihood` share them:
 
 * `ODE_METHODS`, the one table of torchdiffeq methods (Chen et al. 2018): order, and evaluations per
   step on a fixed grid (None for the adaptive, error-controlled pairs);

@@ -15,7 +15,7 @@ Every sampler, likelihood and trained network of the library is checked against 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""Conversions between the three equivalent outputs of a denoiser at (x_t, t), in one place.
+"""Conversions from the score to the two other outputs of a denoiser at (x_t, t), in one place.
 
 With x_t = a(t) x_0 + s(t) z and the score grad log p_t(x_t):
     noise prediction   eps_hat = -s(t) score                              (Ho et al. 2020)
@@ -27,19 +27,7 @@ def eps_from_score(sde: SDE, x: torch.Tensor, t: torch.Tensor, score: torch.Tens
     return -s * score
 
 
-def score_from_eps(sde: SDE, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """score = -eps_hat / s(t)."""
-    _, s = _coeffs(sde, t, x)
-    return -eps / s
-
-
 def x0_from_score(sde: SDE, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """Tweedie: E[x_0 | x_t] = (x_t + s(t)^2 score) / a(t)."""
     a, s = _coeffs(sde, t, x)
     return (x + s ** 2 * score) / a
-
-
-def score_from_x0(sde: SDE, x: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    """score = (a(t) x0_hat - x_t) / s(t)^2, the inverse of Tweedie's formula."""
-    a, s = _coeffs(sde, t, x)
-    return (a * x0 - x) / s ** 2

@@ -1,18 +1,30 @@
-"""Every figure of the package: sample pictures, image grids and the loss curve.
+"""Every figure of the package: sample pictures, image grids, the loss curve, the trained-score
+error against t, the forward SDEs' marginals over exact log p_t contours (Song et al. 2021, eq. 5-12),
+and the report's quality-vs-NFE and training panels.
 
 Matplotlib is imported lazily with the non-interactive Agg backend, and every file is written
-atomically (`sde_gen.io.atomic_save_figure`).
+atomically (`sde_gen.io.atomic_save_figure`). The apps gather the numbers; the drawing is here.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .io import atomic_save_figure
 
-__all__ = ["pyplot", "save_picture", "plot_samples_vs_data", "image_grid", "plot_loss"]
+__all__ = [
+    "pyplot",
+    "save_picture",
+    "plot_samples_vs_data",
+    "image_grid",
+    "plot_loss",
+    "plot_score_error",
+    "plot_forward_grid",
+    "plot_quality_panels",
+    "plot_training_bars",
+]
 
 
 def pyplot():
@@ -23,6 +35,14 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: str, tight: bool = True) -> None:
+    """Lay out (unless `tight` is False), write `fig` atomically to `path`, and free it."""
+    if tight:
+        fig.tight_layout()
+    atomic_save_figure(fig, path)
+    pyplot().close(fig)
 
 
 def save_picture(path: str, samples: torch.Tensor, reference: Optional[torch.Tensor] = None, title: str = "") -> None:
@@ -38,19 +58,12 @@ def save_picture(path: str, samples: torch.Tensor, reference: Optional[torch.Ten
     if x.ndim == 4:
         k = min(64, x.shape[0])
         cols = int(math.ceil(math.sqrt(k)))
-        imgs = x[:k]
-        lo = imgs.flatten(1).min(1).values[:, None, None, None]
-        hi = imgs.flatten(1).max(1).values[:, None, None, None]
-        imgs = ((imgs - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1)
-        fig, axes = plt.subplots(cols, cols, figsize=(cols, cols), squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i < k:
-                img = imgs[i]
-                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+        grid = image_grid(x[:k], per_image_range=True)
+        fig, ax = plt.subplots(figsize=(cols, cols))
+        ax.imshow(grid.numpy(), cmap="gray" if grid.ndim == 2 else None)
+        ax.axis("off")
         fig.suptitle(title)
-        atomic_save_figure(fig, path)
-        plt.close(fig)
+        _save(fig, path, tight=False)
         return
     x = x.flatten(1)
     ref = None if ref is None else ref.flatten(1)
@@ -82,9 +95,7 @@ def save_picture(path: str, samples: torch.Tensor, reference: Optional[torch.Ten
             axes[0, 2].hist((p @ top2[:, 0]).numpy(), bins=60, density=True, alpha=0.5, label=label)
         axes[0, 2].set_title("marginal along the top principal direction"), axes[0, 2].legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_samples_vs_data(x: torch.Tensor, data, path: str, step: int) -> None:
@@ -101,19 +112,33 @@ def plot_samples_vs_data(x: torch.Tensor, data, path: str, step: int) -> None:
     else:
         fig, axes = plt.subplots(1, 2, figsize=(8, 4))
         for ax, imgs, title in ((axes[0], data.test, "data"), (axes[1], x, f"EMA samples (step {step})")):
-            ax.imshow(image_grid(imgs[:64], data), cmap="gray" if data.event_shape[0] == 1 else None)
+            ax.imshow(image_grid(imgs[:64]).numpy(), cmap="gray" if data.event_shape[0] == 1 else None)
             ax.set_title(title), ax.axis("off")
-    fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def image_grid(x: torch.Tensor, data) -> torch.Tensor:
-    """(B, C, H, W) model-space images -> one (rows*H, cols*W[, C]) array in [0, 1]."""
+def image_grid(x: torch.Tensor, per_image_range: bool = False) -> torch.Tensor:
+    """The one image grid of the package: (B, C, H, W) images -> one array in [0, 1].
+
+    Args:
+        x: images in model space [-1, 1] (clamped), any device and dtype.
+        per_image_range: stretch each image's own [min, max] to [0, 1] instead (samples of a
+            network that leave [-1, 1] stay visible).
+
+    Returns:
+        (rows (H + 1), cols (W + 1)) for C = 1, else (rows (H + 1), cols (W + 1), C), float32 on
+        the CPU; a one-pixel white gap separates the images.
+    """
     B, C, H, W = x.shape
     cols = int(math.ceil(math.sqrt(B)))
     rows = int(math.ceil(B / cols))
-    img = ((x.clamp(-1, 1) + 1) / 2).float()
+    x = x.detach().to("cpu", torch.float32)
+    if per_image_range:
+        lo = x.flatten(1).min(1).values[:, None, None, None]
+        hi = x.flatten(1).max(1).values[:, None, None, None]
+        img = (x - lo) / (hi - lo).clamp_min(1e-12)
+    else:
+        img = (x.clamp(-1, 1) + 1) / 2
     grid = torch.ones(C, rows * (H + 1), cols * (W + 1))
     for i in range(B):
         r, c = divmod(i, cols)
@@ -130,6 +155,90 @@ def plot_loss(rows: List[List[float]], path: str) -> None:
     steps = [r[0] for r in rows]
     ax.plot(steps, [r[1] for r in rows])
     ax.set_xlabel("step"), ax.set_ylabel("DSM loss (mean over log interval)"), ax.set_yscale("log")
+    _save(fig, path)
+
+
+def plot_score_error(result: Dict[str, torch.Tensor], path: str, title: str = "") -> None:
+    """Save err(t) of `diagnostics.score_error_vs_t` (with the zero-score reference) on log-log axes."""
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
+    t = result["t"].numpy()
+    ax.errorbar(t, result["error"].numpy(), yerr=2 * result["stderr"].numpy(), marker="o", ms=3, label="trained score")
+    ax.plot(t, result["reference"].numpy(), ls="--", color="gray", label="zero score (scale)")
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel("t"), ax.set_ylabel(r"$E\,s(t)^2\,|s_\theta - \nabla\log p_t|^2$")
+    ax.set_title(title or "trained-score error vs t"), ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_forward_grid(sdes, oracle, times: Sequence[float], n: int = 2000, generator=None):
+    """Rows = SDEs, columns = times (fractions of T): samples of x_t = a(t) x_0 + s(t) z over the
+    exact log p_t contours of a 2-D oracle.
+
+    Args:
+        sdes: {row label: SDE}. oracle: a 2-D `GaussianMixture`. times: fractions of T.
+        n: samples per panel. generator: source of x_0 and z.
+
+    Returns:
+        The matplotlib figure (the caller saves or shows it).
+    """
+    fig, axes = pyplot().subplots(len(sdes), len(times), figsize=(2.6 * len(times), 2.6 * len(sdes)), squeeze=False)
+    x0 = oracle.sample(n, generator, dtype=torch.float64)
+    for r, (name, sde) in enumerate(sdes.items()):
+        for c, frac in enumerate(times):
+            ax = axes[r, c]
+            t = torch.full((n,), frac * sde.T, dtype=torch.float64)
+            xt = sde.perturb(x0, t, torch.randn(x0.shape, generator=generator, dtype=torch.float64))
+            lim = float(xt.abs().quantile(0.995)) * 1.1 + 0.5
+            grid = torch.linspace(-lim, lim, 120, dtype=torch.float64)
+            gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+            pts = torch.stack([gx.flatten(), gy.flatten()], 1)
+            logp = oracle.log_prob(pts, frac * sde.T, sde).reshape(120, 120)
+            ax.contour(gx, gy, logp.clamp_min(float(logp.max()) - 12), levels=10, linewidths=0.6)
+            ax.scatter(xt[:, 0], xt[:, 1], s=1, alpha=0.4, color="k")
+            ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"t = {frac:g} T")
+            if c == 0:
+                ax.set_ylabel(name)
+    fig.suptitle("Forward SDEs on the ring mixture: samples of x_t over exact log p_t contours")
     fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
+    return fig
+
+
+#: one panel of `plot_quality_panels`: (title, y label, {line label: [(nfe, value)]}, (floor mean, floor std))
+QualityPanel = Tuple[str, str, Dict[str, List[Tuple[float, float]]], Tuple[float, float]]
+
+
+def plot_quality_panels(panels: Sequence[QualityPanel], path: str) -> None:
+    """Quality vs NFE spent (log-log), one panel each, with the noise floor (mean +- std) as a band."""
+    n = max(1, len(panels))
+    fig, axes = pyplot().subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
+    for ax, (title, ylabel, lines, (fm, fs)) in zip(axes[0], panels):
+        for label, pts in sorted(lines.items()):
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.axhspan(max(fm - fs, fm * 1e-3), fm + fs, color="0.8", alpha=0.7, label="noise floor (mean ± std)")
+        ax.axhline(fm, color="0.5", lw=0.8)
+        ax.set_xscale("log"), ax.set_yscale("log")
+        ax.set_xlabel("NFE spent"), ax.set_ylabel(ylabel), ax.set_title(title)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_training_bars(
+    labels: List[str], ratios: List[float], floor_spread: List[float], score_errors: List[float], path: str
+) -> None:
+    """One bar per training run: final sliced W2 / noise floor (with the floor's mean + 2 std
+    when `floor_spread` is non-empty) and the mean score error against the oracle."""
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 0.45 * len(labels) + 1.6))
+    axes[0].barh(labels, ratios, color="C0")
+    if floor_spread:
+        axes[0].axvline(1.0, color="k", lw=0.8)
+        axes[0].axvline(max(floor_spread), color="0.5", ls="--", lw=0.8, label="floor mean + 2 std")
+        axes[0].legend(fontsize=8)
+    axes[0].set_title("final sliced W2 / noise floor")
+    axes[1].barh(labels, score_errors, color="C1")
+    axes[1].set_xscale("log")
+    axes[1].set_title("score error vs the oracle (mean over t)")
+    _save(fig, path)

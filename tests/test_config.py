@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from sde_gen.config import ConfigError, instantiate, register_configs, resolve_device
+from sde_gen.config_apps import EvalConf, SampleAppConf
 from sde_gen.samplers import Sampler
 from sde_gen.sdes import SDE
 
@@ -63,3 +64,26 @@ def test_device_option():
     assert resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(ConfigError, match="device"):
         resolve_device("gpu0")
+
+
+# ---- the apps' schemas (sde_gen.config_apps): both apps refuse the same bad source options alike ----
+@pytest.mark.parametrize("schema", [EvalConf, SampleAppConf])
+@pytest.mark.parametrize("kwargs,field,allowed", [
+    ({"source": "file"}, "source", "['oracle', 'checkpoint']"),
+    ({"source": "oracle", "problem": "ring3d"}, "problem", "ring2d"),
+    ({"source": "checkpoint", "checkpoint": None}, "checkpoint", "file path"),
+    ({"source": "checkpoint", "checkpoint": ""}, "checkpoint", "file path"),
+    ({"dtype": "float16"}, "dtype", "['float32', 'float64']"),
+    ({"trusted_targets": [".rel.Path"]}, "trusted_targets", ""),
+])
+def test_app_schemas_name_the_field_and_its_allowed_values(schema, kwargs, field, allowed):
+    with pytest.raises(ValueError) as err:
+        schema(**kwargs)
+    message = str(err.value)
+    assert message.startswith(field) and allowed in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("schema", [EvalConf, SampleAppConf])
+def test_app_schemas_accept_both_sources(schema):
+    assert schema(source="oracle", problem="ring2d").problem == "ring2d"
+    assert schema(source="checkpoint", checkpoint="run/ckpt.pt").checkpoint == "run/ckpt.pt"

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,9 @@ from sde_gen.config import CONF_DIR, register_configs
 
 from .test_docs import APP_CONFIGS, _console_scripts
 from .test_train import TINY
+
+#: the <date>_<time> of every run and sweep folder
+_DATE_TIME = r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}"
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
@@ -161,11 +165,14 @@ def _ok(proc):
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
 
 
-def _one_run_dir(cwd, filename):
-    """The single folder below `cwd` holding `filename` (apps write to outputs/... in the cwd)."""
-    found = sorted(cwd.rglob(filename))
-    assert len(found) == 1, f"expected one {filename} under {cwd}, found {found}"
-    return found[0].parent
+def _one_run_dir(app_dir, filename):
+    """The single run folder holding `filename`, directly below `app_dir` (outputs/<app>) and named
+    <date>_<time>: the one output layout of every app."""
+    found = sorted(app_dir.rglob(filename))
+    assert len(found) == 1, f"expected one {filename} under {app_dir}, found {found}"
+    run_dir = found[0].parent
+    assert run_dir.parent == app_dir and re.fullmatch(_DATE_TIME, run_dir.name), run_dir
+    return run_dir
 
 
 # ---------------------------------------------------------------- declared and installed
@@ -207,7 +214,7 @@ def test_train_runs(procs, form):
     proc, cwd = procs[f"run {form} sde-gen-train"]
     _ok(proc)
     assert "trained 2 steps" in proc.stdout
-    run_dir = _one_run_dir(cwd / "outputs", "metrics.csv")
+    run_dir = _one_run_dir(cwd / "outputs" / "train", "metrics.csv")
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     final = rows[-1]
     assert int(float(final["step"])) == 2
@@ -450,6 +457,23 @@ def test_every_app_config_makes_safe_sweep_subdirs(config_name):
     assert subdir.startswith("7") and "/" not in subdir and ".." not in subdir and os.sep not in subdir, subdir
     sweep = pathlib.Path("/sweep")
     assert os.path.normpath(sweep / subdir).startswith(str(sweep) + os.sep)
+
+
+@pytest.mark.parametrize("config_name,app", [("config", "train"), ("sample", "sample"), ("eval", "eval")])
+def test_every_app_uses_the_one_output_layout(config_name, app):
+    """outputs/<app>/<date>_<time> for a run, multirun/<app>/<date>_<time>/<n>_<overrides> for a sweep."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(config_name=config_name, overrides=["seed=1"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.hydra.job.num = 3
+        cfg.hydra.job.override_dirname = "seed=1"
+    run, sweep = str(cfg.hydra.run.dir).split("/"), str(cfg.hydra.sweep.dir).split("/")
+    assert run[:2] == ["outputs", app] and len(run) == 3 and re.fullmatch(_DATE_TIME, run[2]), run
+    assert sweep[:2] == ["multirun", app] and len(sweep) == 3 and re.fullmatch(_DATE_TIME, sweep[2]), sweep
+    assert str(cfg.hydra.sweep.subdir) == "3_seed=1"
 
 
 @pytest.mark.parametrize("text", ["", "a=1", "../..", "..", ".", ".hidden", "x/../../y", "/abs/path", "a\\b",

@@ -28,7 +28,7 @@ def test_training_sweep_miniature_and_report(tmp_path):
                 f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report_main([str(sweep)]) == 0
-    rows = [l for l in (sweep / "report.md").read_text().splitlines() if l.startswith("| 0 ") or l.startswith("| 1 ")]
+    rows = [l for l in (sweep / "report.md").read_text().splitlines() if l.startswith("| 0_") or l.startswith("| 1_")]
     assert len(rows) == 2
     assert "VPSDE" in rows[0] and "VESDE" in rows[1] and all("| likelihood |" in r for r in rows)
     assert (sweep / "report_training.png").stat().st_size > 0

@@ -2,6 +2,7 @@
 score, exact resume, checkpoint safety, every config composing, the Hydra app end to end, and
 start-up errors for bad values."""
 import os
+import re
 import pathlib
 import shutil
 import subprocess
@@ -225,11 +226,18 @@ def _app(tmp_path, *args):
 
 
 def test_hydra_app_multirun_of_the_default_run(tmp_path):
-    """One subprocess: `python -m sde_gen.train -m sde=vp,ve ...`; run 0 is the default config."""
-    proc = _app(tmp_path, "-m", "sde=vp,ve", f"hydra.sweep.dir={tmp_path / 'sweep'}", "train.plots=true")
+    """One subprocess: `python -m sde_gen.train -m sde=vp,ve ...`; run 0 is the default config.
+
+    No hydra.sweep.dir: the jobs land in the shared layout multirun/train/<date>_<time>/<n>_<overrides>.
+    """
+    proc = _app(tmp_path, "-m", "sde=vp,ve", "train.plots=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
-    assert len(runs) == 2
+    (sweep,) = (tmp_path / "multirun" / "train").iterdir()
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}", sweep.name), sweep.name
+    runs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_")[0]))
+    # <n>_<the job's overrides> (TINY's too, sorted by Hydra, cut to 120 characters with a hash)
+    assert [r.name.split("_")[0] for r in runs] == ["0", "1"]
+    assert ",sde=vp," in runs[0].name and ",sde=ve," in runs[1].name
     sdes = [OmegaConf.load(r / ".hydra" / "config.yaml").sde._target_ for r in runs]
     assert sdes == ["sde_gen.sdes.VPSDE", "sde_gen.sdes.VESDE"]
     for run in runs:

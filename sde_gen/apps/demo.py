@@ -4,7 +4,7 @@ For each SDE and several times t, data from the ring oracle are pushed through t
 transition x_t = a(t) x_0 + s(t) z, and the empirical moments of x_t are checked against the
 oracle's closed-form perturbed mixture p_t (mean and covariance), together with the average
 log-density of the samples under p_t against its Monte Carlo entropy. The picture (scatter of
-x_t over the contours of log p_t) is saved to `outputs/forward_sdes.png`.
+x_t over the contours of log p_t) is saved to `outputs/demo/forward_sdes.png`.
 
 Run: `python -m sde_gen.demo [--out DIR] [--n N]`.
 """
@@ -15,9 +15,10 @@ import os
 
 import torch
 
-from ..oracles import make_preset
-from ..sdes import VESDE, VPSDE, SubVPSDE
 from ..io import atomic_save_figure
+from ..oracles import make_preset
+from ..plots import plot_forward_grid, pyplot
+from ..sdes import VESDE, VPSDE, SubVPSDE
 
 
 def forward_process_table(sdes, oracle, times, n, generator):
@@ -37,39 +38,9 @@ def forward_process_table(sdes, oracle, times, n, generator):
     return rows
 
 
-def plot_forward_grid(sdes, oracle, times, n=2000, generator=None):
-    """Figure: rows = SDEs, columns = times (fractions of T); samples of x_t over the exact
-    log p_t contours of the 2-D oracle. Returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(sdes), len(times), figsize=(2.6 * len(times), 2.6 * len(sdes)), squeeze=False)
-    x0 = oracle.sample(n, generator, dtype=torch.float64)
-    for r, (name, sde) in enumerate(sdes.items()):
-        for c, frac in enumerate(times):
-            ax = axes[r, c]
-            t = torch.full((n,), frac * sde.T, dtype=torch.float64)
-            xt = sde.perturb(x0, t, torch.randn(x0.shape, generator=generator, dtype=torch.float64))
-            lim = float(xt.abs().quantile(0.995)) * 1.1 + 0.5
-            grid = torch.linspace(-lim, lim, 120, dtype=torch.float64)
-            gx, gy = torch.meshgrid(grid, grid, indexing="xy")
-            pts = torch.stack([gx.flatten(), gy.flatten()], 1)
-            logp = oracle.log_prob(pts, frac * sde.T, sde).reshape(120, 120)
-            ax.contour(gx, gy, logp.clamp_min(float(logp.max()) - 12), levels=10, linewidths=0.6)
-            ax.scatter(xt[:, 0], xt[:, 1], s=1, alpha=0.4, color="k")
-            ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal")
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"t = {frac:g} T")
-            if c == 0:
-                ax.set_ylabel(name)
-    fig.suptitle("Forward SDEs on the ring mixture: samples of x_t over exact log p_t contours")
-    fig.tight_layout()
-    return fig
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="outputs", help="directory for the plot")
+    parser.add_argument("--out", default="outputs/demo", help="directory for the plot")
     parser.add_argument("--n", type=int, default=20000, help="samples per SDE and time")
     args = parser.parse_args(argv)
 
@@ -85,16 +56,11 @@ def main(argv=None) -> int:
         ok &= not flag
         print(f"{name:<10} {frac:5.2f} {me:11.2e} {mt:8.1e} {ce:14.2e} {ct:8.1e}{flag}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig = plot_forward_grid(sdes, oracle, times, n=2000, generator=g)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "forward_sdes.png")
     atomic_save_figure(fig, path)
-    plt.close(fig)
+    pyplot().close(fig)
     print(f"\nsaved {path}; marginals {'agree' if ok else 'DISAGREE'} with the oracle")
     return 0 if ok else 1
 

@@ -26,7 +26,8 @@ import torch
 from omegaconf import DictConfig
 
 from ..checkpoint import load_trained
-from ..config import EvalConf, instantiate, resolve_device, to_plain, validate
+from ..config import instantiate, resolve_device, to_plain, validate
+from ..config_apps import EvalConf
 from ..io import atomic_write_text
 from ..likelihood import evaluate_dataset
 from ..oracles import make_preset

@@ -32,7 +32,8 @@ import warnings
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..io import atomic_save_figure, atomic_write_text
+from ..io import atomic_write_text
+from ..plots import plot_quality_panels, plot_training_bars
 
 __all__ = ["load_runs", "markdown_table", "plot_quality", "load_training_runs", "training_table", "plot_training", "main"]
 
@@ -180,38 +181,20 @@ def markdown_table(runs: List[Dict[str, Any]]) -> str:
 
 def plot_quality(runs: List[Dict[str, Any]], path: str) -> None:
     """Quality vs NFE spent (log-log), one panel per (problem, SDE), noise floor as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     varying = _varying_options(runs)
-    panels = defaultdict(list)
+    by_panel = defaultdict(list)
     for r in runs:
         if _quality(r) is not None:
-            panels[(str(r.get("problem")), str(r.get("sde")))].append(r)
-    n = max(1, len(panels))
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
-    for ax, ((problem, sde), rs) in zip(axes[0], sorted(panels.items())):
+            by_panel[(str(r.get("problem")), str(r.get("sde")))].append(r)
+    panels = []
+    for (problem, sde), rs in sorted(by_panel.items()):
         lines = defaultdict(list)
         for r in rs:
-            name, value, fm, fs = _quality(r)
-            lines[_label(r, varying)].append((r["nfe_spent"], value))
-        for label, pts in sorted(lines.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        name, _, fm, fs = _quality(rs[0])
-        fms = [_quality(r)[2] for r in rs]
-        fss = [_quality(r)[3] for r in rs]
-        fm, fs = sum(fms) / len(fms), sum(fss) / len(fss)
-        ax.axhspan(max(fm - fs, fm * 1e-3), fm + fs, color="0.8", alpha=0.7, label="noise floor (mean ± std)")
-        ax.axhline(fm, color="0.5", lw=0.8)
-        ax.set_xscale("log"), ax.set_yscale("log")
-        ax.set_xlabel("NFE spent"), ax.set_ylabel(name), ax.set_title(f"{problem} | {sde}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
+            lines[_label(r, varying)].append((r["nfe_spent"], _quality(r)[1]))
+        floors = [_quality(r)[2:] for r in rs]
+        floor = (sum(f[0] for f in floors) / len(floors), sum(f[1] for f in floors) / len(floors))
+        panels.append((f"{problem} | {sde}", _quality(rs[0])[0], dict(lines), floor))
+    plot_quality_panels(panels, path)
 
 
 # ---- training runs ----
@@ -294,27 +277,13 @@ def training_table(runs: List[Dict[str, Any]]) -> str:
 
 def plot_training(runs: List[Dict[str, Any]], path: str) -> None:
     """Bar chart of the final sliced W2 / noise floor and the mean score error, one bar per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['sde']} {r['weighting']} s{r['seed']}" for r in runs]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(runs) + 1.6))
-    ratios = [r["sw2"] / r["sw2_floor_mean"] if r.get("sw2_floor_mean") else float("nan") for r in runs]
-    axes[0].barh(labels, ratios, color="C0")
-    spread = [1 + 2 * r.get("sw2_floor_std", 0) / r["sw2_floor_mean"] for r in runs if r.get("sw2_floor_mean")]
-    if spread:
-        axes[0].axvline(1.0, color="k", lw=0.8)
-        axes[0].axvline(max(spread), color="0.5", ls="--", lw=0.8, label="floor mean + 2 std")
-        axes[0].legend(fontsize=8)
-    axes[0].set_title("final sliced W2 / noise floor")
-    axes[1].barh(labels, [r.get("score_err_mean", float("nan")) for r in runs], color="C1")
-    axes[1].set_xscale("log")
-    axes[1].set_title("score error vs the oracle (mean over t)")
-    fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
+    plot_training_bars(
+        labels=[f"{r['sde']} {r['weighting']} s{r['seed']}" for r in runs],
+        ratios=[r["sw2"] / r["sw2_floor_mean"] if r.get("sw2_floor_mean") else float("nan") for r in runs],
+        floor_spread=[1 + 2 * r.get("sw2_floor_std", 0) / r["sw2_floor_mean"] for r in runs if r.get("sw2_floor_mean")],
+        score_errors=[r.get("score_err_mean", float("nan")) for r in runs],
+        path=path,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

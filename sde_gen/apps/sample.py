@@ -28,7 +28,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import load_trained
-from ..config import SampleAppConf, instantiate, resolve_device, to_plain, validate
+from ..config import instantiate, resolve_device, to_plain, validate
+from ..config_apps import SampleAppConf
 from ..evaluation import oracle_metrics, timed_sample
 from ..io import atomic_path, atomic_write_text
 from ..metrics import sliced_wasserstein

@@ -1,0 +1,162 @@
+"""Schemas of the apps' plain sections: `EvalConf` (with `LikelihoodOptionsConf`) for sde-gen-eval and
+`SampleAppConf` for sde-gen-sample.
+
+Dataclasses whose `__post_init__` checks ranges, so `sde_gen.config.validate` fails at start-up with
+one line naming the field and its allowed values (the training schema `TrainConf` is in `config.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from ._validation import check_choice, check_nonnegative, check_positive, check_positive_int
+from .config import check_target_names
+from .oracles import PRESETS
+
+__all__ = ["LikelihoodOptionsConf", "EvalConf", "SampleAppConf", "register_app_schemas"]
+
+#: where an app's score comes from: an oracle's exact score, or a training checkpoint's network
+SOURCES = ("oracle", "checkpoint")
+#: the dtypes an app computes in
+DTYPES = ("float32", "float64")
+
+
+def _check_source(conf) -> None:
+    """The checks both apps share: trusted targets, `source`, and the `problem` or `checkpoint` it needs."""
+    check_target_names("trusted_targets", conf.trusted_targets)
+    check_choice("source", conf.source, SOURCES)
+    if conf.source == "oracle":
+        check_choice("problem", conf.problem, PRESETS)
+    elif not conf.checkpoint:
+        raise ValueError(f"checkpoint must be a file path when source=checkpoint; got {conf.checkpoint!r}")
+
+
+# ---- sde-gen-eval (the likelihood app, sde_gen/apps/evaluate.py) ----
+_EVAL_PRIORS = ("standard", "exact")
+
+
+@dataclasses.dataclass
+class LikelihoodOptionsConf:
+    """ODE options of `sde_gen.likelihood.log_likelihood` (see there); `prior` picks the density at T:
+    "standard" = the SDE's N(0, prior_std^2 I), "exact" = the oracle's exact p_T (oracle data only)."""
+
+    method: Optional[str] = None
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    divergence: str = "exact"
+    num_probes: int = 1
+    probe: str = "rademacher"
+    t_min: Optional[float] = None
+    fixed_steps: Optional[int] = None
+    time_variable: str = "t"
+    prior: str = "standard"
+
+    def __post_init__(self):
+        from .likelihood import ADAPTIVE_METHODS, DIVERGENCES, FIXED_GRID_METHODS, PROBES, TIME_VARIABLES
+
+        if self.method is not None:
+            check_choice("likelihood.method", self.method, ADAPTIVE_METHODS + FIXED_GRID_METHODS)
+        check_positive("likelihood.rtol", self.rtol)
+        check_positive("likelihood.atol", self.atol)
+        check_choice("likelihood.divergence", self.divergence, DIVERGENCES)
+        check_positive_int("likelihood.num_probes", self.num_probes)
+        check_choice("likelihood.probe", self.probe, PROBES)
+        if self.t_min is not None and not self.t_min > 0:
+            # the score divides by s(t_min), which is 0 at t = 0; the upper end (T) is checked
+            # against the SDE by log_likelihood
+            raise ValueError(f"likelihood.t_min must be in (0, T) (or null for sde.eps); got {self.t_min!r}")
+        if self.fixed_steps is not None:
+            check_positive_int("likelihood.fixed_steps", self.fixed_steps)
+        check_choice("likelihood.time_variable", self.time_variable, TIME_VARIABLES)
+        check_choice("likelihood.prior", self.prior, _EVAL_PRIORS)
+
+
+@dataclasses.dataclass
+class EvalConf:
+    """Options of the `sde-gen-eval` app (conf/eval.yaml). `sde` is the sde/ group (oracle source)."""
+
+    sde: Any = None
+    source: str = "oracle"
+    checkpoint: Optional[str] = None
+    ema: bool = True
+    problem: str = "gaussian16d"
+    num_test: Optional[int] = 1000
+    batch_size: int = 500
+    num_dequant: int = 1
+    device: str = "auto"
+    dtype: str = "float64"
+    seed: int = 0
+    progress: bool = True
+    likelihood: LikelihoodOptionsConf = dataclasses.field(default_factory=LikelihoodOptionsConf)
+    #: `_target_` strings of your own that a checkpoint's config may build (never read from the checkpoint)
+    trusted_targets: List[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        _check_source(self)
+        if self.num_test is not None:
+            check_positive_int("num_test", self.num_test)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("num_dequant", self.num_dequant)
+        check_choice("dtype", self.dtype, DTYPES)
+
+
+def register_app_schemas() -> None:
+    """Store the apps' schemas that a YAML extends (`eval_schema`); run by `config.register_configs`."""
+    ConfigStore.instance().store(name="eval_schema", node=EvalConf)
+
+
+# ---- sde-gen-sample (sde_gen/apps/sample.py) ----
+
+
+@dataclasses.dataclass
+class SampleAppConf:
+    """Options of the sampling app `sde-gen-sample` (the top level of `conf/sample.yaml` without
+    its `sde` and `sampler` groups). Ranges are checked in `__post_init__`, so `validate` fails at
+    start-up naming the field.
+
+    Attributes:
+        source: "oracle" (an exact-score problem) or "checkpoint" (a trained network's EMA weights).
+        problem: oracle preset name (a key of `sde_gen.oracles.PRESETS`); used when source=oracle.
+        checkpoint: path of a training checkpoint; required when source=checkpoint.
+        ema: use the EMA weights of the checkpoint.
+        num_samples: samples to draw (>= 1).
+        batch_size: samples per sampler call; 0 draws all in one call.
+        seed: seed of the generator for the prior and the sampler's noise.
+        metrics_seed: seed for the fresh exact data and the projections of the metrics.
+        device: "auto" or a torch device string.
+        dtype: "float32" or "float64" for the samples and the score.
+        noise_floor_replicates: independent exact-vs-exact replicates for the noise floor (>= 2).
+        num_projections: random directions of the sliced Wasserstein distance.
+        plot: write the picture.
+        check_finite: track samples that become non-finite during sampling (the sampler's
+            `check_finite`, no host sync in the loop) and record their number as `num_nonfinite`.
+        trusted_targets: `_target_` strings of your own (e.g. a backbone "mypkg.nets.MyNet") that
+            the checkpoint's stored config may build; trust is never read from the checkpoint.
+    """
+
+    source: str = "oracle"
+    problem: str = "ring2d"
+    checkpoint: Optional[str] = None
+    ema: bool = True
+    num_samples: int = 2000
+    batch_size: int = 0
+    seed: int = 0
+    metrics_seed: int = 12345
+    device: str = "auto"
+    dtype: str = "float32"
+    noise_floor_replicates: int = 10
+    num_projections: int = 500
+    plot: bool = True
+    check_finite: bool = True
+    trusted_targets: List[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        _check_source(self)
+        check_positive_int("num_samples", self.num_samples)
+        check_nonnegative("batch_size", self.batch_size)
+        check_choice("dtype", self.dtype, DTYPES)
+        if self.noise_floor_replicates < 2:
+            raise ValueError(f"noise_floor_replicates must be an integer >= 2 (a std needs two); got {self.noise_floor_replicates!r}")
+        check_positive_int("num_projections", self.num_projections)
