@@ -262,7 +262,8 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         diffs = _resume_mismatches(state["config"], config_plain)
         if diffs:
             raise ConfigError(f"train.resume: checkpoint {resume_from} was trained with another config: " + "; ".join(diffs)
-                              + f" ({', '.join(RESUME_MUST_MATCH)} may not differ on resume; everything else may)")
+                              + " (only train.*, loss, optimizer, lr_scheduler, logger, sampler.* and device may differ on resume; "
+                              + f"{', '.join(RESUME_MUST_MATCH)} may not)")
         bad = nonfinite_weights(state)
         if bad:
             raise CheckpointError(f"checkpoint {resume_from!r} holds non-finite weights ({', '.join(bad[:3])}); "

@@ -446,7 +446,7 @@ def test_resume_with_another_sde_data_model_or_seed_is_refused_naming_the_keys(t
     assert "sde._target_: sde_gen.sdes.VPSDE (checkpoint) != sde_gen.sdes.VESDE (now)" in msg
     assert "data._target_: sde_gen.data.oracle.Ring2D (checkpoint) != sde_gen.data.toys.TwoMoons (now)" in msg
     assert "data.noise: (absent) (checkpoint) != 0.05 (now)" in msg
-    assert "\n" not in msg and "only train.*, sampler.* and device may differ" in msg
+    assert "\n" not in msg and "only train.*, loss, optimizer, lr_scheduler, logger, sampler.* and device may differ" in msg
     for over, expected in (("seed=1", "seed: 0 (checkpoint) != 1 (now)"), ("model.hidden=32", "model.hidden: 16 (checkpoint) != 32 (now)")):
         with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
             train(_compose(*FAULT, over), str(tmp_path))
