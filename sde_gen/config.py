@@ -2,8 +2,8 @@
 
 Two kinds of schema:
 
-* Groups whose entries build an object through `_target_` (sde/, model/, sampler/, data/): the schema
-  is generated from the target class's constructor signature by `schema_for`, so the constructor
+* Groups whose entries build an object through `_target_` (sde/, model/, sampler/, data/, loss/,
+  lr_scheduler/, logger/): the schema is generated from the target class's constructor signature by `schema_for`, so the constructor
   is the one source of truth. OmegaConf then rejects a misspelt key and a wrong type when the
   config is composed, and `instantiate` runs the constructor's own range checks at start-up.
   A YAML file extends its schema through its defaults list, e.g. `conf/sde/vp.yaml`:
@@ -16,7 +16,8 @@ Two kinds of schema:
   their group: a group lists exactly its YAML files in `--help`, and `sde=vp_schema` is no option
   (the apps refuse it in one line naming the group's options, see `sde_gen.apps._hydra`).
 
-* Plain sections (training options, app options) are dataclasses with a `__post_init__` that checks
+* Plain sections (training options, app options) and the `optimizer:` node (a torch optimiser,
+  `OptimizerConf`) are dataclasses with a `__post_init__` that checks
   ranges; `validate(cfg, schema)` converts the section with `OmegaConf.to_object`, running it.
 
 Every failure is raised as `ConfigError` naming the config path, before any work is done.
