@@ -1,10 +1,10 @@
 """Training checkpoints: atomic, verified writes and `weights_only` loads.
 
 A checkpoint is a dict of tensors and plain containers only (so `torch.load(weights_only=True)`
-can read it without executing code):
+can read it without executing code): the `TrainState.state_dict()` of the run
+(`sde_gen.train_state`: step, model, ema, optimizer, lr_scheduler, rng, metrics, accumulators) plus
 
-    {"format": 1, "step": int, "model": state_dict, "ema": state_dict, "optimizer": state_dict,
-     "rng": {"train": ByteTensor, "torch": ByteTensor}, "config": plain dict, "metrics": list of dicts}
+    {"format": 1, "config": the resolved run config (plain dict), "event_shape": [int], "data_std": float}
 
 Writes go to a temporary file that is read back and checked before it atomically replaces the
 target (`sde_gen.io.atomic_path`), so a crash, a full disk or a bad write never destroys the last
@@ -17,10 +17,12 @@ config: the entry point of the sampling and likelihood apps.
 Checkpoints are data, not code. Run directories are shared, so a stored config is untrusted input:
 `load_checkpoint` runs `check_checkpoint_config` on it before anything reads it, and that check
 compares strings only (nothing is imported): a `_target_` may appear only on the component
-sections `sde`, `model`, `data`, `sampler` and must name a class of the library's registries
-(`sde_gen.config.component_registries`) or one the *caller* trusts (`trusted_targets`, or
-`sde_gen.nets.register_backbone`); every other Hydra keyword (`_args_`, `_partial_`,
-`_recursive_`, `_convert_`, ...), a `_target_` anywhere else, an interpolation `${...}` and any
+sections `sde`, `model`, `data`, `sampler`, `loss`, `optimizer`, `lr_scheduler`, `logger` and must
+name a class of the library's registries (`sde_gen.config.component_registries`) or one the
+*caller* trusts (`trusted_targets`, or `sde_gen.nets.register_backbone`); `_partial_: true` is
+allowed on `optimizer` and `lr_scheduler` only (`sde_gen.config.PARTIAL_SECTIONS`: the training
+loop passes the parameters / the optimiser); every other Hydra keyword (`_args_`, `_partial_`
+elsewhere, `_recursive_`, `_convert_`, ...), a `_target_` anywhere else, an interpolation `${...}` and any
 value that is not a plain str / int / float / bool / None / list / dict is refused. Trust is never
 read from the checkpoint.
 """
@@ -40,6 +42,7 @@ from omegaconf import OmegaConf
 
 from .config import (
     NESTED_COMPONENTS,
+    PARTIAL_SECTIONS,
     check_target_names,
     component_registries,
     instantiate,
@@ -115,7 +118,7 @@ def _read_checkpoint(path: str, map_location=None) -> Dict[str, Any]:
 
 
 #: the sections of a stored config that build an object from a `_target_`
-COMPONENT_SECTIONS = ("sde", "model", "data", "sampler")
+COMPONENT_SECTIONS = ("sde", "model", "data", "sampler", "loss", "optimizer", "lr_scheduler", "logger")
 #: Hydra's instantiation keywords look like `_name_`: `_args_`, `_partial_`, `_recursive_`, `_convert_`
 _HYDRA_KEYWORD = re.compile(r"_[A-Za-z0-9_]*_")
 _PLAIN = (str, int, float, bool, type(None))
@@ -129,15 +132,17 @@ def check_checkpoint_config(config: Any, trusted_targets: Sequence[str] = ()) ->
 
     Allowed: a mapping of str keys whose values are str / int / float / bool / None, lists and
     mappings of those, and `_target_` keys on the component sections `config.sde`, `config.model`,
-    `config.data`, `config.sampler` naming a class of that section's registry
+    `config.data`, `config.sampler`, `config.loss`, `config.optimizer`, `config.lr_scheduler`,
+    `config.logger` naming a class of that section's registry
     (`sde_gen.config.registered_targets`, e.g. "sde_gen.sdes.VPSDE" or "sde_gen.VPSDE") or a
     string in `trusted_targets`. Refused, with the key's path:
 
     * any other `_target_` (e.g. "builtins.open", "os.system", "payload.run" resolved through the
       working directory), and a `_target_` anywhere but on a component section (nested nodes and
       `_args_` entries would be built recursively);
-    * every other Hydra keyword (`_args_`, `_partial_`, `_recursive_`, `_convert_`, ...): they call
-      with positional values, return partial functions or change the conversion;
+    * every other Hydra keyword (`_args_`, `_recursive_`, `_convert_`, ...) and `_partial_` except
+      `_partial_: true` directly on `config.optimizer` / `config.lr_scheduler`: they call with
+      positional values, return partial functions or change the conversion;
     * a string holding `${`: the config was stored resolved, so an interpolation can only have
       been written in; resolved on access it could read the environment (`oc.env`) or run any
       resolver registered in the process;
@@ -209,6 +214,8 @@ def _check_node(node: Any, path: str, trusted: frozenset, depth: int = 0, key: O
                 raise CheckpointError(f"{key_path}: interpolation in a key refused in a stored config")
             if child == "_target_":
                 continue
+            if child == "_partial_" and depth == 1 and top in PARTIAL_SECTIONS and value is True:
+                continue  # the optimiser / scheduler factory; the training loop passes its one argument
             if _HYDRA_KEYWORD.fullmatch(child):
                 raise CheckpointError(
                     f"{key_path}: Hydra keyword {child!r} refused in a stored config (a component is built by "

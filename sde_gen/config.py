@@ -2,8 +2,8 @@
 
 Two kinds of schema:
 
-* Groups whose entries build an object through `_target_` (sde/, model/, sampler/, data/): the schema
-  is generated from the target class's constructor signature by `schema_for`, so the constructor
+* Groups whose entries build an object through `_target_` (sde/, model/, sampler/, data/, loss/,
+  lr_scheduler/, logger/): the schema is generated from the target class's constructor signature by `schema_for`, so the constructor
   is the one source of truth. OmegaConf then rejects a misspelt key and a wrong type when the
   config is composed, and `instantiate` runs the constructor's own range checks at start-up.
   A YAML file extends its schema through its defaults list, e.g. `conf/sde/vp.yaml`:
@@ -16,14 +16,14 @@ Two kinds of schema:
   their group: a group lists exactly its YAML files in `--help`, and `sde=vp_schema` is no option
   (the apps refuse it in one line naming the group's options, see `sde_gen.apps._hydra`).
 
-* Plain sections (training options here, the apps' in `config_apps.py`) are dataclasses with a
-  `__post_init__` that checks ranges; `validate(cfg, schema)` converts the section with
-  `OmegaConf.to_object`, running it.
+* Plain sections (training options here, the apps' in `config_apps.py`) and the `optimizer:` node
+  (a torch optimiser, `OptimizerConf`) are dataclasses with a `__post_init__` that checks ranges;
+  `validate(cfg, schema)` converts the section with `OmegaConf.to_object`, running it.
 
 Every failure is raised as `ConfigError` naming the config path, before any work is done.
 
 Which components a config may build: `component_registries()` maps each `_target_` section (sde,
-model, data, sampler) to the library's registry, and `registered_targets(section)` gives the
+model, data, sampler, loss, optimizer, lr_scheduler, logger) to the library's registry, and `registered_targets(section)` gives the
 `_target_` strings of its classes. A config stored in a checkpoint is checked against these
 strings before anything is imported (`sde_gen.checkpoint.check_checkpoint_config`).
 """
@@ -56,6 +56,7 @@ __all__ = [
     "validate",
     "resolve_device",
     "TrainConf",
+    "OptimizerConf",
 ]
 
 _PRIMITIVES = (int, float, bool, str)
@@ -144,17 +145,33 @@ def register_configs() -> None:
 
 
 def _register_training() -> None:
-    """Schemas of the training app: backbones (shape arguments come from the data), datasets, train."""
+    """Schemas of the training app: backbones (shape arguments come from the data), datasets, train,
+    and the loss, optimizer, lr_scheduler and logger nodes."""
     from .data import DATASETS
+    from .loggers import LOGGERS
+    from .losses import DenoisingScoreMatching
     from .nets import BACKBONES
     from .nets.build import SHAPE_ARGS
+    from .optim import LR_SCHEDULERS, OPTIMIZERS
 
     for name, cls in BACKBONES.items():
         register_target("model", name, cls, exclude=SHAPE_ARGS)
     for name, cls in DATASETS.items():
         register_target("data", name, cls)
     # at the root like the other schemas (`- /train_schema` in conf/train/default.yaml)
-    ConfigStore.instance().store(name="train_schema", node=TrainConf)
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConf)
+    register_target("loss", "dsm", DenoisingScoreMatching)
+    for name, cls in OPTIMIZERS.items():
+        store.store(name=schema_name("optimizer", name),
+                    node=OptimizerConf(_target_=f"torch.optim.{cls.__name__}", weight_decay=1e-2 if name == "adamw" else 0.0))
+    for name, cls in LR_SCHEDULERS.items():
+        # `_partial_`: the optimiser is passed when the model is built
+        schema = schema_for(cls, exclude=("optimizer",))
+        store.store(name=schema_name("lr_scheduler", name),
+                    node=dataclasses.make_dataclass(schema.__name__, [("_partial_", bool, True)], bases=(schema,)))
+    for name, cls in LOGGERS.items():
+        register_target("logger", name, cls, exclude=("run_dir",))
 
 
 #: functions run by `register_configs` for schemas defined in other modules (training, apps)
@@ -163,7 +180,7 @@ _EXTRA_REGISTRATIONS: list = []
 
 # ---- the components a config may build ----
 #: the public packages whose re-exports also name a component (e.g. `sde_gen.VPSDE`, `sde_gen.nets.MLP`)
-_PUBLIC_MODULES = ("sde_gen", "sde_gen.sdes", "sde_gen.nets", "sde_gen.data", "sde_gen.samplers")
+_PUBLIC_MODULES = ("sde_gen", "sde_gen.sdes", "sde_gen.nets", "sde_gen.data", "sde_gen.samplers", "torch.optim")
 #: an absolute dotted Python path: no relative (leading dot) or file-system form
 _DOTTED_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
@@ -171,15 +188,21 @@ _DOTTED_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 def component_registries() -> Dict[str, Dict[str, type]]:
     """Config section -> the registry (config name -> class) of the components it may build."""
     from .data import DATASETS
+    from .loggers import LOGGERS
+    from .losses import LOSSES
     from .nets import BACKBONES
+    from .optim import LR_SCHEDULERS, OPTIMIZERS
     from .samplers import CORRECTORS, SAMPLERS
     from .sdes import SDES
 
-    return {"sde": SDES, "model": BACKBONES, "data": DATASETS, "sampler": SAMPLERS, "corrector": CORRECTORS}
+    return {"sde": SDES, "model": BACKBONES, "data": DATASETS, "sampler": SAMPLERS, "corrector": CORRECTORS,
+            "loss": LOSSES, "optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "logger": LOGGERS}
 
 
 #: components a section's nested nodes may build (e.g. `pc`'s `predictor` and `corrector`)
 NESTED_COMPONENTS = {"sampler": ("sampler", "corrector")}
+#: sections whose node is built `_partial_` (the training loop passes the parameters / the optimiser)
+PARTIAL_SECTIONS = ("optimizer", "lr_scheduler")
 
 
 def target_names(cls: type) -> List[str]:
@@ -199,7 +222,7 @@ def target_names(cls: type) -> List[str]:
 
 def registered_targets(section: str) -> Dict[str, type]:
     """`_target_` string -> class for every registered component of config section `section`
-    ("sde", "model", "data" or "sampler"; {} for any other section)."""
+    (a key of `component_registries()`; {} for any other section)."""
     registry = component_registries().get(section, {})
     return {name: cls for cls in registry.values() for name in target_names(cls)}
 
@@ -281,26 +304,17 @@ def to_plain(cfg: DictConfig) -> Dict[str, Any]:
 
 
 # ---- the train: section of sde-gen-train ----
-#: learning-rate decays after the warm-up
-LR_DECAYS = ("none", "cosine")
-
-
 @dataclasses.dataclass
 class TrainConf:
-    """The `train:` section (checked at start-up; see `conf/train/default.yaml`).
+    """The `train:` section (checked at start-up; see `conf/train/default.yaml`). The loss, the
+    optimiser, the learning-rate schedule and the logger are `_target_` nodes of their own groups
+    (`loss/`, `optimizer/`, `lr_scheduler/`, `logger/`), checked by their constructors.
 
     Attributes:
         steps: total optimiser steps (a resumed run continues up to this number).
         batch_size: training batch size.
-        lr: Adam learning rate after warm-up.
-        warmup: linear warm-up steps (0: none).
-        lr_decay: "none" (constant after warm-up) or "cosine" (half-cosine from lr to 0 over the
-            steps after warm-up; Loshchilov & Hutter 2017). A function of the step and of `steps`,
-            so a resumed run follows the same schedule as long as `steps` is unchanged.
         grad_clip: maximum global gradient norm (null: no clipping).
         ema_decay: EMA decay per step, in [0, 1).
-        weighting: DSM weighting lambda(t): sigma2, likelihood or none.
-        importance_sampling: draw t proportional to g^2 / s^2 (needs weighting=likelihood).
         checkpoint_every: steps between checkpoints (one is always written at the end, and one when
             SIGINT or SIGTERM stops the run). A checkpoint due while the latest step was skipped
             (non-finite loss or gradient) waits for the next good step.
@@ -317,21 +331,16 @@ class TrainConf:
         resume: null (fresh run), "auto" (the latest checkpoint of this run directory if any) or a
             checkpoint file / run directory to continue from. The checkpoint's `sde`, `data`, `model`
             and `seed` must equal the run's (else a ConfigError lists the differing keys); `train.*`
-            (e.g. a larger `steps`), `sampler.*` (evaluation only) and `device` may differ.
+            (e.g. a larger `steps`), `loss`, `optimizer`, `lr_scheduler`, `logger`, `sampler.*`
+            (evaluation only) and `device` may differ.
         progress: show a tqdm progress bar.
-        tensorboard: also log to TensorBoard when it is installed.
         plots: save pictures in the run directory.
     """
 
     steps: int = 6000
     batch_size: int = 512
-    lr: float = 2e-3
-    warmup: int = 200
-    lr_decay: str = "cosine"
     grad_clip: Optional[float] = 1.0
     ema_decay: float = 0.995
-    weighting: str = "sigma2"
-    importance_sampling: bool = False
     checkpoint_every: int = 2000
     keep_checkpoints: int = 2
     max_bad_steps: int = 20
@@ -343,12 +352,9 @@ class TrainConf:
     log_every: int = 100
     resume: Optional[str] = None
     progress: bool = True
-    tensorboard: bool = True
     plots: bool = True
 
     def __post_init__(self):
-        from .losses import WEIGHTINGS
-
         def need(ok: bool, field: str, rule: str):
             if not ok:
                 raise ValueError(f"{field} must be {rule}; got {getattr(self, field)!r}")
@@ -356,17 +362,40 @@ class TrainConf:
         for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "max_bad_steps", "eval_every",
                      "eval_samples", "eval_projections", "noise_floor_replicates", "score_error_samples", "log_every"):
             need(getattr(self, name) >= 1, name, "an integer >= 1")
-        need(math.isfinite(self.lr) and self.lr > 0, "lr", "> 0")
-        need(self.warmup >= 0, "warmup", ">= 0")
-        need(self.lr_decay in LR_DECAYS, "lr_decay", f"one of {list(LR_DECAYS)}")
         need(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0), "grad_clip", "> 0 or null")
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
-        need(self.weighting in WEIGHTINGS, "weighting", f"one of {list(WEIGHTINGS)}")
-        need(not self.importance_sampling or self.weighting == "likelihood", "importance_sampling",
-             "false unless weighting=likelihood")
 
 
-LR_DECAYS = ("none", "cosine")
+@dataclasses.dataclass
+class OptimizerConf:
+    """The `optimizer:` node: a `_partial_` torch optimiser (the parameters come when the model is
+    built) of `sde_gen.optim.OPTIMIZERS` (Adam, AdamW; Kingma & Ba 2015, Loshchilov & Hutter 2019).
+
+    Attributes:
+        lr: the learning rate after warm-up (lr_0 of `sde_gen.optim`), > 0.
+        betas: the moment decays, each in [0, 1).
+        eps: the denominator's guard, > 0.
+        weight_decay: >= 0 (AdamW: decoupled from the gradient).
+        amsgrad: use the AMSGrad variant.
+    """
+
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = 2e-3
+    betas: List[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+
+    def __post_init__(self):
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be > 0; got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1); got {list(self.betas)!r}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be > 0; got {self.eps!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay!r}")
 
 
 # ---- the apps' sections (sde-gen-eval, sde-gen-sample) live in sde_gen/config_apps.py ----

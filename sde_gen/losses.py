@@ -26,7 +26,7 @@ from ._validation import check_choice
 from .sdes import SDE
 from .utils import append_dims
 
-__all__ = ["WEIGHTINGS", "REDUCTIONS", "sample_time", "dsm_loss", "DenoisingScoreMatching"]
+__all__ = ["WEIGHTINGS", "REDUCTIONS", "sample_time", "dsm_loss", "DenoisingScoreMatching", "LOSSES"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
 REDUCTIONS = ("mean", "sum")
@@ -102,8 +102,19 @@ def dsm_loss(
     Returns:
         (B,) losses 1/2 lambda(t) || score + z / s(t) ||^2, reduced over the event dimensions and
         multiplied by the importance weight.
+
+    Raises:
+        ValueError: an unknown `weighting` or `reduction`, or importance sampling without the
+            likelihood weighting (checked on every call; `DenoisingScoreMatching` checks once).
     """
     _check_options(weighting, importance_sampling, reduction)
+    return _dsm(score_fn, sde, x0, weighting, importance_sampling, reduction, generator, t, noise)
+
+
+def _dsm(score_fn, sde: SDE, x0: torch.Tensor, weighting: str, importance_sampling: bool, reduction: str,
+         generator: Optional[torch.Generator], t: Optional[torch.Tensor] = None,
+         noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`dsm_loss` with options already checked (the per-step path of `DenoisingScoreMatching`)."""
     B = x0.shape[0]
     if t is None:
         t, iw = sample_time(sde, B, importance_sampling, generator, device=x0.device, dtype=x0.dtype)
@@ -128,7 +139,19 @@ def dsm_loss(
 
 
 class DenoisingScoreMatching(nn.Module):
-    """The DSM objective configured once; calling it returns the batch mean of `dsm_loss`."""
+    """The DSM objective configured once; calling it returns the batch mean of `dsm_loss`.
+
+    The `loss:` node of the training config (`conf/loss/dsm.yaml`). The options are checked here,
+    once, when the node is built at start-up (a bad one fails as "loss: weighting must be one of
+    [...]"), not on every step.
+
+    Args:
+        weighting: "sigma2", "likelihood" or "none" (module docstring).
+        importance_sampling: draw t proportionally to g^2 / s^2 (needs weighting="likelihood").
+        reduction: "mean" or "sum" over the event dimensions.
+
+    Call: `loss(score_fn, sde, x0 (B, *event), generator)` -> scalar.
+    """
 
     def __init__(self, weighting: str = "sigma2", importance_sampling: bool = False, reduction: str = "mean"):
         super().__init__()
@@ -137,9 +160,11 @@ class DenoisingScoreMatching(nn.Module):
         self.importance_sampling = bool(importance_sampling)
 
     def forward(self, score_fn, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None):
-        return dsm_loss(
-            score_fn, sde, x0, self.weighting, self.importance_sampling, self.reduction, generator
-        ).mean()
+        return _dsm(score_fn, sde, x0, self.weighting, self.importance_sampling, self.reduction, generator).mean()
 
     def extra_repr(self) -> str:
         return f"weighting={self.weighting!r}, importance_sampling={self.importance_sampling}, reduction={self.reduction!r}"
+
+
+#: losses a config (and a stored checkpoint config) may build: config name -> class
+LOSSES = {"dsm": DenoisingScoreMatching}

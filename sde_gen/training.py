@@ -2,17 +2,18 @@
 
     theta* = argmin E_t E_{x_0} E_z [ 1/2 lambda(t) || s_theta(a(t) x_0 + s(t) z, t) + z / s(t) ||^2 ]
 
-with Adam (Kingma & Ba 2015), a linear learning-rate warm-up, gradient-norm clipping and an
-exponential moving average of the weights (Song & Ermon 2020, "Improved techniques", Sec. 3.5),
+with the configured `loss:` (DSM), `optimizer:` (Adam, Kingma & Ba 2015, or AdamW) and
+`lr_scheduler:` (linear warm-up, then cosine or constant; `sde_gen.optim`) nodes, gradient-norm
+clipping and an exponential moving average of the weights (Song & Ermon 2020, "Improved techniques", Sec. 3.5),
 kept by PyTorch's own `torch.optim.swa_utils.AveragedModel`. Evaluation samples with the EMA
 weights through the configured sampler and compares to fresh data (sliced Wasserstein-2 and
 mode-weight error next to their noise floors) and, for oracle data, the score error vs t
 (`diagnostics.py`).
 
 Determinism and resume: one dedicated `torch.Generator` draws every training batch, time and noise;
-its state, the global RNG state (dropout), the optimiser, the EMA and the loss accumulators of the
-current log interval are in every checkpoint, so N steps + resume gives the same parameters and the
-same `loss.csv` as a straight run (CPU).
+a checkpoint is the `TrainState` (`sde_gen.train_state`: weights, EMA, optimiser, scheduler, RNG
+states, step, loss accumulators of the current log interval, logged tables) plus the run's config,
+so N steps + resume gives the same parameters and the same `loss.csv` as a straight run (CPU).
 
 Faults lose nothing:
 
@@ -27,19 +28,18 @@ Faults lose nothing:
   the checkpoint's is refused naming the keys.
 
 The Hydra app `sde-gen-train` (`sde_gen.apps.train`) calls `train(cfg, run_dir)`; outputs
-(checkpoints, `metrics.csv`, `loss.csv`, `timing.csv` (steps/s, wall-clock dependent), pictures)
-go to `run_dir`.
+(checkpoints, pictures, and through the `logger:` node `metrics.csv`, `loss.csv`, `timing.csv`
+(steps/s, wall-clock dependent)) go to `run_dir`.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
 import signal
 import threading
 import time
+import warnings
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -47,13 +47,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import (CheckpointError, check_checkpoint_dir, checkpoint_path, latest_checkpoint, load_checkpoint,
                          nonfinite_weights, prepare_checkpoint_dir, save_checkpoint)
-from .config import ConfigError, TrainConf, instantiate, register_configs, resolve_device, to_plain, validate
+from .config import (ConfigError, OptimizerConf, TrainConf, instantiate, register_configs, resolve_device, to_plain,
+                     validate)
 from .io import atomic_write_text
-from .losses import DenoisingScoreMatching
 from .nets import build_score_model
 from .plots import plot_loss, plot_samples_vs_data
+from .train_state import TrainState
 
-__all__ = ["learning_rate", "train", "TrainingDiverged", "TrainingInterrupted", "RESUME_MUST_MATCH"]
+__all__ = ["train", "TrainingDiverged", "TrainingInterrupted", "RESUME_MUST_MATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +84,8 @@ class TrainingInterrupted(KeyboardInterrupt):
                          "saved; continue with train.resume=auto in the same run directory")
 
 
-def learning_rate(tc: TrainConf, step: int) -> float:
-    """The learning rate at `step`: linear warm-up, then constant or half-cosine decay to 0."""
-    lr = tc.lr * min(1.0, (step + 1) / (tc.warmup + 1))
-    if tc.lr_decay == "cosine" and step >= tc.warmup:
-        progress = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
-        lr *= 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return lr
-
-
 def _check_top_level(cfg: DictConfig) -> None:
-    for key in ("sde", "model", "data", "train", "sampler", "seed", "device"):
+    for key in ("sde", "model", "data", "train", "loss", "optimizer", "lr_scheduler", "logger", "sampler", "seed", "device"):
         if key not in cfg:
             raise ConfigError(f"{key}: missing from the config")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
@@ -146,17 +138,6 @@ def evaluate(model, sde, data, sampler, tc: TrainConf, step: int, seed: int, flo
     if run_dir is not None and tc.plots:
         plot_samples_vs_data(x.cpu(), data, os.path.join(run_dir, "samples.png"), step)
     return out
-
-
-def _write_csv(path: str, rows: List[Dict[str, Any]]) -> None:
-    keys: List[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- faults
@@ -222,11 +203,6 @@ def _resume_mismatches(stored: Dict[str, Any], now: Dict[str, Any]) -> List[str]
     return diffs
 
 
-def _loss_rows(stored: List[Any]) -> List[Dict[str, Any]]:
-    """Loss-log rows as dicts; checkpoints before the skip counter stored [step, loss, lr, steps/s]."""
-    return [dict(r) if isinstance(r, dict) else {"step": r[0], "loss": r[1], "lr": r[2], "skipped": 0} for r in stored]
-
-
 # ---------------------------------------------------------------- the loop
 def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     """Train the model described by `cfg`, writing outputs to `run_dir`.
@@ -253,23 +229,23 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     register_configs()
     _check_top_level(cfg)
     tc: TrainConf = validate(cfg.train, TrainConf, "train")
+    validate(cfg.optimizer, OptimizerConf, "optimizer")
     device = resolve_device(cfg.device)
     seed = int(cfg.seed)
     sde = instantiate(cfg.sde, "sde").to(device)
     data = instantiate(cfg.data, "data")
     sampler = instantiate(cfg.sampler, "sampler", check_finite=True)
-    loss_fn = DenoisingScoreMatching(tc.weighting, tc.importance_sampling)
+    loss_fn = instantiate(cfg.loss, "loss")
     data_std = data.data_std()
     torch.manual_seed(seed)  # network initialisation
-    model = build_score_model(cfg.model, sde, data.event_shape, data_std, trusted_targets=cfg.get("trusted_targets") or ()).to(device)
+    trusted = cfg.get("trusted_targets") or ()
+    model = build_score_model(cfg.model, sde, data.event_shape, data_std, trusted_targets=trusted).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    gen = torch.Generator(device).manual_seed(seed)
+    optimizer = _build(cfg.optimizer, "optimizer", model.parameters())
+    lr_scheduler = _build(cfg.lr_scheduler, "lr_scheduler", optimizer)
+    ts = TrainState(model, ema, optimizer, lr_scheduler, torch.Generator(device).manual_seed(seed))
+    logger = instantiate(cfg.logger, "logger", run_dir=run_dir)  # writes nothing before the first record
     config_plain = to_plain(cfg)
-    step, loss_rows, eval_rows, timing_rows = 0, [], [], []
-    # loss accumulators of the current log interval (in every checkpoint, so a resume logs the same rows)
-    loss_sum = torch.zeros((), device=device)
-    good, skipped, bad_streak = 0, 0, 0
 
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     resume_from = None
@@ -282,115 +258,77 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         resume_from = latest_checkpoint(ckpt_dir)
     if resume_from is not None:
         # the stored config is checked against the registries and the user's own trust, never its own
-        state = load_checkpoint(resume_from, map_location="cpu", trusted_targets=cfg.get("trusted_targets") or ())
+        state = load_checkpoint(resume_from, map_location="cpu", trusted_targets=trusted)
         diffs = _resume_mismatches(state["config"], config_plain)
         if diffs:
             raise ConfigError(f"train.resume: checkpoint {resume_from} was trained with another config: " + "; ".join(diffs)
-                              + f" (only train.*, sampler.* and device may differ on resume; {', '.join(RESUME_MUST_MATCH)} may not)")
+                              + " (only train.*, loss, optimizer, lr_scheduler, logger, sampler.* and device may differ on resume; "
+                              + f"{', '.join(RESUME_MUST_MATCH)} may not)")
         bad = nonfinite_weights(state)
         if bad:
             raise CheckpointError(f"checkpoint {resume_from!r} holds non-finite weights ({', '.join(bad[:3])}); "
                                   "resume from an earlier checkpoint with train.resume=<file>")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"]["train"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        step = int(state["step"])
-        loss_rows = _loss_rows(state["metrics"]["loss"])
-        eval_rows = list(state["metrics"]["eval"])
-        timing_rows = [dict(r) for r in state["metrics"].get("timing", [])]
-        acc = state.get("accumulators")
-        if acc is not None:
-            loss_sum = acc["loss_sum"].to(device)
-            good, skipped, bad_streak = int(acc["good"]), int(acc["skipped"]), int(acc["bad_streak"])
-        del state, acc  # a CPU copy of every tensor: not kept for the whole run
-        log.info("resumed from %s at step %d", resume_from, step)
+        ts.load_state_dict(state)
+        del state  # a CPU copy of every tensor: not kept for the whole run
+        log.info("resumed from %s at step %d", resume_from, ts.step)
 
     for stale in prepare_checkpoint_dir(ckpt_dir):
         log.warning("removed %s, left by a checkpoint save that did not finish", stale)
-    config_text = OmegaConf.to_yaml(cfg, resolve=True)
-    atomic_write_text(os.path.join(run_dir, "config_resolved.yaml"), config_text)
-    writer = None
-    if tc.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(os.path.join(run_dir, "tb"))
-        except Exception:  # TensorBoard is optional
-            writer = None
+    atomic_write_text(os.path.join(run_dir, "config_resolved.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
     floors = _noise_floors(data, tc.eval_samples, tc, seed)
     saved: Dict[str, Any] = {"step": None, "path": resume_from}
 
     def save():
         nonlocal save_due
-        state = {
-            "step": step, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": {"train": gen.get_state(), "torch": torch.get_rng_state()}, "config": config_plain,
-            "metrics": {"loss": loss_rows, "eval": eval_rows, "timing": timing_rows},
-            "accumulators": {"loss_sum": loss_sum.clone(), "good": good, "skipped": skipped, "bad_streak": bad_streak},
-            "event_shape": list(data.event_shape), "data_std": data_std,
-        }
-        if device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(device)
+        state = dict(ts.state_dict(), config=config_plain, event_shape=list(data.event_shape), data_std=data_std)
         bad = nonfinite_weights(state)
         if bad:
-            raise TrainingDiverged(f"non-finite weights at step {step} ({', '.join(bad[:3])}); not saved; the last good "
+            raise TrainingDiverged(f"non-finite weights at step {ts.step} ({', '.join(bad[:3])}); not saved; the last good "
                                    f"checkpoint is {saved['path']}")
-        path = checkpoint_path(ckpt_dir, step)
+        path = checkpoint_path(ckpt_dir, ts.step)
         save_checkpoint(path, state, keep=tc.keep_checkpoints)
-        saved.update(step=step, path=path)
+        saved.update(step=ts.step, path=path)
         save_due = False
 
     def write_logs():
-        _write_csv(os.path.join(run_dir, "loss.csv"), loss_rows)
-        _write_csv(os.path.join(run_dir, "timing.csv"), timing_rows)
+        logger.log_train(ts.loss_rows, ts.timing_rows)
         if tc.plots:
-            plot_loss([[r["step"], r["loss"]] for r in loss_rows], os.path.join(run_dir, "loss.png"))
+            plot_loss([[r["step"], r["loss"]] for r in ts.loss_rows], os.path.join(run_dir, "loss.png"))
 
     def run_eval():
         ema.eval()
-        row = evaluate(ema.module, sde, data, sampler, tc, step, seed, floors, run_dir, device)
-        eval_rows.append(row)
-        _write_csv(os.path.join(run_dir, "metrics.csv"), eval_rows)
-        if writer is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    writer.add_scalar(f"eval/{k}", v, step)
-        log.info("step %d: %s", step, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items() if "@" not in k})
+        row = evaluate(ema.module, sde, data, sampler, tc, ts.step, seed, floors, run_dir, device)
+        ts.eval_rows.append(row)
+        logger.log_eval(ts.eval_rows)
+        log.info("step %d: %s", ts.step, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items() if "@" not in k})
 
     def log_row(lr: float, now: float):
-        nonlocal good, skipped, t_log, steps_in_rate
-        mean_loss = float(loss_sum) / good if good else math.nan  # one host sync per log interval
-        loss_rows.append({"step": step, "loss": mean_loss, "lr": lr, "skipped": skipped})
+        nonlocal t_log, steps_in_rate
+        mean_loss = float(ts.loss_sum) / ts.good if ts.good else math.nan  # one host sync per log interval
+        ts.loss_rows.append({"step": ts.step, "loss": mean_loss, "lr": lr, "skipped": ts.skipped})
         rate = steps_in_rate / max(now - t_log, 1e-9)
-        timing_rows.append({"step": step, "steps_per_s": rate})
+        ts.timing_rows.append({"step": ts.step, "steps_per_s": rate})
         bar.set_postfix(loss=f"{mean_loss:.4f}", steps_s=f"{rate:.0f}")
-        if skipped:
-            log.warning("steps %d-%d: %d of them skipped (non-finite loss or gradient)", step - good - skipped + 1, step, skipped)
-        if writer is not None:
-            writer.add_scalar("train/loss", mean_loss, step)
-            writer.add_scalar("train/skipped", skipped, step)
-        loss_sum.zero_()
-        good, skipped, t_log, steps_in_rate = 0, 0, now, 0
+        if ts.skipped:
+            log.warning("steps %d-%d: %d of them skipped (non-finite loss or gradient)", ts.step - ts.good - ts.skipped + 1,
+                        ts.step, ts.skipped)
+        logger.log_train(ts.loss_rows, ts.timing_rows)
+        ts.loss_sum.zero_()
+        ts.good, ts.skipped, t_log, steps_in_rate = 0, 0, now, 0
 
     from tqdm import tqdm
 
-    bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, dynamic_ncols=True, desc="train")
+    bar = tqdm(total=tc.steps, initial=ts.step, disable=not tc.progress, dynamic_ncols=True, desc="train")
     params = [p for p in model.parameters()]
     t_log = t0 = time.perf_counter()
     steps_in_rate, save_due = 0, False
     model.train()
     try:
         with _StopRequest() as stop:
-            while step < tc.steps:
-                lr = learning_rate(tc, step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x0 = data.sample_batch(tc.batch_size, gen).to(device)
-                loss = loss_fn(model, sde, x0, gen)
+            while ts.step < tc.steps:
+                lr = optimizer.param_groups[0]["lr"]  # set by the scheduler for this step
+                x0 = data.sample_batch(tc.batch_size, ts.generator).to(device)
+                loss = loss_fn(model, sde, x0, ts.generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip is not None:
@@ -402,47 +340,60 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
                 if bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
                     optimizer.step()
                     ema.update_parameters(model)
-                    loss_sum += loss.detach()
-                    good, bad_streak = good + 1, 0
+                    ts.loss_sum += loss.detach()
+                    ts.good, ts.bad_streak = ts.good + 1, 0
                 else:
-                    skipped, bad_streak = skipped + 1, bad_streak + 1
-                step += 1
+                    ts.skipped, ts.bad_streak = ts.skipped + 1, ts.bad_streak + 1
+                with warnings.catch_warnings():
+                    # a skipped first step: the schedule counts steps, taken or not
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                    lr_scheduler.step()
+                ts.step += 1
                 steps_in_rate += 1
                 bar.update(1)
-                if step % tc.log_every == 0 or step == tc.steps:
+                if ts.step % tc.log_every == 0 or ts.step == tc.steps:
                     log_row(lr, time.perf_counter())
-                if bad_streak >= tc.max_bad_steps:
-                    if good + skipped:
+                if ts.bad_streak >= tc.max_bad_steps:
+                    if ts.good + ts.skipped:
                         log_row(lr, time.perf_counter())
                     write_logs()
-                    cure = "a smaller train.lr or with train.grad_clip set"
+                    cure = "a smaller optimizer.lr or with train.grad_clip set"
                     then = (f"continue from the last checkpoint {saved['path']} (train.resume=auto) with {cure}" if saved["path"]
                             else f"no checkpoint was written: start again with {cure}")
                     raise TrainingDiverged(
-                        f"training diverged: steps {step - bad_streak + 1}-{step} had a non-finite loss or gradient "
+                        f"training diverged: steps {ts.step - ts.bad_streak + 1}-{ts.step} had a non-finite loss or gradient "
                         f"(train.max_bad_steps={tc.max_bad_steps}); they were skipped and nothing was saved during them; {then}")
-                if step % tc.eval_every == 0 or step == tc.steps:
+                if ts.step % tc.eval_every == 0 or ts.step == tc.steps:
                     model.eval()
                     run_eval()
                     model.train()
                 # a checkpoint due while the latest step was skipped waits for a good step, so that
                 # rotation never trades the last good checkpoint for one taken mid-divergence
-                save_due = save_due or step % tc.checkpoint_every == 0
-                if (save_due and bad_streak == 0) or step == tc.steps:
+                save_due = save_due or ts.step % tc.checkpoint_every == 0
+                if (save_due and ts.bad_streak == 0) or ts.step == tc.steps:
                     save()
-                if stop.signum is not None and step < tc.steps:  # at the last step the run is complete
-                    if saved["step"] != step:
+                if stop.signum is not None and ts.step < tc.steps:  # at the last step the run is complete
+                    if saved["step"] != ts.step:
                         save()
                     write_logs()
-                    log.warning("stopped by %s after step %d; saved %s", signal.Signals(stop.signum).name, step, saved["path"])
-                    raise TrainingInterrupted(stop.signum, step, saved["path"])
+                    log.warning("stopped by %s after step %d; saved %s", signal.Signals(stop.signum).name, ts.step, saved["path"])
+                    raise TrainingInterrupted(stop.signum, ts.step, saved["path"])
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
+        logger.close()
     wall = time.perf_counter() - t0
     write_logs()
-    final = eval_rows[-1] if eval_rows else {}
-    total_skipped = sum(int(r["skipped"]) for r in loss_rows)
-    return {"step": step, "final": final, "model": model, "ema": ema, "wall_s": wall, "skipped_steps": total_skipped,
+    final = ts.eval_rows[-1] if ts.eval_rows else {}
+    total_skipped = sum(int(r["skipped"]) for r in ts.loss_rows)
+    return {"step": ts.step, "final": final, "model": model, "ema": ema, "wall_s": wall, "skipped_steps": total_skipped,
             "run_dir": run_dir}
+
+
+def _build(node: DictConfig, path: str, *args) -> Any:
+    """Build a `_partial_` node (optimizer, lr_scheduler) with the arguments known only now;
+    constructor errors become one `ConfigError` naming `path`."""
+    factory = instantiate(node, path)
+    try:
+        return factory(*args)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{path}: {err}") from err

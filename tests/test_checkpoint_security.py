@@ -44,9 +44,9 @@ REPO = CONF.parents[1]
 BIN = pathlib.Path(sys.executable).parent
 
 TINY = [
-    "model.hidden=8", "model.depth=1", "model.time_embed_dim=8", "train.batch_size=16", "train.warmup=0",
+    "model.hidden=8", "model.depth=1", "model.time_embed_dim=8", "train.batch_size=16", "lr_scheduler.warmup=0",
     "train.eval_samples=16", "train.eval_projections=4", "train.noise_floor_replicates=2",
-    "train.score_error_samples=8", "train.progress=false", "train.tensorboard=false", "train.plots=false",
+    "train.score_error_samples=8", "train.progress=false", "train.plots=false",
     "train.log_every=1", "sampler.nfe=2", "device=cpu",
 ]
 
@@ -394,7 +394,8 @@ def test_help_lists_exactly_the_yaml_options(capsys):
         with pytest.raises(SystemExit):
             app.main(["--help"])
         listings[name] = _group_listing(capsys.readouterr().out)
-    assert set(listings["train"]) == {"sde", "model", "data", "train", "sampler", "experiment"}
+    assert set(listings["train"]) == {"sde", "model", "data", "train", "loss", "optimizer", "lr_scheduler", "logger", "sampler",
+                                      "experiment"}
     for app, groups in listings.items():
         assert "_schema" not in str(groups), (app, groups)
         for group, options in groups.items():

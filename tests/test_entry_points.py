@@ -330,12 +330,12 @@ CUDA_7 = pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine 
 
 
 @pytest.mark.parametrize("main, argv, needles", [
-    (train_main, ["train.lr=-1", "device=cpu"], ["lr", "-1"]),
+    (train_main, ["optimizer.lr=-1", "device=cpu"], ["lr", "-1"]),
     pytest.param(eval_main, ["device=cuda:7"], ["device", "cuda:7"], marks=CUDA_7),
     pytest.param(sample_main, ["device=cuda:7"], ["device", "cuda:7"], marks=CUDA_7),
     (sample_main, ["source=checkpoint", "checkpoint=/nonexistent", "device=cpu"], ["checkpoint", "/nonexistent"]),
     (sample_main, ["num_samplez=3"], ["num_samplez"]),
-    (train_main, ["train.lr=abc"], ["train.lr", "abc"]),
+    (train_main, ["optimizer.lr=abc"], ["optimizer.lr", "abc"]),
     (eval_main, ["likelihood.fixed_steps=[1"], ["[1"]),
 ])
 def test_errors_in_process_are_one_line(in_process, capsys, main, argv, needles):

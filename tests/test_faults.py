@@ -350,13 +350,13 @@ def test_divergence_stops_after_max_bad_steps_and_keeps_the_last_good_checkpoint
     assert [(r[0], r[3]) for r in rows] == [("5", "0"), ("10", "3"), ("11", "1")]
     # the cure: continue from it with other train.* options
     monkeypatch.undo()
-    out = train(_compose(*over, "train.steps=14", "train.lr=1e-3"), str(tmp_path))
+    out = train(_compose(*over, "train.steps=14", "optimizer.lr=1e-3"), str(tmp_path))
     assert out["step"] == 14 and out["skipped_steps"] == 0
 
 
 def test_a_real_divergence_through_the_app_is_one_line_with_exit_code_2(tmp_path, capsys, app):
     with pytest.raises(SystemExit) as info:
-        app([*FAULT, "train.steps=200", "train.lr=1e6", "train.grad_clip=null", "train.checkpoint_every=100",
+        app([*FAULT, "train.steps=200", "optimizer.lr=1e6", "train.grad_clip=null", "train.checkpoint_every=100",
                     f"hydra.run.dir={tmp_path}"])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -446,7 +446,7 @@ def test_resume_with_another_sde_data_model_or_seed_is_refused_naming_the_keys(t
     assert "sde._target_: sde_gen.sdes.VPSDE (checkpoint) != sde_gen.sdes.VESDE (now)" in msg
     assert "data._target_: sde_gen.data.oracle.Ring2D (checkpoint) != sde_gen.data.toys.TwoMoons (now)" in msg
     assert "data.noise: (absent) (checkpoint) != 0.05 (now)" in msg
-    assert "\n" not in msg and "only train.*, sampler.* and device may differ" in msg
+    assert "\n" not in msg and "only train.*, loss, optimizer, lr_scheduler, logger, sampler.* and device may differ" in msg
     for over, expected in (("seed=1", "seed: 0 (checkpoint) != 1 (now)"), ("model.hidden=32", "model.hidden: 16 (checkpoint) != 32 (now)")):
         with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
             train(_compose(*FAULT, over), str(tmp_path))

@@ -214,7 +214,7 @@ def test_checkpoint_source_samples_the_trained_ema_model(tmp_path):
     register_configs()
     with initialize_config_dir(config_dir=CONF, version_base=None):
         cfg = compose("config", overrides=["train.steps=4", "train.checkpoint_every=4", "train.eval_every=1000",
-                                           "train.eval_samples=100", "device=cpu", "train.tensorboard=false",
+                                           "train.eval_samples=100", "device=cpu",
                                            "train.progress=false", "train.plots=false"])
     GlobalHydra.instance().clear()
     train(cfg, str(tmp_path / "train"))

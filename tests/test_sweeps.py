@@ -24,7 +24,7 @@ def test_sampler_grid_sweep_miniature_and_report(tmp_path):
 
 def test_training_sweep_miniature_and_report(tmp_path):
     sweep = tmp_path / "train_sweep"
-    proc = _app(tmp_path, "experiment=sweep_sde_weighting", "sde=vp,ve", "train.weighting=likelihood",
+    proc = _app(tmp_path, "experiment=sweep_sde_weighting", "sde=vp,ve", "loss.weighting=likelihood",
                 f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report_main([str(sweep)]) == 0

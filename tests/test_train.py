@@ -1,6 +1,7 @@
 """Training: the DSM loss against its analytic minimum, a short training run against the oracle
 score, exact resume, checkpoint safety, every config composing, the Hydra app end to end, and
 start-up errors for bad values."""
+import math
 import os
 import re
 import pathlib
@@ -24,6 +25,7 @@ from sde_gen.samplers import Sampler
 from sde_gen.sdes import SDE
 from sde_gen.config import CONF_DIR
 from sde_gen.config import TrainConf
+from sde_gen.losses import DenoisingScoreMatching
 from sde_gen.nets import build_score_model
 from sde_gen.training import train
 
@@ -35,9 +37,9 @@ REPO = CONF.parents[1]
 # a model and evaluation small enough for a few-step run in well under a second
 TINY = [
     "model.hidden=16", "model.depth=1", "model.time_embed_dim=8",
-    "train.batch_size=32", "train.warmup=2", "train.eval_samples=64", "train.eval_projections=16",
+    "train.batch_size=32", "lr_scheduler.warmup=2", "train.eval_samples=64", "train.eval_projections=16",
     "train.noise_floor_replicates=2", "train.score_error_samples=32", "train.progress=false",
-    "train.tensorboard=false", "train.plots=false", "train.log_every=1", "sampler.nfe=4", "device=cpu",
+    "train.plots=false", "train.log_every=1", "sampler.nfe=4", "device=cpu",
 ]
 
 
@@ -95,7 +97,7 @@ def test_short_training_beats_untrained_score_error():
 def test_resume_gives_identical_parameters(hydra_ctx, tmp_path):
     # the run is "stopped" by a shorter train.steps; the cosine decay depends on train.steps, so the
     # constant schedule is used here (an interrupted run keeps its config and its schedule)
-    base = TINY + ["train.eval_every=4", "train.checkpoint_every=100", "train.lr_decay=none"]
+    base = TINY + ["train.eval_every=4", "train.checkpoint_every=100", "lr_scheduler=constant"]
     straight = train(_compose(*base, "train.steps=10"), str(tmp_path / "a"))
     train(_compose(*base, "train.steps=5"), str(tmp_path / "b"))
     resumed = train(_compose(*base, "train.steps=10", "train.resume=auto"), str(tmp_path / "b"))
@@ -151,9 +153,9 @@ def _group_options(group):
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx):
+def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx, tmp_path):
     groups = sorted(p.name for p in CONF.iterdir() if p.is_dir())
-    assert {"sde", "model", "data", "train", "sampler", "experiment"} <= set(groups)
+    assert {"sde", "model", "data", "train", "loss", "optimizer", "lr_scheduler", "logger", "sampler", "experiment"} <= set(groups)
     for group in groups:
         for option in _group_options(group):
             cfg = _compose(f"{group}={option}")
@@ -163,6 +165,15 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx):
                 assert isinstance(instantiate(cfg.sampler, "sampler"), Sampler)
             elif group == "train":
                 assert isinstance(validate(cfg.train, TrainConf, "train"), TrainConf)
+            elif group == "loss":
+                assert isinstance(instantiate(cfg.loss, "loss"), DenoisingScoreMatching)
+            elif group in ("optimizer", "lr_scheduler"):
+                opt = instantiate(cfg.optimizer, "optimizer")([torch.nn.Parameter(torch.zeros(2))])
+                assert isinstance(opt, torch.optim.Optimizer)
+                if group == "lr_scheduler":
+                    assert isinstance(instantiate(cfg.lr_scheduler, "lr_scheduler")(opt), torch.optim.lr_scheduler.LRScheduler)
+            elif group == "logger":
+                assert hasattr(instantiate(cfg.logger, "logger", run_dir=str(tmp_path)), "log_eval")
             elif group == "model":
                 shape = (1, 8, 8) if option == "unet" else (2,)
                 assert isinstance(build_score_model(cfg.model, VPSDE(), shape), ScoreModel)
@@ -192,23 +203,30 @@ def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experi
 @pytest.mark.parametrize(
     "override, field",
     [
-        ("train.lr=-1", "lr"), ("train.batch_size=0", "batch_size"), ("train.steps=0", "steps"),
-        ("train.warmup=-1", "warmup"), ("train.grad_clip=0", "grad_clip"), ("train.ema_decay=1.0", "ema_decay"),
+        ("optimizer.lr=-1", "optimizer: lr"), ("optimizer.betas=[0.9,1.0]", "optimizer: betas"),
+        ("optimizer.eps=0", "optimizer: eps"), ("optimizer=adamw optimizer.weight_decay=-1", "optimizer: weight_decay"),
+        ("train.batch_size=0", "batch_size"), ("train.steps=0", "steps"),
+        ("lr_scheduler.warmup=-1", "lr_scheduler: warmup"), ("lr_scheduler.decay=linear", r"lr_scheduler: decay must be one of \['cosine', 'constant'\]"),
+        ("train.grad_clip=0", "grad_clip"), ("train.ema_decay=1.0", "ema_decay"),
         ("train.checkpoint_every=0", "checkpoint_every"), ("train.eval_every=0", "eval_every"),
         ("train.max_bad_steps=0", "max_bad_steps"),
-        ("train.weighting=l2", "weighting"), ("train.importance_sampling=true", "importance_sampling"),
+        ("loss.weighting=l2", r"loss: weighting must be one of \['sigma2', 'likelihood', 'none'\]; got 'l2'"),
+        ("loss.importance_sampling=true", "loss: importance_sampling"), ("loss.reduction=avg", "loss: reduction"),
+        ("logger=tensorboard logger.log_dir=", "logger: log_dir"),
         ("sde.eps=2", "eps"), ("model.hidden=0", "hidden"), ("sampler.nfe=0", "nfe"),
         ("data.num_test=0", "num_test"), ("device=gpu0", "device"), ("seed=-1", "seed"),
         ("train.resume=/nonexistent/run", "resume"),
     ],
 )
 def test_bad_values_fail_at_start_up_naming_the_field(hydra_ctx, tmp_path, override, field):
-    with pytest.raises(ConfigError, match=field):
-        train(_compose(*TINY, override), str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=field) as info:
+        train(_compose(*TINY, *override.split()), str(tmp_path / "run"))
+    assert "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()  # failed before any work
 
 
-@pytest.mark.parametrize("override, field", [("train.lrr=1", "lrr"), ("model.hiden=3", "hiden"), ("train.lr=abc", "lr"),
+@pytest.mark.parametrize("override, field", [("train.lrr=1", "lrr"), ("model.hiden=3", "hiden"), ("optimizer.lr=abc", "lr"),
+                                             ("loss.weightin=none", "weightin"), ("train.lr=1e-3", "lr"),
                                              ("data.num_tst=3", "num_tst")])
 def test_misspelt_keys_and_wrong_types_fail_at_composition(hydra_ctx, override, field):
     with pytest.raises(ConfigCompositionException) as info:
@@ -247,17 +265,149 @@ def test_hydra_app_multirun_of_the_default_run(tmp_path):
     assert cfg["data"]["_target_"].endswith("Ring2D") and cfg["model"]["_target_"].endswith("MLP")
 
 
-def test_learning_rate_schedule_closed_form():
-    """Warm-up is linear; the cosine decay starts at lr after warm-up and reaches 0 at the end."""
-    from sde_gen.config import TrainConf
-    from sde_gen.training import learning_rate
+def _closed_form_lr(lr, warmup, steps, decay, step):
+    """The schedule as the training loop computed it before the scheduler node, written out here:
+    the scheduler must reproduce it to the last bit (else the default run's metrics change)."""
+    out = lr * min(1.0, (step + 1) / (warmup + 1))
+    if decay == "cosine" and step >= warmup:
+        progress = (step - warmup) / max(1, steps - warmup)
+        out *= 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return out
 
-    tc = TrainConf(steps=1000, lr=1e-3, warmup=100, lr_decay="cosine")
-    assert learning_rate(tc, 0) == pytest.approx(1e-3 / 101)
-    assert learning_rate(tc, 100) == pytest.approx(1e-3)
-    assert learning_rate(tc, 550) == pytest.approx(0.5e-3)
-    assert learning_rate(tc, 1000) == pytest.approx(0.0, abs=1e-12)
-    const = TrainConf(steps=1000, lr=1e-3, warmup=100, lr_decay="none")
-    assert [learning_rate(const, s) for s in (100, 999)] == [pytest.approx(1e-3)] * 2
-    with pytest.raises(ValueError, match="lr_decay"):
-        TrainConf(lr_decay="linear")
+
+def _adam(lr=2e-3):
+    return torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))], lr=lr)
+
+
+@pytest.mark.parametrize("decay", ["cosine", "constant"])
+@pytest.mark.parametrize("warmup, steps", [(0, 300), (200, 6000), (50, 50), (7, 8), (40, 10), (0, 1)])
+def test_warmup_scheduler_equals_the_closed_form_bit_for_bit(decay, warmup, steps):
+    from sde_gen.optim import WarmupLR
+
+    lr = 2e-3
+    opt = _adam(lr)
+    sched = WarmupLR(opt, warmup=warmup, total_steps=steps, decay=decay)
+    got = []
+    for _ in range(steps + 3):  # past the end as well
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [_closed_form_lr(lr, warmup, steps, "cosine" if decay == "cosine" else "none", s) for s in range(steps + 3)]
+    assert got == want  # exact: no approx
+    assert got[0] == lr / (warmup + 1)
+    if decay == "cosine" and steps > warmup:
+        assert got[steps] == 0.0 and got[warmup] == lr
+
+
+@pytest.mark.parametrize("new_steps", [120, 200])
+def test_scheduler_resume_in_the_middle_continues_the_closed_form(tmp_path, new_steps):
+    """Saved at step 37 (inside the cosine), loaded through torch.load(weights_only=True) into a
+    fresh optimiser + scheduler: the rates go on as the closed form of the *current* config says
+    (the same total steps, or a run extended to more steps, as before the scheduler node)."""
+    from sde_gen.optim import WarmupLR
+
+    opt = _adam()
+    sched = WarmupLR(opt, warmup=10, total_steps=120)
+    for _ in range(37):
+        opt.step()
+        sched.step()
+    torch.save({"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()}, tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    opt2 = _adam()
+    sched2 = WarmupLR(opt2, warmup=10, total_steps=new_steps)
+    opt2.load_state_dict(state["optimizer"])
+    sched2.load_state_dict(state["lr_scheduler"])
+    got = []
+    for _ in range(37, new_steps + 1):
+        got.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sched2.step()
+    assert got == [_closed_form_lr(2e-3, 10, new_steps, "cosine", s) for s in range(37, new_steps + 1)]
+
+
+def test_scheduler_options_are_checked():
+    from sde_gen.optim import WarmupLR
+
+    for kwargs, field in [({"warmup": -1}, "warmup"), ({"total_steps": 0}, "total_steps"), ({"decay": "linear"}, "decay")]:
+        with pytest.raises(ValueError, match=field):
+            WarmupLR(_adam(), **kwargs)
+
+
+def test_the_loss_options_are_checked_once_not_per_step(monkeypatch):
+    import sde_gen.losses as losses
+
+    calls = []
+    real = losses._check_options
+    monkeypatch.setattr(losses, "_check_options", lambda *a: (calls.append(a), real(*a)))
+    loss = DenoisingScoreMatching("likelihood", importance_sampling=True)
+    sde, x0, g = VPSDE(), torch.randn(8, 2), torch.Generator().manual_seed(0)
+    for _ in range(3):
+        loss(lambda x, t: -x, sde, x0, g)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="weighting must be one of"):  # the functional form still checks
+        dsm_loss(lambda x, t: -x, sde, x0, weighting="l2")
+
+
+def test_loss_csv_is_written_as_training_goes(hydra_ctx, tmp_path, monkeypatch):
+    seen = []
+    forward = DenoisingScoreMatching.forward
+
+    def spy(self, *args, **kwargs):
+        path = tmp_path / "loss.csv"
+        seen.append(len(path.read_text().splitlines()) - 1 if path.exists() else 0)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DenoisingScoreMatching, "forward", spy)
+    train(_compose(*TINY, "train.steps=4"), str(tmp_path))
+    assert seen == [0, 1, 2, 3]  # log_every=1: a row on disk after every step, before the next
+
+
+def test_tensorboard_logger_without_the_package_warns_once_and_writes_csv(hydra_ctx, tmp_path, monkeypatch, caplog):
+    import sde_gen.loggers as loggers
+
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    monkeypatch.setattr(loggers, "_WARNED", False)
+    with caplog.at_level("WARNING", logger="sde_gen.loggers"):
+        train(_compose(*TINY, "train.steps=2", "logger=tensorboard"), str(tmp_path / "a"))
+        loggers.TensorBoardLogger(str(tmp_path / "b"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "sde_gen.loggers"]
+    assert len(lines) == 1 and "tensorboard" in lines[0] and "\n" not in lines[0]
+    assert (tmp_path / "a" / "loss.csv").is_file() and (tmp_path / "a" / "metrics.csv").is_file()
+    assert not (tmp_path / "a" / "tb").exists()
+
+
+def test_stored_training_nodes_pass_the_checkpoint_check_and_others_do_not(hydra_ctx, tmp_path):
+    from sde_gen.checkpoint import check_checkpoint_config
+    from sde_gen.config import to_plain
+
+    cfg = to_plain(_compose("optimizer=adamw", "logger=tensorboard"))
+    check_checkpoint_config(cfg)  # _target_ and _partial_ of every training node are allowed
+    for section, key, value in [("optimizer", "_target_", "torch.optim.SGD"), ("loss", "_target_", "os.system"),
+                                ("logger", "_target_", "sde_gen.optim.WarmupLR"), ("loss", "_partial_", True),
+                                ("optimizer", "_partial_", False), ("optimizer", "_recursive_", False),
+                                ("logger", "_partial_", True)]:
+        bad = to_plain(_compose())
+        bad[section][key] = value
+        with pytest.raises(CheckpointError, match=rf"^config\.{section}\.{key}:"):
+            check_checkpoint_config(bad)
+
+
+def test_train_state_round_trip_and_old_checkpoints_without_a_scheduler(hydra_ctx, tmp_path):
+    """A checkpoint holds TrainState.state_dict(); one written before the scheduler was stored
+    resumes with the scheduler at the checkpoint's step."""
+    base = TINY + ["train.eval_every=100", "train.checkpoint_every=3", "train.keep_checkpoints=5"]
+    straight = train(_compose(*base, "train.steps=6"), str(tmp_path / "a"))
+    ckpt = tmp_path / "a" / "checkpoints" / "ckpt_0000003.pt"
+    state = load_checkpoint(str(ckpt))
+    assert state["lr_scheduler"]["last_epoch"] == 3
+    del state["lr_scheduler"]
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    save_checkpoint(str(tmp_path / "b" / "checkpoints" / "ckpt_0000003.pt"), state)
+    resumed = train(_compose(*base, "train.steps=6", "train.resume=auto"), str(tmp_path / "b"))
+    for k, v in straight["model"].state_dict().items():
+        assert torch.equal(v, resumed["model"].state_dict()[k]), k
+    assert (tmp_path / "a" / "loss.csv").read_text() == (tmp_path / "b" / "loss.csv").read_text()

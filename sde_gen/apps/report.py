@@ -230,7 +230,9 @@ def _training_run(path: str, cfg_path: str, root: str) -> Optional[Dict[str, Any
     return {
         "run_dir": os.path.relpath(os.path.dirname(path), root),
         "sde": _target_name(cfg["sde"]), "data": _target_name(cfg["data"]), "model": _target_name(cfg["model"]),
-        "weighting": cfg["train"]["weighting"] + ("+IS" if cfg["train"].get("importance_sampling") else ""),
+        # the loss options are the `loss:` node since it became a config group (before: in `train:`)
+        "weighting": (cfg.get("loss") or cfg["train"])["weighting"]
+        + ("+IS" if (cfg.get("loss") or cfg["train"]).get("importance_sampling") else ""),
         "seed": cfg.get("seed"), **final,
     }
 
