@@ -2,7 +2,8 @@
 #   make run         the main job on its default config
 #   make test        the whole fast test suite (what CI runs first)
 #   make test-seeds  the statistical tests under 5 further seeds (--stat-seed 1..5)
-#   make test-slow   the slow tier only;  make test-all: fast, then slow (see docs/testing.md)
+#   make test-slow   the slow tier only;  make test-slow-ci: its part CI runs;  make test-all: fast, then slow
+#   (tiers, seeds and times: docs/testing.md)
 # TORCH_SPEC pins the CPU wheel on CPU-only machines; on a GPU machine use e.g.
 #   make test TORCH_SPEC=torch   (or install the package into your own environment).
 PYTHON ?= python3
@@ -11,7 +12,7 @@ TORCH_SPEC ?= -c constraints-cpu.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-seeds test-slow test-all bench clean
+.PHONY: run test test-seeds test-slow test-slow-ci test-all bench clean
 
 STAT_SEEDS ?= 1 2 3 4 5
 
@@ -32,6 +33,10 @@ test-seeds: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# the part of the slow tier CI can afford: end-to-end fault injection (~2 min on 2 loaded cores)
+test-slow-ci: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_faults.py
 
 test-all: test test-slow
 
