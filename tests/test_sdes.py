@@ -103,8 +103,9 @@ def test_ddpm_chain_has_linear_schedule_betas_for_fine_grids():
 
 
 @pytest.mark.parametrize("sde", ALL_SDES_T, ids=SDE_T_IDS)
-def test_prior_sample_agrees_with_prior_logp(sde):
-    g = torch.Generator().manual_seed(0)
+@pytest.mark.statistical
+def test_prior_sample_agrees_with_prior_logp(sde, stat_seed):
+    g = torch.Generator().manual_seed(stat_seed(0))
     n, d = 20000, 3
     z = sde.prior_sample((n, d), generator=g, dtype=f64)
     sigma = sde.prior_std
