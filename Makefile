@@ -1,6 +1,9 @@
-# Two entry points, each self-installing into .venv:
-#   make run    the main job on its default config
-#   make test   the whole fast test suite
+# Entry points, each self-installing into .venv:
+#   make run         the main job on its default config
+#   make test        the whole fast test suite (what CI runs first)
+#   make test-seeds  the statistical tests under 5 further seeds (--stat-seed 1..5)
+#   make test-slow   the slow tier only;  make test-slow-ci: its part CI runs;  make test-all: fast, then slow
+#   (tiers, seeds and times: docs/testing.md)
 # TORCH_SPEC pins the CPU wheel on CPU-only machines; on a GPU machine use e.g.
 #   make test TORCH_SPEC=torch   (or install the package into your own environment).
 PYTHON ?= python3
@@ -9,7 +12,9 @@ TORCH_SPEC ?= -c constraints-cpu.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow bench clean
+.PHONY: run test test-seeds test-slow test-slow-ci test-all bench clean
+
+STAT_SEEDS ?= 1 2 3 4 5
 
 $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +28,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-seeds: $(STAMP)
+	set -e; for s in $(STAT_SEEDS); do echo "--stat-seed $$s"; $(PY) -m pytest -q -m "statistical and not slow" --stat-seed $$s; done
+
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# the part of the slow tier CI can afford: end-to-end fault injection (~2 min on 2 loaded cores)
+test-slow-ci: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_faults.py
+
+test-all: test test-slow
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -1,23 +1,29 @@
-"""Shared fixtures: every SDE of the library (so a new SDE is tested automatically) and devices."""
+"""Shared fixtures: every SDE of the library (so a new SDE is tested automatically), at T = 1 and
+at T = 2 with a non-default eps (so a dropped `/ T` is caught), devices, and the seed protocol of
+the statistical tests (`--stat-seed`, see docs/testing.md)."""
 import pytest
 import torch
 
 from sde_gen import SDES, VPSDE
 
 
-def all_sdes():
-    """One instance of every registered SDE at its defaults, plus the cosine VP schedule."""
-    sdes = [cls() for cls in SDES.values()]
-    sdes.append(VPSDE(schedule="cosine"))
+def all_sdes(**kwargs):
+    """One instance of every registered SDE (defaults, updated by `kwargs`), plus the cosine VP schedule."""
+    sdes = [cls(**kwargs) for cls in SDES.values()]
+    sdes.append(VPSDE(schedule="cosine", **kwargs))
     return sdes
 
 
 def sde_id(sde):
-    return type(sde).__name__ + (f"-{sde.schedule}" if hasattr(sde, "schedule") else "")
+    name = type(sde).__name__ + (f"-{sde.schedule}" if hasattr(sde, "schedule") else "")
+    return name if sde.T == 1.0 else f"{name}-T{sde.T:g}-eps{sde.eps:g}"
 
 
 ALL_SDES = all_sdes()
 SDE_IDS = [sde_id(s) for s in ALL_SDES]
+#: every SDE at T = 1 (defaults) and at T = 2 with eps = 1e-2 (neither T nor eps at its default)
+ALL_SDES_T = ALL_SDES + all_sdes(T=2.0, eps=1e-2)
+SDE_T_IDS = [sde_id(s) for s in ALL_SDES_T]
 
 DEVICES = [
     "cpu",
@@ -28,3 +34,29 @@ DEVICES = [
 @pytest.fixture(params=ALL_SDES, ids=SDE_IDS)
 def sde(request):
     return request.param
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--stat-seed", type=int, default=0,
+        help="seed offset for the tests marked `statistical` (0: each test's own seeds); "
+             "`make test-seeds` runs them under several",
+    )
+
+
+@pytest.fixture
+def stat_seed(request):
+    """`stat_seed(own)` -> the seed a statistical test uses in place of its own seed `own`.
+
+    With `--stat-seed 0` (the default) it is `own`, so the default suite is reproducible; with
+    `--stat-seed N` every seed of every statistical test moves to a fresh stream, so a bound tuned to
+    one lucky seed fails under `make test-seeds`.
+    """
+    offset = request.config.getoption("--stat-seed")
+    if offset < 0:
+        raise pytest.UsageError(f"--stat-seed must be >= 0; got {offset}")
+
+    def seed(own: int) -> int:
+        return own if offset == 0 else own + 7_919 * offset
+
+    return seed

@@ -2,6 +2,7 @@
 import pathlib
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
@@ -59,9 +60,18 @@ def test_impossible_values_fail_at_instantiation_naming_the_field(hydra_ctx, ove
         instantiate(cfg[path], path)
 
 
-def test_device_option():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda")
+def test_device_option(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    # "auto" is CUDA exactly when CUDA is available: checked both ways by faking availability (a
+    # resolved device is only a name, nothing is allocated on it)
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for available, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+        assert resolve_device("auto").type == expected, available
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="device"):
         resolve_device("gpu0")
 

@@ -222,42 +222,48 @@ def test_exact_divergence_equals_jacobian_trace(gauss16, chunk):
         assert torch.allclose(div[i], torch.trace(jac), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
-def test_hutchinson_many_probes_agrees_with_exact_within_3_se(gauss16, probe):
-    """Many probes fixed along one solve: the estimate is within 3 reported standard errors.
+def test_hutchinson_many_probes_agrees_with_exact_within_4_se(gauss16, probe, stat_seed):
+    """Many probes fixed along one solve: the estimate is within 4 reported standard errors.
+
+    4, not 3: the test makes 4 comparisons per probe and runs under 5 seeds (`make test-seeds`); at
+    3 SE one of those 40 normal deviates would exceed its bound with probability ~10%, at 4 SE ~0.3%.
 
     A fixed grid makes the x-trajectory identical for both runs, so the difference is only the
     estimator's; its reported standard error is std over the probe integrals / sqrt(M).
     """
     sde = VPSDE()
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator().manual_seed(stat_seed(5))
     x = gauss16.sample(4, g, dtype=torch.float64)
     common = dict(method="rk4", fixed_steps=20, t_min=1e-3)
     exact = log_likelihood(sde, gauss16.score_fn(sde), x, **common)
     hutch = log_likelihood(
         sde, gauss16.score_fn(sde), x, divergence="hutchinson", num_probes=256, probe=probe,
-        generator=torch.Generator().manual_seed(6), **common,
+        generator=torch.Generator().manual_seed(stat_seed(6)), **common,
     )
     assert torch.allclose(hutch.z, exact.z)
     assert (hutch.std_error > 0).all()
-    assert ((hutch.logp - exact.logp).abs() <= 3 * hutch.std_error).all()
+    assert ((hutch.logp - exact.logp).abs() <= 4 * hutch.std_error).all()
 
 
-def test_hutchinson_single_probe_batch_mean_is_unbiased(gauss16):
-    """One probe per sample: the batch-mean error is within 3 standard errors of zero."""
+@pytest.mark.statistical
+def test_hutchinson_single_probe_batch_mean_is_unbiased(gauss16, stat_seed):
+    """One probe per sample: the batch-mean error is within 4 standard errors of zero (4: a bound
+    that holds for all the seeds of `make test-seeds` with probability > 99.9%)."""
     sde = VPSDE()
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(stat_seed(7))
     x = gauss16.sample(512, g, dtype=torch.float64)
     common = dict(method="rk4", fixed_steps=10)
     exact = log_likelihood(sde, gauss16.score_fn(sde), x, **common)
     hutch = log_likelihood(
-        sde, gauss16.score_fn(sde), x, divergence="hutchinson", generator=torch.Generator().manual_seed(8), **common
+        sde, gauss16.score_fn(sde), x, divergence="hutchinson", generator=torch.Generator().manual_seed(stat_seed(8)), **common
     )
     assert torch.isnan(hutch.std_error).all()  # one probe: no per-sample spread to report
     err = hutch.logp - exact.logp
     se = err.std() / math.sqrt(len(err))
     assert se > 0
-    assert abs(err.mean()) < 3 * se
+    assert abs(err.mean()) < 4 * se
 
 
 def test_probes_have_identity_second_moment():

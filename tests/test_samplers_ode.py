@@ -16,7 +16,7 @@ from sde_gen.metrics import bures_wasserstein, gaussian_w2_to_target, mode_weigh
 from sde_gen.samplers import SAMPLERS, build_sampler, sample, time_grid
 from sde_gen.samplers.pf_ode import METHODS
 
-from .conftest import ALL_SDES, SDE_IDS
+from .conftest import ALL_SDES, SDE_IDS, ALL_SDES_T, SDE_T_IDS
 
 f64 = torch.float64
 GAUSS = make_preset("gaussian16d")
@@ -86,6 +86,18 @@ def test_pathwise_convergence_order(sde, name, opts, nfes, order):
         errs.append(float((res.samples - ref).norm(dim=1).mean()))
     assert errs[0] > errs[1] > errs[2]
     assert abs(slope(nfes, errs) - order) < 0.3, (errs, slope(nfes, errs))
+
+
+# the same orders at T = 2 with eps = 1e-2 (a grid or step that assumes T = 1 fails), one case per
+# solver family: explicit Runge-Kutta, Heun, exponential integrator, DDIM
+T2_CASES = [ORDER_CASES[1], ORDER_CASES[3], ORDER_CASES[5], ORDER_CASES[6]]
+T2 = [(s, i) for s, i in zip(ALL_SDES_T, SDE_T_IDS) if s.T != 1.0]
+
+
+@pytest.mark.parametrize("sde", [s for s, _ in T2], ids=[i for _, i in T2])
+@pytest.mark.parametrize("name, opts, nfes, order", T2_CASES, ids=[f"{c[0]}-{c[3]:g}" for c in T2_CASES])
+def test_pathwise_convergence_order_at_T2(sde, name, opts, nfes, order):
+    test_pathwise_convergence_order(sde, name, opts, nfes, order)
 
 
 def test_adaptive_pf_ode_matches_exact_solution_and_counts_its_nfe():

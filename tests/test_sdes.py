@@ -11,7 +11,7 @@ from scipy.stats import multivariate_normal
 from sde_gen import VESDE, VPSDE, SubVPSDE, make_preset
 from sde_gen.utils import batch_sum
 
-from .conftest import ALL_SDES, DEVICES, SDE_IDS
+from .conftest import ALL_SDES, ALL_SDES_T, DEVICES, SDE_IDS, SDE_T_IDS
 
 f64 = torch.float64
 
@@ -20,6 +20,7 @@ def _scalar(fn, t):
     return float(fn(torch.tensor([t], dtype=f64))[0])
 
 
+@pytest.mark.parametrize("sde", ALL_SDES_T, ids=SDE_T_IDS)
 def test_marginal_moments_match_moment_odes(sde):
     """dm/dt = f(t) m, dv/dt = 2 f(t) v + g(t)^2 with m(0) = 1, v(0) = 0, solved by scipy."""
 
@@ -49,6 +50,7 @@ def test_vp_marginal_is_limit_of_discrete_ddpm_chain():
     assert errors[-1] < 2e-2 and errors[-1] < errors[0] / 100
 
 
+@pytest.mark.parametrize("sde", ALL_SDES_T, ids=SDE_T_IDS)
 def test_discrete_chain_reproduces_marginals(sde):
     grid = torch.linspace(0, sde.T, 51, dtype=f64)
     betas, alpha_bars = sde.discrete_chain(grid)
@@ -100,8 +102,10 @@ def test_ddpm_chain_has_linear_schedule_betas_for_fine_grids():
     torch.testing.assert_close(betas, sde.beta(mid) / n, rtol=2e-2, atol=0)
 
 
-def test_prior_sample_agrees_with_prior_logp(sde):
-    g = torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("sde", ALL_SDES_T, ids=SDE_T_IDS)
+@pytest.mark.statistical
+def test_prior_sample_agrees_with_prior_logp(sde, stat_seed):
+    g = torch.Generator().manual_seed(stat_seed(0))
     n, d = 20000, 3
     z = sde.prior_sample((n, d), generator=g, dtype=f64)
     sigma = sde.prior_std
@@ -132,7 +136,7 @@ def _fokker_planck_terms(sde, oracle, x, t):
     return x, t, dlogp_dt, score, div
 
 
-@pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
+@pytest.mark.parametrize("sde", ALL_SDES_T, ids=SDE_T_IDS)
 def test_drifts_satisfy_fokker_planck(sde):
     """Forward, reverse (eq. 6) and probability-flow (eq. 13) drifts transport p_t correctly.
 
@@ -161,10 +165,11 @@ def test_drifts_satisfy_fokker_planck(sde):
         assert err < 1e-8, f"{name}: relative Fokker-Planck residual {float(err):.2e}"
 
 
+@pytest.mark.parametrize("sde", ALL_SDES_T, ids=SDE_T_IDS)
 def test_reverse_drift_accepts_score_function(sde):
     oracle = make_preset("ring2d")
     x = torch.randn(4, 2, dtype=f64)
-    t = torch.full((4,), 0.3, dtype=f64)
+    t = torch.full((4,), 0.3 * sde.T, dtype=f64)
     fn = oracle.score_fn(sde)
     for pf in (False, True):
         torch.testing.assert_close(sde.reverse_drift(x, t, fn, pf), sde.reverse_drift(x, t, fn(x, t), pf))
@@ -188,7 +193,7 @@ def test_ddpm_posterior_matches_closed_form_and_gaussian_conditioning():
         torch.testing.assert_close(std ** 2, closed_var.expand(3), rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
+@pytest.mark.parametrize("sde", ALL_SDES_T, ids=SDE_T_IDS)
 def test_posterior_is_gaussian_conditioning(sde):
     """q(x_s | x_t, x_0) from conditioning the joint Gaussian (x_s, x_t) | x_0, for every SDE."""
     s = torch.tensor([0.2, 0.5, 0.7], dtype=f64) * sde.T
@@ -206,6 +211,7 @@ def test_posterior_is_gaussian_conditioning(sde):
     torch.testing.assert_close(std ** 2, cond_var, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("sde", ALL_SDES_T, ids=SDE_T_IDS)
 def test_transition_composes_to_marginal(sde):
     """a(t) = a_{t|s} a(s) and s(t)^2 = a_{t|s}^2 s(s)^2 + v_{t|s}."""
     s = torch.linspace(0.01, 0.6, 7, dtype=f64) * sde.T
@@ -217,6 +223,7 @@ def test_transition_composes_to_marginal(sde):
     torch.testing.assert_close(ratio ** 2 * sd_s ** 2 + v, sd_t ** 2, rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("sde", ALL_SDES_T, ids=SDE_T_IDS)
 def test_half_log_snr_inverse(sde):
     t = torch.linspace(sde.eps, sde.T, 101, dtype=f64)
     lam = sde.half_log_snr(t)

@@ -1,6 +1,7 @@
 """Every sweep config runs as a two-point Hydra multirun miniature, and `sde-gen-report` turns it
 into a table and a plot; the local-parallel launcher config composes and runs."""
 import importlib.util
+import json
 
 import pytest
 
@@ -20,6 +21,24 @@ def test_sampler_grid_sweep_miniature_and_report(tmp_path):
     assert report_main([str(sweep)]) == 0
     text = (sweep / "report.md").read_text()
     assert "| euler_maruyama |" in text and "| ddim |" in text and (sweep / "report.png").stat().st_size > 0
+    # every row's numbers are its run's metrics.json, and the ratio is recomputed from value and floor
+    lines = text.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("| problem |"))
+    header = [c.strip() for c in lines[top].strip("|").split("|")]
+    rows = {}
+    for line in lines[top + 2:top + 4]:
+        cells = dict(zip(header, (c.strip() for c in line.strip().strip("|").split("|"))))
+        rows[cells["sampler"]] = cells
+    assert set(rows) == {"euler_maruyama", "ddim"}
+    for path in sweep.rglob("metrics.json"):
+        m = json.loads(path.read_text())
+        row = rows[m["sampler"]]
+        assert row["SW2"] == format(m["sw2"], ".3g") and row["NFE spent"] == format(m["nfe_spent"], "g")
+        assert row["mode-weight err"] == format(m["mode_weight_error"], ".3g")
+        ratio = m["sw2"] / m["sw2_floor_mean"]
+        assert m["sw2_ratio"] == pytest.approx(ratio, rel=1e-9)
+        assert row["SW2 / floor"].split(" ")[0] == format(ratio, ".2f")
+        assert f"(floor {format(m['sw2_floor_mean'], '.3g')} " in row["SW2 / floor"]
 
 
 def test_training_sweep_miniature_and_report(tmp_path):
