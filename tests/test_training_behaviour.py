@@ -31,7 +31,7 @@ TINY = [
     "model.hidden=16", "model.depth=1", "model.time_embed_dim=8",
     "train.batch_size=32", "train.eval_samples=64", "train.eval_projections=16", "train.eval_every=1000",
     "train.noise_floor_replicates=2", "train.score_error_samples=32", "train.progress=false",
-    "train.tensorboard=false", "train.plots=false", "train.log_every=1", "sampler.nfe=4", "device=cpu",
+    "train.plots=false", "train.log_every=1", "sampler.nfe=4", "device=cpu",
     "train.checkpoint_every=1", "train.keep_checkpoints=100",
 ]
 
@@ -82,11 +82,11 @@ def _schedule(lr, warmup, decay, steps, j):
     return value
 
 
-@pytest.mark.parametrize("decay", ["none", "cosine"])
+@pytest.mark.parametrize("decay", ["constant", "cosine"])
 def test_applied_learning_rate_follows_the_schedule_and_is_what_loss_csv_logs(hydra_ctx, tmp_path, decay):
     steps, warmup, lr = 8, 3, 1e-2
-    out, names, ckpts = _run(tmp_path, "run", f"train.steps={steps}", f"train.warmup={warmup}", f"train.lr={lr}",
-                             f"train.lr_decay={decay}", "train.grad_clip=null")
+    out, names, ckpts = _run(tmp_path, "run", f"train.steps={steps}", f"lr_scheduler.warmup={warmup}", f"optimizer.lr={lr}",
+                             f"lr_scheduler.decay={decay}", "train.grad_clip=null")
     rows = list(csv.DictReader((tmp_path / "run" / "loss.csv").open()))
     assert len(rows) == steps and out["skipped_steps"] == 0
     for j in range(1, steps):
@@ -99,7 +99,7 @@ def test_applied_learning_rate_follows_the_schedule_and_is_what_loss_csv_logs(hy
 
 def test_ema_is_the_closed_form_average_of_the_weights(hydra_ctx, tmp_path):
     decay = 0.7  # far from 0.5 and 1, so a swapped or ignored decay is visible
-    _, names, ckpts = _run(tmp_path, "run", "train.steps=4", f"train.ema_decay={decay}", "train.lr=1e-2")
+    _, names, ckpts = _run(tmp_path, "run", "train.steps=4", f"train.ema_decay={decay}", "optimizer.lr=1e-2")
     for k in range(1, 4):
         ema_prev = _params(ckpts[k - 1]["ema"], names, "module.")
         ema_cur = _params(ckpts[k]["ema"], names, "module.")
@@ -112,7 +112,7 @@ def test_ema_is_the_closed_form_average_of_the_weights(hydra_ctx, tmp_path):
 
 
 def test_gradient_clipping_scales_the_gradient_adam_uses(hydra_ctx, tmp_path):
-    common = ["train.steps=1", "train.warmup=0", "train.lr_decay=none"]
+    common = ["train.steps=1", "lr_scheduler.warmup=0", "lr_scheduler.decay=constant"]
     _, names, free = _run(tmp_path, "free", *common, "train.grad_clip=null")
     beta1 = free[0]["optimizer"]["param_groups"][0]["betas"][0]
 
