@@ -349,3 +349,13 @@ def test_subclass_overrides_are_evaluated_in_at_least_float32(dtype):
     # float32 and float64 still follow t's dtype
     for d in (torch.float32, f64):
         assert sde.marginal_var(t.to(d)).dtype == d
+
+
+@pytest.mark.parametrize("make", [*(lambda c=c: c(T=2.5) for c in SDES.values()), lambda: VPSDE(schedule="cosine", T=2.5)])
+def test_check_t_min_accepts_the_open_range_and_refuses_its_ends(make):
+    """One check serves grids and likelihood: (0, T) with s(t_min) > 0, both ends refused."""
+    sde = make()
+    assert sde.check_t_min() == sde.eps and sde.check_t_min(0.5 * sde.T) == 0.5 * sde.T
+    for bad in (0.0, -1e-3, sde.T, 2 * sde.T, 5e-324, True, "0.1"):
+        with pytest.raises(ValueError, match="t_min must lie in"):
+            sde.check_t_min(bad)

@@ -59,20 +59,6 @@ def _mean_and_std_error(draws: torch.Tensor):
     return mean, torch.full_like(mean, float("nan"))
 
 
-def _check_t_min(sde: SDE, t_min) -> float:
-    """t_min in (0, T) with s(t_min) > 0: the score (a net's output is scaled by 1 / s) and Tweedie
-    divide by s(t), so t_min = 0, or a t_min whose s underflows, has no finite score."""
-    t_min = sde.eps if t_min is None else t_min
-    allowed = f"allowed: (0, T) = (0, {sde.T}), where marginal_std(t_min) > 0"
-    if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 < t_min < sde.T:
-        raise ValueError(f"t_min must lie in (0, T) ({allowed}); got {t_min!r}")
-    std = float(sde.marginal_std(torch.tensor(float(t_min), dtype=torch.float64)))
-    if not std > 0:
-        raise ValueError(f"t_min must lie in (0, T) with marginal_std(t_min) > 0 ({allowed}); got {t_min!r}, "
-                         f"whose marginal_std is {std!r}")
-    return float(t_min)
-
-
 def _check_finite_rows(name: str, x: torch.Tensor, offset: int = 0) -> None:
     """Raise naming the rows of `x` (B, *event) that hold an inf or NaN (indices + `offset`)."""
     if not x.is_floating_point():
@@ -103,7 +89,7 @@ def _check_ode_options(method, rtol, atol, fixed_steps, divergence, num_probes, 
     check_positive_int("num_probes", num_probes)
     check_choice("probe", probe, PROBES)
     check_choice("time_variable", time_variable, TIME_VARIABLES)
-    return method, _check_t_min(sde, t_min)
+    return method, sde.check_t_min(t_min)
 
 
 def log_likelihood(

@@ -46,12 +46,9 @@ def time_grid(
     num_steps = check_positive_int("num_steps", num_steps)
     rho = check_positive("rho", rho)
     t_max = sde.T if t_max is None else float(t_max)
-    t_min = sde.eps if t_min is None else float(t_min)
-    if not 0 < t_min < t_max <= sde.T:
+    t_min = sde.check_t_min(None if t_min is None else float(t_min))
+    if not t_min < t_max <= sde.T:
         raise ValueError(f"t_min and t_max must satisfy 0 < t_min < t_max <= T={sde.T}; got t_min={t_min}, t_max={t_max}")
-    # the score (a network's output scaled by 1 / s) and Tweedie divide by s(t_min): it must not underflow
-    if not float(sde.marginal_std(torch.tensor(t_min, dtype=torch.float64))) > 0:
-        raise ValueError(f"t_min must lie in (0, T) = (0, {sde.T}) with marginal_std(t_min) > 0; got t_min={t_min!r}")
     u = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64, device=device)
     if kind == "uniform":
         ts = t_max + (t_min - t_max) * u

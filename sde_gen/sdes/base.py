@@ -256,6 +256,28 @@ class SDE(nn.Module, ABC):
         """f(x, t) - 1/2 g(t)^2 score (Song et al. 2021, eq. 13)."""
         return self.reverse_drift(x, t, score, probability_flow=True)
 
+    def check_t_min(self, t_min: Optional[float] = None) -> float:
+        """The last time of a reverse solve: `t_min` (None: `eps`) in (0, T) with s(t_min) > 0.
+
+        The score (a network's output is scaled by 1 / s(t)) and Tweedie's denoising divide by
+        s(t_min), so t_min = 0, or a t_min whose s underflows to 0, has no finite score. Samplers'
+        grids and the likelihood both check here.
+
+        Raises:
+            ValueError naming t_min and the allowed range.
+        """
+        t_min = self.eps if t_min is None else t_min
+        allowed = f"allowed: (0, T) = (0, {self.T}), where marginal_std(t_min) > 0"
+        if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 < t_min < self.T:
+            raise ValueError(f"t_min must lie in (0, T) ({allowed}); got {t_min!r}")
+        std = float(self.marginal_std(torch.tensor(float(t_min), dtype=torch.float64)))
+        if not std > 0:
+            raise ValueError(
+                f"t_min must lie in (0, T) with marginal_std(t_min) > 0 ({allowed}); got {t_min!r}, "
+                f"whose marginal_std is {std!r}"
+            )
+        return float(t_min)
+
     # ---- prior ----
     def prior_sample(
         self,
