@@ -29,6 +29,25 @@ __all__ = ["GaussianMixture", "PRESETS", "make_preset"]
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _check_classes(classes, K: int) -> torch.Tensor:
+    """The (K,) long component -> class map; None gives each component its own class."""
+    if classes is None:
+        return torch.arange(K)
+    try:
+        out = torch.as_tensor(classes)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"classes must be a (K,) = ({K},) array of integer labels; got {classes!r}") from err
+    if out.shape != (K,) or out.is_floating_point() or out.is_complex() or out.dtype == torch.bool:
+        raise ValueError(f"classes must be a (K,) = ({K},) array of integer labels; got shape {tuple(out.shape)}, dtype {out.dtype}")
+    out = out.long()
+    C = int(out.max()) + 1 if K else 0
+    if int(out.min()) < 0 or torch.unique(out).numel() != C:
+        raise ValueError(
+            f"classes must take every value of 0..C-1 (allowed: labels 0..{K - 1} with none skipped); got {out.tolist()}"
+        )
+    return out
+
+
 def _as_float64(name: str, value) -> torch.Tensor:
     try:
         out = torch.as_tensor(value, dtype=torch.float64)
@@ -47,12 +66,14 @@ class GaussianMixture(nn.Module):
         means: (K, D) component means.
         covariances: (K, D, D) symmetric positive-definite matrices (full) or (K, D) positive
             variances (diagonal).
+        classes: (K,) class label of each component, taking every value of 0..C-1 (several
+            components may share a class); None makes each component its own class.
 
     The parameters are stored as float64 buffers; computations run in the dtype and on the
     device of the input `x` (move the module with `.to(device)` to avoid per-call copies).
     """
 
-    def __init__(self, weights, means, covariances):
+    def __init__(self, weights, means, covariances, classes=None):
         super().__init__()
         w = _as_float64("weights", weights)
         mu = _as_float64("means", means)
@@ -87,6 +108,7 @@ class GaussianMixture(nn.Module):
                 f"covariances must have shape (K, D, D) = ({K}, {D}, {D}) or (K, D) = ({K}, {D}); "
                 f"got {tuple(cov.shape)}"
             )
+        self.register_buffer("classes", _check_classes(classes, K))
         self.register_buffer("weights", w)
         self.register_buffer("means", mu)
         self.register_buffer("eigvals", eigvals)  # (K, D)
@@ -113,6 +135,11 @@ class GaussianMixture(nn.Module):
     def num_components(self) -> int:
         return self.weights.shape[0]
 
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes (`classes` takes every value of 0..C-1)."""
+        return int(self.classes.max()) + 1
+
     def covariances(self) -> torch.Tensor:
         """(K, D, D) component covariances (float64)."""
         if self.diagonal:
@@ -138,7 +165,7 @@ class GaussianMixture(nn.Module):
             cov = a ** 2 * self.eigvals + s ** 2
         else:
             cov = a ** 2 * self.covariances() + s ** 2 * torch.eye(self.dim, dtype=torch.float64)
-        return GaussianMixture(self.weights, a * self.means, cov)
+        return GaussianMixture(self.weights, a * self.means, cov, self.classes)
 
     # ---- sampling ----
     def sample(

@@ -3,10 +3,14 @@
 Every dataset object provides, in MODEL space (the space the SDE acts on):
 
     name: str, event_shape: tuple                     e.g. (2,) for ring2d, (1, 8, 8) for digits
-    sample_batch(batch_size, generator) -> (B, *event) float32
+    sample_batch(batch_size, generator, return_labels=False) -> (B, *event) float32
         oracle and toy datasets draw fresh exact samples (infinite data); finite datasets draw a
-        uniformly random minibatch (with replacement) of their training set
+        uniformly random minibatch (with replacement) of their training set. With
+        return_labels=True: `(x, y)`, y the (B,) long class labels on x's device; the same random
+        numbers are drawn either way, so asking for labels does not change x
     test: (N, *event) float32                          held-out data (oracle/toys: a fixed seeded sample)
+    test_labels: (N,) long | None                      their class labels
+    num_classes: int | None                            C for labelled data (labels 0..C-1), None if unlabelled
     oracle: GaussianMixture | None                     the exact distribution when known
     num_bits: int | None                               8 for 8-bit images, None otherwise
     num_levels: int | None                             intensity levels of discrete data (2^num_bits
@@ -36,10 +40,29 @@ class Dataset(ABC):
     num_levels: Optional[int] = None
     num_classes: Optional[int] = None
     test: torch.Tensor
+    test_labels: Optional[torch.Tensor] = None
 
     @abstractmethod
-    def sample_batch(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(batch_size, *event_shape) float32 training data in model space on the generator's device."""
+    def sample_batch(self, batch_size: int, generator: Optional[torch.Generator] = None, return_labels: bool = False):
+        """(batch_size, *event_shape) float32 training data in model space on the generator's device.
+
+        With `return_labels=True`, `(x, y)` with y the (batch_size,) long class labels; a dataset
+        without labels raises ValueError (see `check_labelled`).
+        """
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the data carry class labels (`num_classes` is set)."""
+        return self.num_classes is not None
+
+    def check_labelled(self, why: str = "class labels were requested") -> int:
+        """`num_classes`, or ValueError naming the dataset when it has no labels."""
+        if self.num_classes is None:
+            raise ValueError(
+                f"data: {self.name!r} has no class labels ({why}); labelled data: the oracle mixtures, "
+                "moons, checkerboard, circles, digits, mnist, cifar10"
+            )
+        return self.num_classes
 
     @property
     def dim(self) -> int:

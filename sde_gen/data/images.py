@@ -68,6 +68,17 @@ class ImageDataset(Dataset):
         self.model_per_pixel = 2.0 / num_levels
         self.train = self.to_model(self.train_pixels.float() + 0.5)
         self.test = self.to_model(self.test_pixels.float() + 0.5)
+        if (train_labels is None) != (num_classes is None) or (test_labels is None) != (num_classes is None):
+            raise ValueError("train_labels, test_labels and num_classes must be given together or not at all")
+        if num_classes is not None:
+            num_classes = check_positive_int("num_classes", num_classes)
+            for name, lab, px in (("train_labels", train_labels, train_pixels), ("test_labels", test_labels, test_pixels)):
+                lab = torch.as_tensor(lab)
+                if lab.shape != px.shape[:1] or lab.is_floating_point():
+                    raise ValueError(f"{name} must be ({px.shape[0]},) integer labels; got shape {tuple(lab.shape)}, dtype {lab.dtype}")
+                if int(lab.min()) < 0 or int(lab.max()) >= num_classes:
+                    raise ValueError(f"{name} must lie in [0, {num_classes - 1}] (num_classes={num_classes})")
+            train_labels, test_labels = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
         self.train_labels, self.test_labels, self.num_classes = train_labels, test_labels, num_classes
 
     def to_model(self, v: torch.Tensor) -> torch.Tensor:
@@ -82,11 +93,14 @@ class ImageDataset(Dataset):
         """Model space -> the nearest integer pixel value, clamped to [0, L - 1] (for display)."""
         return self.to_pixels(x).floor().clamp(0, self.num_levels - 1).long()
 
-    def sample_batch(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample_batch(self, batch_size: int, generator: Optional[torch.Generator] = None, return_labels: bool = False):
         n = check_positive_int("batch_size", batch_size)
+        if return_labels:
+            self.check_labelled()
         device = generator.device if generator is not None else None
-        idx = torch.randint(self.train.shape[0], (n,), generator=generator, device=device)
-        return self.train[idx.cpu()].to(device)
+        idx = torch.randint(self.train.shape[0], (n,), generator=generator, device=device).cpu()
+        x = self.train[idx].to(device)
+        return (x, self.train_labels[idx].to(device)) if return_labels else x
 
 
 def _split(n: int, test_fraction: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:

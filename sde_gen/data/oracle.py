@@ -1,5 +1,8 @@
 """Oracle datasets: the Gaussian mixtures of `sde_gen.oracles`, with exact samples and scores.
 
+The class label of a sample is the class of its component (`GaussianMixture.classes`): for the
+presets each component is its own class, so ring2d has 8 classes, mixture64d 4 and gaussian16d 1.
+
 Training draws fresh exact samples every step (infinite data), so the only errors left are the
 network's and the optimiser's; the exact perturbed score lets `diagnostics` measure them.
 """
@@ -29,11 +32,15 @@ class OracleDataset(Dataset):
         self.oracle = make_preset(preset)
         self.name = preset
         self.event_shape = (self.oracle.dim,)
+        self.num_classes = self.oracle.num_classes
         num_test = check_positive_int("num_test", num_test)
-        self.test = self.oracle.sample(num_test, torch.Generator().manual_seed(int(seed)), dtype=torch.float32)
+        self.test, self.test_labels = self.sample_batch(num_test, torch.Generator().manual_seed(int(seed)), True)
 
-    def sample_batch(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return self.oracle.sample(check_positive_int("batch_size", batch_size), generator, dtype=torch.float32)
+    def sample_batch(self, batch_size: int, generator: Optional[torch.Generator] = None, return_labels: bool = False):
+        x, component = self.oracle.sample(
+            check_positive_int("batch_size", batch_size), generator, dtype=torch.float32, return_labels=True
+        )
+        return (x, self.oracle.classes.to(component.device)[component]) if return_labels else x
 
 
 class Ring2D(OracleDataset):
