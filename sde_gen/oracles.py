@@ -24,7 +24,7 @@ from ._validation import check_choice, check_positive_int
 from .sdes import SDE
 from .utils import as_time
 
-__all__ = ["GaussianMixture", "PRESETS", "make_preset"]
+__all__ = ["GaussianMixture", "ExactConditionalScore", "PRESETS", "make_preset"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -175,6 +175,7 @@ class GaussianMixture(nn.Module):
         device=None,
         dtype: Optional[torch.dtype] = None,
         return_labels: bool = False,
+        y=None,
     ):
         """Draw `n` samples.
 
@@ -184,6 +185,8 @@ class GaussianMixture(nn.Module):
             device: of the result; None follows the generator, then the module's buffers.
             dtype: of the result; None gives torch's default dtype.
             return_labels: also return the (n,) component index of each sample.
+            y: draw from the class-conditional law p_0(x | y) instead: an int class for every
+                sample, or an (n,) tensor of classes in [0, C).
 
         Returns:
             (n, D) samples, and the labels when asked for.
@@ -192,8 +195,12 @@ class GaussianMixture(nn.Module):
         if device is None:
             device = generator.device if generator is not None else self.means.device
         dtype = dtype or torch.get_default_dtype()
-        w = self.weights.to(device)
-        labels = torch.multinomial(w, n, replacement=True, generator=generator)
+        if y is None:
+            labels = torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)
+        else:
+            # the component given the class: weights restricted to the class's components
+            member = self._member(self.check_labels(y, n, device))  # (n, K)
+            labels = torch.multinomial(self.weights.to(device) * member, 1, replacement=True, generator=generator)[:, 0]
         z = torch.randn(n, self.dim, generator=generator, device=device, dtype=torch.float64)
         scaled = z * self.eigvals.to(device)[labels].sqrt()
         if not self.diagonal:
@@ -259,9 +266,120 @@ class GaussianMixture(nn.Module):
         log_terms, _, _ = self._component_terms(x, a, s)
         return torch.log_softmax(log_terms, dim=1)
 
+    # ---- classes: exact class posteriors and class-conditional scores ----
+    def check_labels(self, y, n: int, device=None) -> torch.Tensor:
+        """Class labels as an (n,) long tensor on `device`: an int (every sample) or (n,) integers in [0, C).
+
+        Raises:
+            ValueError naming `y` and the allowed range (checked once, before any sampling).
+        """
+        C = self.num_classes
+        if isinstance(y, bool) or (not isinstance(y, int) and not torch.is_tensor(y)):
+            raise ValueError(f"y must be an int class or an ({n},) tensor of classes in [0, {C}); got {y!r}")
+        y = torch.as_tensor(y, device=device)
+        if y.ndim == 0:
+            y = y.expand(n)
+        if y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
+            raise ValueError(f"y must be an int class or an ({n},) integer tensor of classes; got shape {tuple(y.shape)}, dtype {y.dtype}")
+        if bool(((y < 0) | (y >= C)).any()):
+            raise ValueError(f"y must lie in [0, {C}) (this mixture has {C} classes); got {sorted(set(y.tolist()))}")
+        return y.long()
+
+    def _member(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, K) indicator that component k belongs to class y_b (as 0/1 of float64)."""
+        return (self.classes.to(y.device)[None, :] == y[:, None]).to(torch.float64)
+
+    def class_weights(self) -> torch.Tensor:
+        """(C,) prior class probabilities p(y) = sum of the weights of the class's components."""
+        return torch.zeros(self.num_classes, dtype=torch.float64, device=self.weights.device).index_add_(
+            0, self.classes, self.weights)
+
+    def class_log_posterior(self, x: torch.Tensor, t=None, sde: Optional[SDE] = None) -> torch.Tensor:
+        """log p_t(y | x) for every class, shape (B, C) (normalised logits); `sde=None`: under p_0.
+
+        The component log-densities log w_k N_k(x) are summed within each class by log-sum-exp,
+        so the posterior stays exact and finite however far x lies from every mean.
+        """
+        a, s = self._coeffs(x, t, sde)
+        log_terms, _, _ = self._component_terms(x, a, s)  # (B, K)
+        C = self.num_classes
+        onehot = self.classes.to(x.device)[None, :, None] == torch.arange(C, device=x.device)[None, None, :]  # (1, K, C)
+        masked = torch.where(onehot, log_terms[:, :, None], torch.tensor(-math.inf, dtype=x.dtype, device=x.device))
+        per_class = torch.logsumexp(masked, dim=1)  # (B, C)
+        return per_class - torch.logsumexp(log_terms, dim=1, keepdim=True)
+
+    def class_score(self, x: torch.Tensor, y, t=None, sde: Optional[SDE] = None) -> torch.Tensor:
+        """grad_x log p_t(x | y), shape (B, D): the score of the class's sub-mixture.
+
+        Args:
+            x: (B, D). y: an int class or (B,) classes in [0, C). t, sde: as in `score`.
+        """
+        y = self.check_labels(y, x.shape[0], x.device)
+        a, s = self._coeffs(x, t, sde)
+        log_terms, y_over_var, vecs = self._component_terms(x, a, s)
+        # responsibilities within the class: components of other classes get weight 0
+        inside = self._member(y).to(torch.bool)
+        log_terms = torch.where(inside, log_terms, torch.tensor(-math.inf, dtype=x.dtype, device=x.device))
+        resp = torch.softmax(log_terms, dim=1)[..., None]
+        weighted = resp * y_over_var
+        if vecs is None:
+            return -weighted.sum(1)
+        return -torch.einsum("bke,kde->bd", weighted, vecs)
+
+    def conditional(self, c: int) -> "GaussianMixture":
+        """The class-conditional data law p_0(x | y = c) as a mixture of the class's components."""
+        c = int(self.check_labels(c, 1)[0])
+        keep = self.classes == c
+        w = self.weights[keep]
+        return GaussianMixture(w / w.sum(), self.means[keep], self.covariances()[keep] if not self.diagonal
+                               else self.eigvals[keep])
+
+    def conditional_model(self, sde: SDE) -> "ExactConditionalScore":
+        """The exact scores under `sde` as a conditional model `model(x, t, y=None)` (see `ExactConditionalScore`)."""
+        return ExactConditionalScore(self, sde)
+
+    def classifier(self, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The exact noise-conditional classifier `classifier(x, t) -> log p_t(y | x)`, shape (B, C)."""
+
+        def exact_classifier(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.class_log_posterior(x, t, sde)
+
+        exact_classifier.num_classes = self.num_classes
+        return exact_classifier
+
     def extra_repr(self) -> str:
         kind = "diagonal" if self.diagonal else "full"
-        return f"num_components={self.num_components}, dim={self.dim}, covariances={kind}"
+        return f"num_components={self.num_components}, num_classes={self.num_classes}, dim={self.dim}, covariances={kind}"
+
+
+class ExactConditionalScore(nn.Module):
+    """An oracle's exact scores with the calling convention of a conditional `ScoreModel`.
+
+    `model(x, t, y=None)` returns grad log p_t(x | y) for labels y in [0, C), and the
+    unconditional score grad log p_t(x) where y is None or equals the no-label token C, the
+    convention of the trained networks (`sde_gen.nets.fourier.TimeEmbedding`); a batch may mix
+    both. So the guidance wrappers of `sde_gen.guidance` run on the exact answer unchanged.
+
+    Args:
+        oracle: the mixture (with its `classes` map). sde: the forward SDE.
+    """
+
+    def __init__(self, oracle: GaussianMixture, sde: SDE):
+        super().__init__()
+        self.oracle, self.sde = oracle, sde
+        self.num_classes = oracle.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if y is None:
+            return self.oracle.score(x, t, self.sde)
+        y = torch.as_tensor(y, device=x.device)
+        if y.ndim == 0:
+            y = y.expand(x.shape[0])
+        if bool(((y < 0) | (y > self.num_classes)).any()):
+            raise ValueError(f"y must lie in [0, {self.num_classes}] ({self.num_classes} = no label); got {sorted(set(y.tolist()))}")
+        null = y == self.num_classes
+        cond = self.oracle.class_score(x, torch.where(null, 0, y), t, self.sde)
+        return torch.where(null[:, None], self.oracle.score(x, t, self.sde), cond)
 
 
 # ---- named problems used across tests, benchmarks and notebooks ----

@@ -57,6 +57,7 @@ class MLP(nn.Module):
         hidden = check_positive_int("hidden", hidden)
         depth = check_positive_int("depth", depth)
         self.embed = TimeEmbedding(check_positive_int("time_embed_dim", time_embed_dim), fourier_scale, num_classes)
+        self.num_classes = self.embed.num_classes  # None: unconditional; label num_classes = no label
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, time_embed_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))

@@ -40,6 +40,11 @@ class ScoreModel(nn.Module):
         self.sde = sde
         self.data_std = check_positive("data_std", data_std)
 
+    @property
+    def num_classes(self) -> Optional[int]:
+        """C for a class-conditional backbone (labels 0..C-1, C = no label), None if unconditional."""
+        return getattr(self.backbone, "num_classes", None)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, *event), t: (B,), y: (B,) labels or None -> score (B, *event)."""
         a, s = self.sde.marginal_coeffs(t)

@@ -109,6 +109,7 @@ class UNet(nn.Module):
         attn = set(attention_resolutions)
         embed_dim = 4 * channels if time_embed_dim is None else check_positive_int("time_embed_dim", time_embed_dim)
         self.embed = TimeEmbedding(embed_dim, fourier_scale, num_classes)
+        self.num_classes = self.embed.num_classes  # None: unconditional; label num_classes = no label
         self.in_channels, self.image_size = in_channels, image_size
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
 
