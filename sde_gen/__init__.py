@@ -6,15 +6,16 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
     sampling:  sample, SAMPLERS, SampleResult
     training:  dsm_loss, DenoisingScoreMatching, ScoreModel, MLP, UNet, build_score_model, DATASETS,
                build_dataset, train, load_trained, Trained
+    conditional: NoiseConditionalClassifier, NoiseConditionalCrossEntropy, load_classifier
     likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult
     helpers:   append_dims, batch_sum
 The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 """
-from .checkpoint import Trained, load_trained
+from .checkpoint import Trained, load_classifier, load_trained
 from .data import DATASETS, build_dataset
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, evaluate_dataset, log_likelihood
-from .losses import DenoisingScoreMatching, dsm_loss
-from .nets import MLP, ScoreModel, UNet, build_score_model
+from .losses import DenoisingScoreMatching, NoiseConditionalCrossEntropy, dsm_loss
+from .nets import MLP, NoiseConditionalClassifier, ScoreModel, UNet, build_score_model
 from .oracles import PRESETS, GaussianMixture, make_preset
 from .samplers import SAMPLERS, SampleResult, sample
 from .sdes import SDE, SDES, SubVPSDE, VESDE, VPSDE, build_sde
@@ -47,6 +48,9 @@ __all__ = [
     "build_dataset",
     "load_trained",
     "Trained",
+    "NoiseConditionalClassifier",
+    "NoiseConditionalCrossEntropy",
+    "load_classifier",
     "log_likelihood",
     "bits_per_dim",
     "evaluate_dataset",

@@ -12,7 +12,8 @@ good checkpoint. A full disk is reported as `OSError(ENOSPC)` naming the checkpo
 non-finite weights is never written, rotation never deletes the newest checkpoint with finite
 weights, and `prepare_checkpoint_dir` checks the folder and removes the temporary files of a save
 that was killed. `load_trained` rebuilds the SDE, the dataset and the EMA model from the stored
-config: the entry point of the sampling and likelihood apps.
+config: the entry point of the sampling and likelihood apps; `load_classifier` does the same for a
+noise-conditional classifier run (`loss=classifier`), and each refuses the other kind in one line.
 
 Checkpoints are data, not code: `load_checkpoint` runs `sde_gen.trust.check_checkpoint_config` on
 the stored config before anything reads it (see there).
@@ -33,11 +34,11 @@ from omegaconf import OmegaConf
 
 from .config import instantiate, register_configs
 from .io import atomic_path
-from .nets import build_score_model
+from .nets import build_classifier, build_score_model, model_kind
 from .trust import CheckpointError, check_checkpoint_config
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_checkpoint_config", "latest_checkpoint",
-           "checkpoint_path", "Trained", "load_trained", "check_checkpoint_dir", "prepare_checkpoint_dir",
+           "checkpoint_path", "Trained", "load_trained", "load_classifier", "check_checkpoint_dir", "prepare_checkpoint_dir",
            "nonfinite_weights"]
 
 FORMAT = 1
@@ -262,12 +263,16 @@ class Trained:
     """A trained model ready for sampling or likelihoods.
 
     Attributes:
-        model: the `ScoreModel` with EMA (or raw) weights in eval mode; `model(x, t)` is the score.
+        model: the `ScoreModel` with EMA (or raw) weights in eval mode; `model(x, t)` is the score
+            (`model(x, t, y)` the class-conditional one). From `load_classifier`: the
+            `NoiseConditionalClassifier`, `model(x, t)` -> (B, C) logits.
         sde: the forward SDE of the run.
         dataset: the dataset of the run (rebuilt from the stored config).
         config: the resolved run config as a plain dict.
         step: the training step of the checkpoint.
         path: the checkpoint file that was loaded.
+        num_classes: C for a class-conditional model or a classifier (labels 0..C-1), None for
+            an unconditional model.
     """
 
     model: torch.nn.Module
@@ -276,6 +281,7 @@ class Trained:
     config: Dict[str, Any]
     step: int
     path: str
+    num_classes: Optional[int] = None
 
 
 def load_trained(
@@ -296,9 +302,36 @@ def load_trained(
             ["mypkg.nets.MyNet"] (or register a backbone once with `sde_gen.nets.register_backbone`).
 
     Raises:
-        CheckpointError naming the file when there is no checkpoint or it cannot be read, and naming
-        the config key and the target when the stored config is refused.
+        CheckpointError naming the file when there is no checkpoint or it cannot be read, when it
+        holds a noise-conditional classifier (load that with `load_classifier`), and naming the
+        config key and the target when the stored config is refused.
     """
+    return _load(path, "score", device, ema, dataset, trusted_targets)
+
+
+def load_classifier(path: str, device=None, ema: bool = True, dataset: bool = True) -> Trained:
+    """Rebuild the noise-conditional classifier of a classifier run (`loss=classifier`).
+
+    Args:
+        path: a `ckpt_*.pt` file, or a run directory (its newest checkpoint is used).
+        device: where to put the classifier (None: CPU).
+        ema: load the EMA weights (True) or the raw training weights.
+        dataset: also rebuild the dataset.
+
+    Returns:
+        `Trained` whose `model` is the `NoiseConditionalClassifier` (eval mode, no gradients for
+        its weights; gradients with respect to x still flow, as classifier guidance needs) and
+        whose `num_classes` is C.
+
+    Raises:
+        CheckpointError naming the file when there is no checkpoint, it cannot be read, it holds a
+        score model (load that with `load_trained`) or its stored config is refused.
+    """
+    return _load(path, "classifier", device, ema, dataset, ())
+
+
+def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_targets: Sequence[str]) -> Trained:
+    """`load_trained` (kind "score") and `load_classifier` (kind "classifier")."""
     file = latest_checkpoint(path)
     if file is None:
         raise CheckpointError(f"no checkpoint (ckpt_*.pt) found at {path!r}")
@@ -314,11 +347,21 @@ def load_trained(
     elif not dataset:
         raise CheckpointError(f"checkpoint {file!r} stores no event_shape; load it with dataset=True")
     cfg = OmegaConf.create(stored)
+    stored_kind = model_kind(cfg.model)
+    if stored_kind != kind:
+        held, loader = (("a noise-conditional classifier", "load_classifier") if stored_kind == "classifier"
+                        else ("a score model", "load_trained"))
+        wanted = "a score model" if kind == "score" else "a noise-conditional classifier"
+        raise CheckpointError(f"checkpoint {file!r} holds {held} (model._target_={stored['model']['_target_']!r}), "
+                              f"not {wanted}; load it with {loader}")
     register_configs()
     sde = instantiate(cfg.sde, "sde")
     data = instantiate(cfg.data, "data") if dataset else None
     event_shape = tuple(state["event_shape"]) if "event_shape" in state else tuple(data.event_shape)
-    model = build_score_model(cfg.model, sde, event_shape, state.get("data_std", 1.0), trusted_targets=trusted_targets)
+    if kind == "classifier":
+        model = build_classifier(cfg.model, sde, event_shape, state.get("data_std", 1.0))
+    else:
+        model = build_score_model(cfg.model, sde, event_shape, state.get("data_std", 1.0), trusted_targets=trusted_targets)
     if ema:
         # AveragedModel keys are "module.<name>" plus the "n_averaged" counter
         weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
@@ -328,4 +371,5 @@ def load_trained(
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
-    return Trained(model=model, sde=model.sde, dataset=data, config=stored, step=int(state["step"]), path=file)
+    return Trained(model=model, sde=model.sde, dataset=data, config=stored, step=int(state["step"]), path=file,
+                   num_classes=getattr(model, "num_classes", None))

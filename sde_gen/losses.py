@@ -14,6 +14,19 @@ d lambda_snr/dt = -g(t)^2 / (2 s(t)^2) where lambda_snr(t) = log(a(t) / s(t)), s
 half log-SNR uniformly on [lambda_snr(T), lambda_snr(eps)] draws t with density proportional to
 g^2 / s^2. The importance weight g^2 / (s^2 p(t)) is then the constant 2 (lambda_snr(eps) - lambda_snr(T)),
 and the variance of the estimator drops sharply near t = eps (Song, Durkan et al. 2021, Sec. 5).
+
+Conditional training: with class labels y the network learns the class-conditional score
+grad log p_t(x_t | y) by the same regression, s_theta(x_t, t, y) (the DSM target -z / s(t) does not
+depend on y). Classifier-free guidance (Ho & Salimans 2021, Sec. 3.2) trains one network for both
+the conditional and the unconditional score by replacing each label, with probability p_uncond,
+by the "no label" token C (`drop_labels`).
+
+Noise-conditional classifier (Song et al. 2021, Sec. 5 and App. I; Dhariwal & Nichol 2021, Sec. 4):
+a network p_phi(y | x_t, t) trained by cross-entropy on perturbed data,
+
+    L(phi) = E_t E_{(x_0, y)} E_z [ -log p_phi(y | a(t) x_0 + s(t) z, t) ],   t ~ U(eps, T),
+
+whose gradient grad_x log p_phi(y | x, t) guides an unconditional score towards class y.
 """
 from __future__ import annotations
 
@@ -26,7 +39,8 @@ from ._validation import check_choice
 from .sdes import SDE
 from .utils import append_dims
 
-__all__ = ["WEIGHTINGS", "REDUCTIONS", "sample_time", "dsm_loss", "DenoisingScoreMatching", "LOSSES"]
+__all__ = ["WEIGHTINGS", "REDUCTIONS", "sample_time", "dsm_loss", "DenoisingScoreMatching", "drop_labels",
+           "NoiseConditionalCrossEntropy", "LOSSES"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
 REDUCTIONS = ("mean", "sum")
@@ -86,11 +100,12 @@ def dsm_loss(
     generator: Optional[torch.Generator] = None,
     t: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
+    y: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Per-sample denoising score-matching loss.
 
     Args:
-        score_fn: `score_fn(x, t)` returning a tensor like `x`.
+        score_fn: `score_fn(x, t)` returning a tensor like `x`; `score_fn(x, t, y)` when `y` is given.
         sde: the forward SDE.
         x0: data batch (B, *event).
         weighting: "sigma2", "likelihood" or "none" (see module docstring).
@@ -98,6 +113,8 @@ def dsm_loss(
         reduction: "mean" or "sum" over the event dimensions.
         generator: randomness for t and z.
         t, noise: fix the times (B,) and the noise (like x0) instead of drawing them.
+        y: (B,) long class labels passed to `score_fn` (conditional training); None calls
+            `score_fn(x, t)` exactly as an unconditional model expects.
 
     Returns:
         (B,) losses 1/2 lambda(t) || score + z / s(t) ||^2, reduced over the event dimensions and
@@ -108,12 +125,12 @@ def dsm_loss(
             likelihood weighting (checked on every call; `DenoisingScoreMatching` checks once).
     """
     _check_options(weighting, importance_sampling, reduction)
-    return _dsm(score_fn, sde, x0, weighting, importance_sampling, reduction, generator, t, noise)
+    return _dsm(score_fn, sde, x0, weighting, importance_sampling, reduction, generator, t, noise, y)
 
 
 def _dsm(score_fn, sde: SDE, x0: torch.Tensor, weighting: str, importance_sampling: bool, reduction: str,
          generator: Optional[torch.Generator], t: Optional[torch.Tensor] = None,
-         noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+         noise: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`dsm_loss` with options already checked (the per-step path of `DenoisingScoreMatching`)."""
     B = x0.shape[0]
     if t is None:
@@ -124,7 +141,8 @@ def _dsm(score_fn, sde: SDE, x0: torch.Tensor, weighting: str, importance_sampli
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = sde.perturb(x0, t, noise)
     std = sde.marginal_std(t).to(x0.dtype)
-    score = score_fn(x_t, t)
+    # an unconditional score_fn may take only (x, t): y is passed only when there is one
+    score = score_fn(x_t, t) if y is None else score_fn(x_t, t, y)
     # s * score + z is the residual of the noise prediction; divide by s for the score residual
     resid = append_dims(std, x0.ndim) * score + noise
     sq = resid.flatten(1).pow(2)
@@ -150,8 +168,12 @@ class DenoisingScoreMatching(nn.Module):
         importance_sampling: draw t proportionally to g^2 / s^2 (needs weighting="likelihood").
         reduction: "mean" or "sum" over the event dimensions.
 
-    Call: `loss(score_fn, sde, x0 (B, *event), generator)` -> scalar.
+    Call: `loss(score_fn, sde, x0 (B, *event), generator, y=None)` -> scalar; `y` (B,) labels
+    are passed on to `score_fn(x_t, t, y)` (conditional training).
     """
+
+    #: what the training loop builds for this loss: a score model (`sde_gen.nets.build_score_model`)
+    trains = "score"
 
     def __init__(self, weighting: str = "sigma2", importance_sampling: bool = False, reduction: str = "mean"):
         super().__init__()
@@ -159,12 +181,61 @@ class DenoisingScoreMatching(nn.Module):
         self.weighting, self.reduction = weighting, reduction
         self.importance_sampling = bool(importance_sampling)
 
-    def forward(self, score_fn, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None):
-        return _dsm(score_fn, sde, x0, self.weighting, self.importance_sampling, self.reduction, generator).mean()
+    def forward(self, score_fn, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
+                y: Optional[torch.Tensor] = None):
+        return _dsm(score_fn, sde, x0, self.weighting, self.importance_sampling, self.reduction, generator, y=y).mean()
 
     def extra_repr(self) -> str:
         return f"weighting={self.weighting!r}, importance_sampling={self.importance_sampling}, reduction={self.reduction!r}"
 
 
+def drop_labels(y: torch.Tensor, p: float, num_classes: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Classifier-free training: replace each label by the "no label" token with probability `p`.
+
+    Ho & Salimans 2021, Alg. 1 (p_uncond). The token is `num_classes`, the extra row of the
+    networks' label embedding (`sde_gen.nets.TimeEmbedding`), which a conditional network also
+    receives for `y=None`; so one network learns the conditional and the unconditional score.
+
+    Args:
+        y: (B,) long labels in [0, num_classes).
+        p: the dropout probability, in [0, 1].
+        num_classes: C (the token's index).
+        generator: draws the (B,) uniform numbers of the mask (on y's device); one draw of B
+            numbers per call, whatever `p`, so the stream does not depend on its value.
+
+    Returns:
+        (B,) long labels: y where kept, C where dropped.
+    """
+    u = torch.rand(y.shape, generator=generator, device=y.device, dtype=torch.float64)
+    return torch.where(u < p, torch.full_like(y, num_classes), y)
+
+
+class NoiseConditionalCrossEntropy(nn.Module):
+    """Cross-entropy of a noise-conditional classifier on perturbed data (module docstring).
+
+    The `loss:` node `conf/loss/classifier.yaml`. The times come from `sample_time` (t ~ U(eps, T),
+    the score model's default), then the noise: x_t = a(t) x_0 + s(t) z.
+
+    Call: `loss(classifier, sde, x0 (B, *event), generator, y (B,) long)` -> scalar, the batch
+    mean of -log softmax(classifier(x_t, t))[y]; `classifier(x, t)` returns (B, C) logits.
+    """
+
+    #: what the training loop builds for this loss: a classifier (`sde_gen.nets.build_classifier`)
+    trains = "classifier"
+
+    def forward(self, classifier, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
+                y: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None,
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args as in the class docstring; `t` (B,) and `noise` (like x0) fix the draws (tests)."""
+        if y is None:
+            raise ValueError("NoiseConditionalCrossEntropy needs the labels y of x0")
+        if t is None:
+            t, _ = sample_time(sde, x0.shape[0], False, generator, device=x0.device, dtype=x0.dtype)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        logits = classifier(sde.perturb(x0, t, noise), t)
+        return nn.functional.cross_entropy(logits, y)
+
+
 #: losses a config (and a stored checkpoint config) may build: config name -> class
-LOSSES = {"dsm": DenoisingScoreMatching}
+LOSSES = {"dsm": DenoisingScoreMatching, "classifier": NoiseConditionalCrossEntropy}

@@ -2,6 +2,17 @@
 
     theta* = argmin E_t E_{x_0} E_z [ 1/2 lambda(t) || s_theta(a(t) x_0 + s(t) z, t) + z / s(t) ||^2 ]
 
+Three kinds of run share the loop, told apart by the config:
+
+* unconditional (`model.num_classes: null`, the default): the equation above;
+* class-conditional (`model.num_classes` an integer or `auto`, the data's class count): s_theta(x_t, t, y)
+  on labelled data, each label replaced by the "no label" token with probability
+  `train.label_dropout` (classifier-free guidance, Ho & Salimans 2021), so the one network also
+  learns the unconditional score; the evaluation adds class-conditional numbers;
+* a noise-conditional classifier p_phi(y | x_t, t) (`model=classifier_mlp|classifier_unet` with
+  `loss=classifier`): cross-entropy on perturbed data (`sde_gen.losses.NoiseConditionalCrossEntropy`);
+  the evaluation measures its accuracy on x_t at a few t on held-out data.
+
 with the configured `loss:` (DSM), `optimizer:` (Adam, Kingma & Ba 2015, or AdamW) and
 `lr_scheduler:` (linear warm-up, then cosine or constant; `sde_gen.optim`) nodes, gradient-norm
 clipping and an exponential moving average of the weights (Song & Ermon 2020, "Improved techniques", Sec. 3.5),
@@ -33,6 +44,7 @@ The Hydra app `sde-gen-train` (`sde_gen.apps.train`) calls `train(cfg, run_dir)`
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -50,11 +62,12 @@ from .checkpoint import (CheckpointError, check_checkpoint_dir, checkpoint_path,
 from .config import (ConfigError, OptimizerConf, TrainConf, instantiate, register_configs, resolve_device, to_plain,
                      validate)
 from .io import atomic_write_text
-from .nets import build_score_model
+from .losses import drop_labels
+from .nets import build_classifier, build_score_model, model_kind
 from .plots import plot_loss, plot_samples_vs_data
 from .train_state import TrainState
 
-__all__ = ["train", "TrainingDiverged", "TrainingInterrupted", "RESUME_MUST_MATCH"]
+__all__ = ["train", "TrainingDiverged", "TrainingInterrupted", "RESUME_MUST_MATCH", "evaluate_classifier"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +103,48 @@ def _check_top_level(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: missing from the config")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed: must be an integer >= 0; got {cfg.seed!r}")
+
+
+def _resolve_num_classes(cfg: DictConfig, data, kind: str) -> DictConfig:
+    """Check `model.num_classes` against the data; `auto` becomes the data's class count.
+
+    Returns the config to train with: `cfg` itself, or a copy with the count filled in (so the
+    stored config, the resume comparison and the checkpoint loaders see an integer).
+
+    Raises:
+        ConfigError naming both the model's and the data's side: a conditional model (or a
+        classifier) on unlabelled data, or class counts that differ.
+    """
+    value = cfg.model.get("num_classes", None)
+    if value is None:
+        if kind == "classifier":
+            raise ConfigError("model.num_classes: a classifier needs the number of classes (an integer, or auto for the data's)")
+        return cfg  # unconditional: labels, if the data have them, are not used
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"model.num_classes must be null (unconditional), auto (the data's class count) or an integer >= 1; "
+                          f"got {value!r}")
+    what = "a noise-conditional classifier" if kind == "classifier" else "a class-conditional model"
+    try:
+        count = data.check_labelled(f"model.num_classes={value} makes {what}, which needs labelled data")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if value == "auto":
+        cfg = copy.deepcopy(cfg)
+        cfg.model.num_classes = count
+    elif value != count:
+        raise ConfigError(f"model.num_classes={value} does not match data {data.name!r}, which has {count} classes; "
+                          f"set model.num_classes={count} or auto")
+    return cfg
+
+
+def _check_loss_for(loss_fn, kind: str, cfg: DictConfig) -> None:
+    """The loss must train what the model section builds (a score model or a classifier)."""
+    trains = getattr(loss_fn, "trains", "score")
+    if trains != kind:
+        fix = "loss=classifier" if kind == "classifier" else "loss=dsm"
+        raise ConfigError(f"loss: {type(loss_fn).__name__} trains a {trains} model but model._target_ "
+                          f"{cfg.model.get('_target_')!r} is a {'noise-conditional classifier' if kind == 'classifier' else 'score backbone'}; "
+                          f"use {fix} (experiment=classifier_ring2d and classifier_digits set both)")
 
 
 # ---------------------------------------------------------------- evaluation and pictures
@@ -137,6 +192,69 @@ def evaluate(model, sde, data, sampler, tc: TrainConf, step: int, seed: int, flo
             plot_score_error(diag, os.path.join(run_dir, "score_error.png"), f"{data.name}, step {step}")
     if run_dir is not None and tc.plots:
         plot_samples_vs_data(x.cpu(), data, os.path.join(run_dir, "samples.png"), step)
+    if getattr(model, "num_classes", None) is not None:
+        out.update(_evaluate_conditional(model, sde, data, sampler, tc, ref, g, g_cpu, device))
+    return out
+
+
+def _evaluate_conditional(model, sde, data, sampler, tc: TrainConf, ref, g, g_cpu, device) -> Dict[str, float]:
+    """Class-conditional numbers of a conditional model (the keys above are those of its
+    unconditional, no-label output): samples with the held-out labels, so that their classes
+    follow the data's proportions, scored as a whole against the data (`cond_sw2`) and, for oracle
+    data, by purity, the fraction whose most probable class under the exact posterior p_0(c | x)
+    is the requested one, next to the same fraction for exact samples (`purity_exact`, the ceiling:
+    classes overlap). Per-class distances are the evaluation app's (`sde_gen.evaluation`)."""
+    from .guidance import classifier_free
+    from .metrics import sliced_wasserstein
+
+    n = tc.eval_samples
+    idx = torch.arange(n) % data.test_labels.shape[0]
+    y = data.test_labels[idx].to(device)
+    res = sampler(sde, classifier_free(model, y, 1.0), shape=(n, *data.event_shape), generator=g, device=device,
+                  dtype=torch.float32)
+    x = torch.nan_to_num(res.samples, nan=0.0, posinf=1e6, neginf=-1e6).cpu()
+    out = {"cond_sw2": float(sliced_wasserstein(x, ref, tc.eval_projections, generator=g_cpu))}
+    if data.oracle is not None:
+        oracle, y = data.oracle, y.cpu()
+        out["purity"] = float((oracle.class_log_posterior(x.double()).argmax(1) == y).double().mean())
+        exact, labels = data.test, data.test_labels
+        out["purity_exact"] = float((oracle.class_log_posterior(exact.double()).argmax(1) == labels).double().mean())
+    return out
+
+
+#: where the classifier's accuracy is measured: fractions of [eps, T] ("small t" is 0.05)
+CLASSIFIER_EVAL_FRACTIONS = (0.0, 0.05, 0.5, 1.0)
+
+
+@torch.no_grad()
+def evaluate_classifier(model, sde, data, tc: TrainConf, step: int, seed: int, device) -> Dict[str, Any]:
+    """Accuracy of a noise-conditional classifier on x_t = a(t) x_0 + s(t) z of the held-out data.
+
+    The same x_0 (the first `train.eval_samples` held-out points) and the same z at every
+    evaluation (a generator seeded by `seed` only), so the rows differ by the weights alone. For
+    oracle data `bayes_acc@t` is the accuracy of the exact posterior p_t(c | x_t) on the same x_t,
+    the best any classifier can do.
+
+    Returns:
+        {"step", "acc@t=<t>" and (oracles) "bayes_acc@t=<t>" per time, "acc_small_t" (the
+        accuracy at t = eps + 0.05 (T - eps)), "ce_small_t" (its mean cross-entropy)}.
+    """
+    n = min(tc.eval_samples, data.test.shape[0])
+    x0, y = data.test[:n].to(device), data.test_labels[:n].to(device)
+    g = torch.Generator(device).manual_seed(seed * 1_000_003 + 104_729)
+    out: Dict[str, Any] = {"step": step}
+    for frac in CLASSIFIER_EVAL_FRACTIONS:
+        t = torch.full((n,), sde.eps + frac * (sde.T - sde.eps), device=device, dtype=torch.float32)
+        x_t = sde.perturb(x0, t, torch.randn(x0.shape, generator=g, device=device, dtype=x0.dtype))
+        logits = model(x_t, t)
+        acc = float((logits.argmax(1) == y).double().mean())
+        out[f"acc@t={float(t[0]):.3g}"] = acc
+        if frac == 0.05:
+            out["acc_small_t"] = acc
+            out["ce_small_t"] = float(torch.nn.functional.cross_entropy(logits.double(), y))
+        if data.oracle is not None:
+            post = data.oracle.class_log_posterior(x_t.double(), t.double(), sde)
+            out[f"bayes_acc@t={float(t[0]):.3g}"] = float((post.argmax(1) == y).double().mean())
     return out
 
 
@@ -211,13 +329,16 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     compared with the config, and the checkpoint folder is checked writable before the first step.
 
     Returns:
-        {"step": final step, "final": the last evaluation's metrics, "model": the ScoreModel,
+        {"step": final step, "final": the last evaluation's metrics, "model": the ScoreModel (or
+         NoiseConditionalClassifier),
          "ema": the AveragedModel, "wall_s": training wall time, "skipped_steps": steps skipped
          for a non-finite loss or gradient (over the whole run, resumes included), "run_dir"}.
 
     Raises:
         ConfigError: a bad config value, or a resume checkpoint trained with another sde / data /
-            model / seed (the message lists the differing keys).
+            model / seed (the message lists the differing keys); a conditional model or a
+            classifier on unlabelled data, a class count that differs from the data's, a loss
+            that does not train what the model section builds.
         CheckpointError: the checkpoint folder is a file or not writable; the resume checkpoint is
             unreadable or holds non-finite weights.
         TrainingDiverged: `train.max_bad_steps` consecutive non-finite steps.
@@ -236,10 +357,17 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     data = instantiate(cfg.data, "data")
     sampler = instantiate(cfg.sampler, "sampler", check_finite=True)
     loss_fn = instantiate(cfg.loss, "loss")
+    kind = model_kind(cfg.model)
+    _check_loss_for(loss_fn, kind, cfg)
+    cfg = _resolve_num_classes(cfg, data, kind)
+    num_classes = cfg.model.get("num_classes", None)  # None: unconditional score model
     data_std = data.data_std()
     torch.manual_seed(seed)  # network initialisation
     trusted = cfg.get("trusted_targets") or ()
-    model = build_score_model(cfg.model, sde, data.event_shape, data_std, trusted_targets=trusted).to(device)
+    if kind == "classifier":
+        model = build_classifier(cfg.model, sde, data.event_shape, data_std).to(device)
+    else:
+        model = build_score_model(cfg.model, sde, data.event_shape, data_std, trusted_targets=trusted).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     optimizer = _build(cfg.optimizer, "optimizer", model.parameters())
     lr_scheduler = _build(cfg.lr_scheduler, "lr_scheduler", optimizer)
@@ -275,7 +403,7 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     for stale in prepare_checkpoint_dir(ckpt_dir):
         log.warning("removed %s, left by a checkpoint save that did not finish", stale)
     atomic_write_text(os.path.join(run_dir, "config_resolved.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
-    floors = _noise_floors(data, tc.eval_samples, tc, seed)
+    floors = _noise_floors(data, tc.eval_samples, tc, seed) if kind == "score" else {}
     saved: Dict[str, Any] = {"step": None, "path": resume_from}
 
     def save():
@@ -297,7 +425,10 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
 
     def run_eval():
         ema.eval()
-        row = evaluate(ema.module, sde, data, sampler, tc, ts.step, seed, floors, run_dir, device)
+        if kind == "classifier":
+            row = evaluate_classifier(ema.module, sde, data, tc, ts.step, seed, device)
+        else:
+            row = evaluate(ema.module, sde, data, sampler, tc, ts.step, seed, floors, run_dir, device)
         ts.eval_rows.append(row)
         logger.log_eval(ts.eval_rows)
         log.info("step %d: %s", ts.step, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items() if "@" not in k})
@@ -327,8 +458,15 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         with _StopRequest() as stop:
             while ts.step < tc.steps:
                 lr = optimizer.param_groups[0]["lr"]  # set by the scheduler for this step
-                x0 = data.sample_batch(tc.batch_size, ts.generator).to(device)
-                loss = loss_fn(model, sde, x0, ts.generator)
+                if num_classes is None:  # unconditional: the stream of draws is that of every earlier version
+                    x0 = data.sample_batch(tc.batch_size, ts.generator).to(device)
+                    loss = loss_fn(model, sde, x0, ts.generator)
+                else:  # the same x0 as above, then (score models) the dropout mask, then t and z
+                    x0, y = data.sample_batch(tc.batch_size, ts.generator, return_labels=True)
+                    x0, y = x0.to(device), y.to(device)
+                    if kind == "score":
+                        y = drop_labels(y, tc.label_dropout, num_classes, ts.generator)
+                    loss = loss_fn(model, sde, x0, ts.generator, y=y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip is not None:

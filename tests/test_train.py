@@ -25,8 +25,8 @@ from sde_gen.samplers import Sampler
 from sde_gen.sdes import SDE
 from sde_gen.config import CONF_DIR
 from sde_gen.config import TrainConf
-from sde_gen.losses import DenoisingScoreMatching
-from sde_gen.nets import build_score_model
+from sde_gen.losses import LOSSES, DenoisingScoreMatching
+from sde_gen.nets import NoiseConditionalClassifier, build_classifier, build_score_model, model_kind
 from sde_gen.training import train
 
 from .conftest import ALL_SDES, SDE_IDS
@@ -166,7 +166,7 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx, tmp_pa
             elif group == "train":
                 assert isinstance(validate(cfg.train, TrainConf, "train"), TrainConf)
             elif group == "loss":
-                assert isinstance(instantiate(cfg.loss, "loss"), DenoisingScoreMatching)
+                assert isinstance(instantiate(cfg.loss, "loss"), tuple(LOSSES.values()))
             elif group in ("optimizer", "lr_scheduler"):
                 opt = instantiate(cfg.optimizer, "optimizer")([torch.nn.Parameter(torch.zeros(2))])
                 assert isinstance(opt, torch.optim.Optimizer)
@@ -175,8 +175,11 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx, tmp_pa
             elif group == "logger":
                 assert hasattr(instantiate(cfg.logger, "logger", run_dir=str(tmp_path)), "log_eval")
             elif group == "model":
-                shape = (1, 8, 8) if option == "unet" else (2,)
-                assert isinstance(build_score_model(cfg.model, VPSDE(), shape), ScoreModel)
+                shape = (1, 8, 8) if "unet" in option else (2,)
+                if model_kind(cfg.model) == "classifier":  # num_classes: auto takes the data's count
+                    assert isinstance(build_classifier(cfg.model, VPSDE(), shape, num_classes=3), NoiseConditionalClassifier)
+                else:
+                    assert isinstance(build_score_model(cfg.model, VPSDE(), shape), ScoreModel)
             elif group == "data":
                 if "data_dir" in cfg.data:  # file-based: without files, the error names them
                     with pytest.raises(ConfigError, match="missing file"):
@@ -184,18 +187,27 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx, tmp_pa
                 else:
                     assert isinstance(instantiate(cfg.data, "data"), Dataset)
             elif group == "experiment":
-                data = instantiate(cfg.data, "data")
-                assert isinstance(build_score_model(cfg.model, instantiate(cfg.sde, "sde"), data.event_shape), ScoreModel)
+                data, sde = instantiate(cfg.data, "data"), instantiate(cfg.sde, "sde")
+                if model_kind(cfg.model) == "classifier":
+                    net = build_classifier(cfg.model, sde, data.event_shape, num_classes=data.num_classes)
+                    assert isinstance(net, NoiseConditionalClassifier)
+                else:
+                    net = build_score_model(cfg.model, sde, data.event_shape, num_classes=data.num_classes)
+                    assert isinstance(net, ScoreModel)
 
 
 @pytest.mark.parametrize("experiment", [None] + _group_options("experiment"))
 def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experiment):
     over = ([f"experiment={experiment}"] if experiment else []) + TINY + ["train.steps=2", "train.plots=true"]
-    if experiment == "digits":  # keep the U-Net tiny
+    if experiment in ("digits", "conditional_digits", "classifier_digits"):  # keep the U-Net tiny
         over = [o for o in over if not o.startswith("model.")] + ["model.channels=8"]
     out = train(_compose(*over), str(tmp_path))
     assert out["step"] == 2
     names = set(os.listdir(tmp_path))
+    if experiment is not None and experiment.startswith("classifier"):  # accuracies, no samples
+        assert {"checkpoints", "metrics.csv", "loss.csv", "timing.csv", "loss.png"} <= names
+        assert 0 <= out["final"]["acc_small_t"] <= 1
+        return
     assert {"checkpoints", "metrics.csv", "loss.csv", "timing.csv", "samples.png", "loss.png"} <= names
     assert torch.isfinite(torch.tensor(out["final"]["sw2"]))
 

@@ -1,6 +1,7 @@
-"""Build a `ScoreModel` from a `model:` config node and the data's shape.
+"""Build a `ScoreModel` (or a `NoiseConditionalClassifier`) from a `model:` config node and the data's shape.
 
-`BACKBONES` is the one name -> class registry of backbones. A `model:` node names its backbone by
+`BACKBONES` is the one name -> class registry of score backbones, `CLASSIFIERS` that of the
+noise-conditional classifiers (`model=classifier_mlp`, `model=classifier_unet`). A `model:` node names its backbone by
 the `_target_` string of a registered class, which is looked up here, never imported: a config
 stored in a downloaded checkpoint cannot make this module import code. A backbone of your own is
 trusted explicitly, either for the whole process (`register_backbone`) or for one call
@@ -15,18 +16,30 @@ from typing import Any, Dict, Iterable, Sequence
 
 from torch import nn
 
-from ..config import ConfigError, check_target_names, instantiate, register_target, registered_targets
+from ..config import ConfigError, check_target_names, instantiate, register_target, target_names
+from .classifier import MLPClassifier, NoiseConditionalClassifier, UNetClassifier
 from .mlp import MLP
 from .score_model import ScoreModel
 from .unet import UNet
 
-__all__ = ["BACKBONES", "SHAPE_ARGS", "register_backbone", "build_score_model"]
+__all__ = ["BACKBONES", "CLASSIFIERS", "SHAPE_ARGS", "LABEL_ARG", "register_backbone", "build_score_model",
+           "build_classifier", "model_kind"]
 
 #: config name -> backbone class (the `model/` options of the configs)
 BACKBONES: Dict[str, type] = {"mlp": MLP, "unet": UNet}
+#: config name -> noise-conditional classifier class (`model=classifier_mlp`, `model=classifier_unet`)
+CLASSIFIERS: Dict[str, type] = {"classifier_mlp": MLPClassifier, "classifier_unet": UNetClassifier}
 
 #: constructor arguments filled in from the data's shape, never from the config
 SHAPE_ARGS = ("dim", "in_channels", "image_size")
+#: the class-count argument; its schema field also takes "auto" (the data's count, filled in by training)
+LABEL_ARG = "num_classes"
+
+
+def register_model_schema(name: str, cls: type) -> None:
+    """Store `/model_<name>_schema`: the constructor's options without the shape arguments, and
+    `num_classes` untyped so that it may also be "auto"."""
+    register_target("model", name, cls, exclude=SHAPE_ARGS, untyped=(LABEL_ARG,))
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -56,14 +69,31 @@ def register_backbone(name: str, cls: type) -> None:
     if BACKBONES.get(name, cls) is not cls:
         raise ValueError(f"backbone name {name!r} is already registered for {BACKBONES[name].__qualname__}; choose another")
     BACKBONES[name] = cls
-    register_target("model", name, cls, exclude=SHAPE_ARGS)
+    register_model_schema(name, cls)
 
 
-def _backbone_class(target: Any, trusted: Iterable[str]) -> type:
+def _targets(registry: Dict[str, type]) -> Dict[str, type]:
+    return {name: cls for cls in registry.values() for name in target_names(cls)}
+
+
+def model_kind(model_cfg) -> str:
+    """"classifier" when a `model:` node names a class of `CLASSIFIERS`, else "score"."""
+    return "classifier" if model_cfg.get("_target_") in _targets(CLASSIFIERS) else "score"
+
+
+def _backbone_class(target: Any, trusted: Iterable[str], kind: str = "score") -> type:
     """The class a `model._target_` string names: registered (looked up) or trusted (imported)."""
-    known = registered_targets("model")
+    known = _targets(BACKBONES if kind == "score" else CLASSIFIERS)
     if isinstance(target, str) and target in known:
         return known[target]
+    other = _targets(CLASSIFIERS if kind == "score" else BACKBONES)
+    if isinstance(target, str) and target in other:
+        what, use = (("a noise-conditional classifier, not a score backbone", "build_classifier / load_classifier")
+                     if kind == "score" else ("a score backbone, not a noise-conditional classifier",
+                                              "build_score_model / load_trained"))
+        raise ConfigError(f"model._target_: {target!r} is {what}; build it with {use}")
+    if kind == "classifier":
+        raise ConfigError(f"model._target_: {target!r} is not a registered classifier (registered: {sorted(known)})")
     if isinstance(target, str) and target in trusted:
         from hydra.utils import get_class
 
@@ -77,8 +107,50 @@ def _backbone_class(target: Any, trusted: Iterable[str]) -> type:
     )
 
 
+def _build_backbone(model_cfg, cls: type, event_shape: Sequence[int], num_classes) -> nn.Module:
+    """Instantiate `cls` from `model_cfg` with the shape arguments of the data (and the data's
+    class count for `num_classes: auto`)."""
+    params = inspect.signature(cls.__init__).parameters
+    extra: Dict[str, Any] = {}
+    if "dim" in params:
+        extra["dim"] = int(math.prod(event_shape))
+    if "in_channels" in params:
+        if len(event_shape) != 3:
+            raise ConfigError(
+                f"model: {cls.__name__} needs image data (C, H, W); the data have event shape {tuple(event_shape)}"
+            )
+        extra["in_channels"], extra["image_size"] = event_shape[0], event_shape[-1]
+    if model_cfg.get(LABEL_ARG) == "auto":
+        if num_classes is None:
+            raise ConfigError(f"model.{LABEL_ARG}=auto takes the data's class count, which was not given "
+                              f"(pass {LABEL_ARG}=, or set an integer)")
+        extra[LABEL_ARG] = num_classes
+    return instantiate(model_cfg, "model", **extra)
+
+
+def build_classifier(
+    model_cfg, sde, event_shape: Sequence[int], data_std: float = 1.0, num_classes=None
+) -> NoiseConditionalClassifier:
+    """The `NoiseConditionalClassifier` of a `model:` node naming a class of `CLASSIFIERS`.
+
+    Args:
+        model_cfg: the `model:` node (e.g. `conf/model/classifier_mlp.yaml`).
+        sde: the forward SDE (input scaling c_in(t)).
+        event_shape: the shape of one data point; fills `dim` or `in_channels`, `image_size`.
+        data_std: sigma_data of the input scaling.
+        num_classes: the data's class count, used when the node says `num_classes: auto`.
+
+    Raises:
+        ConfigError naming `model` for a target that is not a registered classifier (a score
+        backbone is named as such) or options the constructor refuses.
+    """
+    cls = _backbone_class(model_cfg.get("_target_"), (), kind="classifier")
+    return NoiseConditionalClassifier(_build_backbone(model_cfg, cls, event_shape, num_classes), sde, data_std=data_std)
+
+
 def build_score_model(
-    model_cfg, sde, event_shape: Sequence[int], data_std: float = 1.0, trusted_targets: Sequence[str] = ()
+    model_cfg, sde, event_shape: Sequence[int], data_std: float = 1.0, trusted_targets: Sequence[str] = (),
+    num_classes=None,
 ) -> ScoreModel:
     """The `ScoreModel` of a `model:` node (`_target_` + options) for data of `event_shape`.
 
@@ -92,22 +164,13 @@ def build_score_model(
         event_shape: the shape of one data point, e.g. (2,) or (1, 8, 8).
         data_std: the data's standard deviation (input scaling of the parameterisation).
         trusted_targets: further `_target_` strings of your own to import and build.
+        num_classes: the data's class count, used when the node says `num_classes: auto`
+            (a conditional model, see `sde_gen.nets.TimeEmbedding`).
 
     Raises:
-        ConfigError naming `model` when the target is neither registered nor trusted, cannot be
-        imported or does not fit the data.
+        ConfigError naming `model` when the target is neither registered nor trusted, is a
+        classifier, cannot be imported or does not fit the data.
     """
     trusted = check_target_names("trusted_targets", trusted_targets)
     cls = _backbone_class(model_cfg.get("_target_"), trusted)
-    params = inspect.signature(cls.__init__).parameters
-    shape_args: Dict[str, Any] = {}
-    if "dim" in params:
-        shape_args["dim"] = int(math.prod(event_shape))
-    if "in_channels" in params:
-        if len(event_shape) != 3:
-            raise ConfigError(
-                f"model: {cls.__name__} needs image data (C, H, W); the data have event shape {tuple(event_shape)}"
-            )
-        shape_args["in_channels"], shape_args["image_size"] = event_shape[0], event_shape[-1]
-    backbone = instantiate(model_cfg, "model", **shape_args)
-    return ScoreModel(backbone, sde, data_std=data_std)
+    return ScoreModel(_build_backbone(model_cfg, cls, event_shape, num_classes), sde, data_std=data_std)
