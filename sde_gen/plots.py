@@ -77,8 +77,9 @@ def save_picture(
             cols = int(math.ceil(math.sqrt(k)))
             grid, size, classes = image_grid(x[:k], per_image_range=True), (cols, cols), None
         else:
-            grid, classes = class_image_grid(x, lab, per_class=10, per_image_range=True)
-            size = (10, max(1.5, len(classes)))
+            per_class = min(10, int(torch.bincount(lab).max()))
+            grid, classes = class_image_grid(x, lab, per_class=per_class, per_image_range=True)
+            size = (1.5 + 0.8 * per_class, 1.0 + 0.8 * len(classes))
         fig, ax = plt.subplots(figsize=size)
         ax.imshow(grid.numpy(), cmap="gray" if grid.ndim == 2 else None)
         if classes is None:

@@ -237,7 +237,8 @@ def _train(run_dir, *extra):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = compose(config_name="config", overrides=[*TINY_TRAIN, *extra])
+        base = [o for o in TINY_TRAIN if "model=unet" not in extra or not o.startswith("model.")]  # MLP sizes
+        cfg = compose(config_name="config", overrides=[*base, *extra])
     GlobalHydra.instance().clear()
     train(cfg, str(run_dir))
     return run_dir
@@ -414,3 +415,52 @@ def test_image_grid_cols_and_class_picture(tmp_path):
     save_picture(str(tmp_path / "pts.png"), torch.randn(50, 5), torch.randn(40, 5), "t",
                  labels=torch.arange(50) % 4, reference_labels=torch.arange(40) % 4)
     assert (tmp_path / "img.png").stat().st_size > 1000 and (tmp_path / "pts.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_image_checkpoint_draws_one_row_per_class(tmp_path, monkeypatch):
+    """A class-conditional U-Net on the 8x8 digits (one training step): the app's picture is the
+    class grid of the samples it saved, rows in class order."""
+    run = _train(tmp_path / "digits", "model=unet", "data=digits", "model.channels=8", "model.channel_mult=[1]",
+                 "model.attention_resolutions=[]", "model.num_classes=10")
+    drawn = []
+    real = sample_app.save_picture
+
+    def spy(path, samples, reference, title, **kw):
+        drawn.append((samples.clone(), kw))
+        real(path, samples, reference, title, **kw)
+
+    monkeypatch.setattr(sample_app, "save_picture", spy)
+    samples, labels, m = _run(tmp_path / "out", "source=checkpoint", f"checkpoint={run}", "label=[7,3]",
+                              "num_samples=9", "sampler=dpm_solver", "sampler.nfe=3")
+    assert samples.shape == (9, 1, 8, 8) and labels.tolist() == [7] * 5 + [3] * 4
+    assert "class_metrics" not in m and m["label_counts"] == {"3": 4, "7": 5}  # no oracle for images
+    (x, kw), = drawn
+    torch.testing.assert_close(x, samples)
+    assert torch.equal(kw["labels"], labels) and kw["reference_labels"] is None
+    grid, classes = class_image_grid(samples, labels, per_class=5, per_image_range=True)
+    assert classes == [3, 7] and grid.shape == (2 * 9, 5 * 9)
+    assert (tmp_path / "out" / "samples.png").stat().st_size > 1000
+
+
+def test_report_skips_garbled_class_metrics_and_keeps_old_runs(tmp_path, capsys):
+    """A run whose class metrics are garbled is named and skipped; a run written before labels
+    existed (no guidance key) stays in the sampler table and out of the guidance table."""
+    sample_main(["problem=ring2d", "label=2", "num_samples=50", "sampler=dpm_solver", "sampler.nfe=4", "plot=false",
+                 f"hydra.run.dir={tmp_path / 'good'}", *SMALL])
+    good = json.loads((tmp_path / "good" / "metrics.json").read_text())
+    bad = json.loads(json.dumps(good))
+    bad["class_metrics"]["per_class"]["2"]["sw2_ratio"] = "big"
+    old = {k: v for k, v in good.items() if k not in ("class_metrics", "guidance", "label", "label_counts")}
+    for name, m in (("bad", bad), ("old", old)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    assert report_main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "skipping" in err and os.path.join(str(tmp_path), "bad", "metrics.json") in err and "sw2_ratio" in err
+    text = (tmp_path / "report.md").read_text()
+    rows = _table(text, "problem")
+    assert [r["run"] for r in rows] == ["`good`"]
+    assert rows[0]["label"] == "2" and rows[0]["guidance"] == "none"
+    assert rows[0]["class purity"] == format(good["class_metrics"]["class_purity"], ".4f")
+    assert "`old`" in text.split("# Guidance report")[0] and "`bad`" not in text
