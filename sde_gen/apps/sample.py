@@ -92,7 +92,7 @@ class _Source:
     reference: Any
     problem: str
     sde_name: str
-    why_unlabelled: str = ""  # why `num_classes` is None (for the error lines)
+    why_unconditional: str = ""  # why `conditional` is None (for the error lines)
 
 
 def _oracle_source(app: SampleAppConf, cfg: DictConfig, device, choices: Dict[str, str]) -> _Source:
@@ -203,7 +203,7 @@ def _guided_score(app: SampleAppConf, src: _Source, device) -> Tuple[Optional[Ca
     if src.conditional is None:
         what = "guidance.kind=cfg" if kind == "cfg" else f"label={app.label!r} with guidance.kind=none"
         raise ValueError(f"{what} needs a class-conditional model, "
-                         f"but {src.why_unlabelled}; allowed: guidance.kind=classifier with classifier=<classifier run>, "
+                         f"but {src.why_unconditional}; allowed: guidance.kind=classifier with classifier=<classifier run>, "
                          "or a checkpoint trained with model.num_classes")
     C = src.num_classes
     s = scale if kind == "cfg" else 1.0  # kind none + label: plain conditional sampling
