@@ -11,11 +11,11 @@ from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from ._validation import check_choice, check_nonnegative, check_positive, check_positive_int
+from ._validation import check_choice, check_finite, check_nonnegative, check_positive, check_positive_int
 from .config import check_target_names
 from .oracles import PRESETS
 
-__all__ = ["LikelihoodOptionsConf", "EvalConf", "SampleAppConf", "register_app_schemas"]
+__all__ = ["LikelihoodOptionsConf", "EvalConf", "GuidanceConf", "SampleAppConf", "register_app_schemas", "GUIDANCE_KINDS"]
 
 #: where an app's score comes from: an oracle's exact score, or a training checkpoint's network
 SOURCES = ("oracle", "checkpoint")
@@ -108,6 +108,48 @@ def register_app_schemas() -> None:
 
 
 # ---- sde-gen-sample (sde_gen/apps/sample.py) ----
+#: how sde-gen-sample steers samples towards the requested classes (see `GuidanceConf`)
+GUIDANCE_KINDS = ("none", "cfg", "classifier")
+_LABEL_HELP = "null (every class, equal shares), a class index >= 0, or a list of distinct class indices"
+
+
+def _check_label(label) -> None:
+    """The form of `label` (its upper end, the number of classes, is known once the source is loaded)."""
+    if label is None:
+        return
+    items = label if isinstance(label, (list, tuple)) else [label]
+    ok = len(items) > 0 and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in items)
+    if not ok:
+        raise ValueError(f"label must be {_LABEL_HELP}; got {label!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"label must list each class at most once (each listed class gets an equal share); got {label!r}")
+
+
+@dataclasses.dataclass
+class GuidanceConf:
+    """The `guidance:` node of sde-gen-sample (see `sde_gen.guidance`).
+
+    Attributes:
+        kind: "none" (the model's own score: unconditional, or plain class-conditional sampling
+            when `label` is given), "cfg" (classifier-free guidance: a class-conditional model,
+            or the oracle's exact conditional scores) or "classifier" (classifier guidance: the
+            unconditional score plus the gradient of a noise-conditional classifier's log p(y | x);
+            the oracle's exact classifier, or the run named by `classifier`).
+        scale: the guidance scale s of the tilted law p_t(x) p_t(y | x)^s: 0 unconditional, 1 plain
+            conditional, > 1 sharper classes. Only with kind cfg or classifier (kind none is s = 1).
+    """
+
+    kind: str = "none"
+    scale: float = 1.0
+
+    def __post_init__(self):
+        check_choice("guidance.kind", self.kind, GUIDANCE_KINDS)
+        check_finite("guidance.scale", self.scale)
+        if self.kind == "none" and self.scale != 1.0:
+            # a sweep over scales without a kind would write identical runs under different names
+            raise ValueError(f"guidance.scale applies to guidance.kind=cfg or classifier (kind=none samples at scale 1); "
+                             f"got guidance.scale={self.scale!r} with guidance.kind=none")
+
 
 
 @dataclasses.dataclass
@@ -129,11 +171,24 @@ class SampleAppConf:
         dtype: "float32" or "float64" for the samples and the score.
         noise_floor_replicates: independent exact-vs-exact replicates for the noise floor (>= 2).
         num_projections: random directions of the sliced Wasserstein distance.
-        plot: write the picture.
+        plot: write the picture (images of a class-conditional run: one row per class).
         check_finite: track samples that become non-finite during sampling (the sampler's
             `check_finite`, no host sync in the loop) and record their number as `num_nonfinite`.
         trusted_targets: `_target_` strings of your own (e.g. a backbone "mypkg.nets.MyNet") that
             the checkpoint's stored config may build; trust is never read from the checkpoint.
+        label: the classes to sample. null: with guidance, every class of the source with an equal
+            share (num_samples // C each, the remainder one more each to the lowest classes);
+            without guidance, unconditional sampling. An int: every sample from that class. A
+            list of distinct ints: an equal share each, the remainder one more each to the
+            classes listed first. Samples are stored class by class, in the order given.
+        guidance: `GuidanceConf` (kind none | cfg | classifier, scale).
+        classifier: a classifier run (its folder or a checkpoint file) for guidance.kind=classifier;
+            required with source=checkpoint, optional with source=oracle (the exact classifier is
+            used when null).
+
+    The checks that need the source (a label in [0, C), a class-conditional checkpoint for
+    cfg or a label without guidance, a classifier with the data's C classes and the sampling
+    SDE) run in `sde_gen.apps.sample.run` after loading it, before any sampling.
     """
 
     source: str = "oracle"
@@ -151,9 +206,21 @@ class SampleAppConf:
     plot: bool = True
     check_finite: bool = True
     trusted_targets: List[str] = dataclasses.field(default_factory=list)
+    label: Any = None
+    guidance: GuidanceConf = dataclasses.field(default_factory=GuidanceConf)
+    classifier: Optional[str] = None
 
     def __post_init__(self):
         _check_source(self)
+        _check_label(self.label)
+        kind = self.guidance.kind
+        if self.classifier is not None and kind != "classifier":
+            raise ValueError(f"classifier is used only with guidance.kind=classifier; got classifier={self.classifier!r} "
+                             f"with guidance.kind={kind}")
+        if kind == "classifier" and self.source == "checkpoint" and not self.classifier:
+            raise ValueError("classifier must name a classifier run (its folder or a ckpt_*.pt file) for "
+                             f"guidance.kind=classifier with source=checkpoint; got {self.classifier!r} "
+                             "(with source=oracle the exact classifier is used)")
         check_positive_int("num_samples", self.num_samples)
         check_nonnegative("batch_size", self.batch_size)
         check_choice("dtype", self.dtype, DTYPES)

@@ -1,6 +1,7 @@
 """Every figure of the package: sample pictures, image grids, the loss curve, the trained-score
 error against t, the forward SDEs' marginals over exact log p_t contours (Song et al. 2021, eq. 5-12),
-and the report's quality-vs-NFE and training panels.
+class-conditional pictures (points coloured by class, images one row per class), and the report's
+quality-vs-NFE, training and guidance (purity vs per-class quality) panels.
 
 Matplotlib is imported lazily with the non-interactive Agg backend, and every file is written
 atomically (`sde_gen.io.atomic_save_figure`). The apps gather the numbers; the drawing is here.
@@ -19,11 +20,13 @@ __all__ = [
     "save_picture",
     "plot_samples_vs_data",
     "image_grid",
+    "class_image_grid",
     "plot_loss",
     "plot_score_error",
     "plot_forward_grid",
     "plot_quality_panels",
     "plot_training_bars",
+    "plot_guidance_sweep",
 ]
 
 
@@ -45,39 +48,67 @@ def _save(fig, path: str, tight: bool = True) -> None:
     pyplot().close(fig)
 
 
-def save_picture(path: str, samples: torch.Tensor, reference: Optional[torch.Tensor] = None, title: str = "") -> None:
+def save_picture(
+    path: str,
+    samples: torch.Tensor,
+    reference: Optional[torch.Tensor] = None,
+    title: str = "",
+    labels: Optional[torch.Tensor] = None,
+    reference_labels: Optional[torch.Tensor] = None,
+) -> None:
     """Write a picture of `samples` (N, *event), next to `reference` samples when given.
 
     2-D vectors: scatter plots side by side. Longer vectors: coordinates (0, 1), the top two
     principal directions of the reference (or of the samples) and a histogram along the top one.
     Images (N, C, H, W): a grid of up to 64 images, each min-max scaled.
+
+    With `labels` ((N,) requested class of each sample; `reference_labels` likewise for the
+    reference): points are coloured by class, and images are drawn one row per class
+    (`class_image_grid`, up to 10 per class).
     """
     plt = pyplot()
     x = samples.detach().to("cpu", torch.float64)
     ref = None if reference is None else reference.detach().to("cpu", torch.float64)
+    lab = None if labels is None else labels.detach().to("cpu")
+    ref_lab = None if reference_labels is None else reference_labels.detach().to("cpu")
     if x.ndim == 4:
-        k = min(64, x.shape[0])
-        cols = int(math.ceil(math.sqrt(k)))
-        grid = image_grid(x[:k], per_image_range=True)
-        fig, ax = plt.subplots(figsize=(cols, cols))
+        if lab is None:
+            k = min(64, x.shape[0])
+            cols = int(math.ceil(math.sqrt(k)))
+            grid, size, classes = image_grid(x[:k], per_image_range=True), (cols, cols), None
+        else:
+            per_class = min(10, int(torch.bincount(lab).max()))
+            grid, classes = class_image_grid(x, lab, per_class=per_class, per_image_range=True)
+            size = (1.5 + 0.8 * per_class, 1.0 + 0.8 * len(classes))
+        fig, ax = plt.subplots(figsize=size)
         ax.imshow(grid.numpy(), cmap="gray" if grid.ndim == 2 else None)
-        ax.axis("off")
+        if classes is None:
+            ax.axis("off")
+        else:  # one row per class: name the rows
+            H = x.shape[2]
+            ax.set_xticks([]), ax.set_yticks([(H + 1) * i + H / 2 for i in range(len(classes))])
+            ax.set_yticklabels([f"class {c}" for c in classes])
         fig.suptitle(title)
         _save(fig, path, tight=False)
         return
     x = x.flatten(1)
     ref = None if ref is None else ref.flatten(1)
-    pts = [("samples", x)] + ([("exact", ref)] if ref is not None else [])
+    pts = [("samples", x, lab)] + ([("exact", ref, ref_lab)] if ref is not None else [])
+    def colour(name, l):
+        if l is not None:  # class c is colour "Cc" in every panel and every run
+            return {"c": [f"C{c % 10}" for c in l.tolist()]}
+        return {"color": "k" if name == "exact" else "C0"}
+
     if x.shape[1] == 2:
-        both = torch.cat([p for _, p in pts])
+        both = torch.cat([p for _, p, _ in pts])
         lim = float(both.abs().quantile(0.995)) * 1.1 + 0.1
         fig, axes = plt.subplots(1, len(pts), figsize=(4 * len(pts), 4), squeeze=False)
-        for ax, (name, p) in zip(axes[0], pts):
-            ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, color="k" if name == "exact" else "C0")
+        for ax, (name, p, l) in zip(axes[0], pts):
+            ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, **colour(name, l))
             ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal"), ax.set_title(name)
     elif x.shape[1] == 1:
         fig, axes = plt.subplots(1, 1, figsize=(5, 4), squeeze=False)
-        for name, p in pts:
+        for name, p, _ in pts:
             axes[0, 0].hist(p[:, 0].numpy(), bins=60, density=True, alpha=0.5, label=name)
         axes[0, 0].legend()
     else:
@@ -87,11 +118,14 @@ def save_picture(path: str, samples: torch.Tensor, reference: Optional[torch.Ten
         fig, axes = plt.subplots(1, 3, figsize=(13, 4), squeeze=False)
         views = [("coordinates 0, 1", lambda p: p[:, :2]), ("top-2 principal directions", lambda p: p @ top2)]
         for ax, (name, view) in zip(axes[0, :2], views):
-            for label, p in reversed(pts):
+            for label, p, l in reversed(pts):
                 q = view(p)
-                ax.scatter(q[:, 0], q[:, 1], s=2, alpha=0.3, label=label, color="k" if label == "exact" else "C0")
+                style = colour(label, l)
+                if l is not None and label == "exact":  # classes coloured: exact points as small crosses
+                    style["marker"] = "x"
+                ax.scatter(q[:, 0], q[:, 1], s=2, alpha=0.3, label=label, **style)
             ax.set_title(name), ax.legend(markerscale=4)
-        for label, p in pts:
+        for label, p, _ in pts:
             axes[0, 2].hist((p @ top2[:, 0]).numpy(), bins=60, density=True, alpha=0.5, label=label)
         axes[0, 2].set_title("marginal along the top principal direction"), axes[0, 2].legend()
     fig.suptitle(title)
@@ -117,20 +151,25 @@ def plot_samples_vs_data(x: torch.Tensor, data, path: str, step: int) -> None:
     _save(fig, path)
 
 
-def image_grid(x: torch.Tensor, per_image_range: bool = False) -> torch.Tensor:
+def image_grid(x: torch.Tensor, per_image_range: bool = False, cols: Optional[int] = None) -> torch.Tensor:
     """The one image grid of the package: (B, C, H, W) images -> one array in [0, 1].
 
     Args:
         x: images in model space [-1, 1] (clamped), any device and dtype.
         per_image_range: stretch each image's own [min, max] to [0, 1] instead (samples of a
             network that leave [-1, 1] stay visible).
+        cols: images per row (None: ceil(sqrt(B)), a square-ish grid); the cells after the
+            last image stay white.
 
     Returns:
         (rows (H + 1), cols (W + 1)) for C = 1, else (rows (H + 1), cols (W + 1), C), float32 on
-        the CPU; a one-pixel white gap separates the images.
+        the CPU; a one-pixel white gap separates the images; images fill row by row.
     """
     B, C, H, W = x.shape
-    cols = int(math.ceil(math.sqrt(B)))
+    if cols is None:
+        cols = int(math.ceil(math.sqrt(B)))
+    elif isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
+        raise ValueError(f"cols must be an integer >= 1 or None; got {cols!r}")
     rows = int(math.ceil(B / cols))
     x = x.detach().to("cpu", torch.float32)
     if per_image_range:
@@ -144,6 +183,29 @@ def image_grid(x: torch.Tensor, per_image_range: bool = False) -> torch.Tensor:
         r, c = divmod(i, cols)
         grid[:, r * (H + 1): r * (H + 1) + H, c * (W + 1): c * (W + 1) + W] = img[i]
     return grid[0] if C == 1 else grid.permute(1, 2, 0)
+
+
+def class_image_grid(
+    x: torch.Tensor, labels: torch.Tensor, per_class: int = 10, per_image_range: bool = False
+) -> Tuple[torch.Tensor, List[int]]:
+    """Images one row per class: the first `per_class` images of each class present in `labels`.
+
+    Args:
+        x: (B, C, H, W) images (as for `image_grid`). labels: (B,) class of each image.
+        per_class: images per row; a class with fewer leaves its row's remaining cells white.
+        per_image_range: as for `image_grid`.
+
+    Returns:
+        (grid, classes): the rows stacked in increasing class order, each row `image_grid` of
+        that class's images with `cols=per_class`; `classes` lists the class of each row.
+    """
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape ({x.shape[0]},), one per image; got {tuple(labels.shape)}")
+    labels = labels.detach().to("cpu")
+    classes = sorted(set(labels.tolist()))
+    rows = [image_grid(x[(labels == c).nonzero()[:per_class, 0].to(x.device)], per_image_range, cols=per_class)
+            for c in classes]
+    return torch.cat(rows, dim=0), classes
 
 
 def plot_loss(rows: List[List[float]], path: str) -> None:
@@ -241,4 +303,28 @@ def plot_training_bars(
     axes[1].barh(labels, score_errors, color="C1")
     axes[1].set_xscale("log")
     axes[1].set_title("score error vs the oracle (mean over t)")
+    _save(fig, path)
+
+
+#: one line of `plot_guidance_sweep`: (label, [(guidance scale, per-class SW2 / floor, class purity)])
+GuidanceLine = Tuple[str, List[Tuple[float, float, float]]]
+
+
+def plot_guidance_sweep(lines: Sequence[GuidanceLine], path: str) -> None:
+    """Class purity against per-class quality (mean sliced W2 / noise floor), one point per guidance
+    scale labelled "s=...", one line per setting (problem, sampler, kind): the purity-diversity
+    trade-off. A ratio near 1 is an exact class law; guidance above 1 buys purity with collapse."""
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.8))
+    for i, (label, pts) in enumerate(lines):
+        pts = sorted(pts)
+        xs, ys = [p[1] for p in pts], [p[2] for p in pts]
+        ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=label)
+        for s, xv, yv in pts:
+            ax.annotate(f"s={s:g}", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axvline(1.0, color="0.5", lw=0.8, ls="--", label="noise floor (exact class samples)")
+    ax.set_xscale("log")
+    ax.set_xlabel("per-class sliced W2 / noise floor (mean over classes)")
+    ax.set_ylabel("class purity (exact posterior)")
+    ax.set_title("guidance: purity vs diversity")
+    ax.legend(fontsize=7)
     _save(fig, path)

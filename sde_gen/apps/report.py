@@ -15,6 +15,13 @@ Writes, atomically, into DIR (or `--out`):
 The quality on each panel is the Bures-Wasserstein error for single-Gaussian targets and the
 sliced Wasserstein-2 distance otherwise (see `sde_gen.apps.sample` and `sde_gen.metrics`).
 
+Class-conditional sampling runs (a `class_metrics` entry: oracle data sampled with `label=` or
+`guidance.kind=cfg|classifier`, e.g. a sweep `-m guidance.kind=cfg guidance.scale=0,1,2,4`) also get
+a guidance table in report.md (one row per run: guidance kind and scale, class purity and its
+lowest class, per-class sliced W2 / noise floor as mean and max over classes, NFE spent and the
+batch-equivalent NFE) and report_guidance.png: purity against the mean per-class ratio, one point
+per scale, one line per (problem, SDE, sampler, NFE, kind, label): the purity-diversity trade-off.
+
 A run whose files cannot be read or parsed (a truncated metrics.json, a garbled metrics.csv, a
 folder named like one) is named in a warning on stderr and left out; the others are reported. When
 nothing readable remains, or the output cannot be written, the command prints one error line and
@@ -33,9 +40,10 @@ from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..io import atomic_write_text
-from ..plots import plot_quality_panels, plot_training_bars
+from ..plots import plot_guidance_sweep, plot_quality_panels, plot_training_bars
 
-__all__ = ["load_runs", "markdown_table", "plot_quality", "load_training_runs", "training_table", "plot_training", "main"]
+__all__ = ["load_runs", "markdown_table", "plot_quality", "guidance_table", "plot_guidance", "load_training_runs",
+           "training_table", "plot_training", "main"]
 
 #: (path, reason) of a file that was left out of the report
 Skipped = List[Tuple[str, str]]
@@ -96,9 +104,31 @@ def load_runs(root: str, skipped: Optional[Skipped] = None) -> List[Dict[str, An
         if bad:
             _skip(skipped, path, f"{', '.join(bad)} not a number")
             continue
+        garbled = _class_metrics_problem(m)
+        if garbled:
+            _skip(skipped, path, garbled)
+            continue
         m["run_dir"] = os.path.relpath(os.path.dirname(path), root)
         runs.append(m)
     return runs
+
+
+def _class_metrics_problem(m: Dict[str, Any]) -> Optional[str]:
+    """Why a run's class-conditional entries cannot be reported, or None (none there, or sound)."""
+    if "class_metrics" not in m:
+        return None
+    cm = m["class_metrics"]
+    if not isinstance(cm, dict) or not isinstance(cm.get("per_class"), dict):
+        return "class_metrics is not an object with per_class"
+    if "class_purity" in cm and not _is_number(cm["class_purity"]):
+        return "class_metrics.class_purity not a number"
+    for c, row in cm["per_class"].items():
+        if not isinstance(row, dict) or any(not _is_number(row[k]) for k in ("purity", "sw2_ratio") if k in row):
+            return f"class_metrics.per_class[{c}] purity or sw2_ratio not a number"
+    g = m.get("guidance", {"kind": "none", "scale": 1.0})
+    if not isinstance(g, dict) or not isinstance(g.get("kind"), str) or not _is_number(g.get("scale")):
+        return "guidance is not {kind, scale}"
+    return None
 
 
 def _varying_options(runs: List[Dict[str, Any]]) -> Dict[str, List[str]]:
@@ -195,6 +225,70 @@ def plot_quality(runs: List[Dict[str, Any]], path: str) -> None:
         floor = (sum(f[0] for f in floors) / len(floors), sum(f[1] for f in floors) / len(floors))
         panels.append((f"{problem} | {sde}", _quality(rs[0])[0], dict(lines), floor))
     plot_quality_panels(panels, path)
+
+
+# ---- class-conditional runs: the guidance sweep ----
+def _guided_runs(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The runs with class metrics to report (at least one sample survived: a purity)."""
+    return [r for r in runs if "class_purity" in r.get("class_metrics", {})]
+
+
+def _per_class_ratios(run: Dict[str, Any]) -> List[float]:
+    """The per-class sliced W2 / noise floor ratios of a run (classes with >= 2 samples)."""
+    return [row["sw2_ratio"] for row in run["class_metrics"]["per_class"].values() if "sw2_ratio" in row]
+
+
+def _guidance(run: Dict[str, Any]) -> Tuple[str, float]:
+    g = run.get("guidance") or {"kind": "none", "scale": 1.0}
+    return g["kind"], float(g["scale"])
+
+
+def _setting(run: Dict[str, Any], varying: Dict[str, List[str]]) -> Tuple[str, ...]:
+    """What a guidance-sweep line holds fixed: everything but the scale."""
+    return (str(run.get("problem")), str(run.get("sde")), _label(run, varying), str(run.get("nfe_requested")),
+            _guidance(run)[0], json.dumps(run.get("label")))
+
+
+def guidance_table(runs: List[Dict[str, Any]]) -> str:
+    """A markdown table of the class-conditional `runs`, one row each, sorted by setting then scale.
+
+    Columns: problem, SDE, sampler, NFE, guidance kind, scale, label (as requested: "all" for
+    every class), class purity, the lowest per-class purity, the per-class sliced W2 / noise floor
+    (mean and max over classes), NFE spent, batch-equivalent NFE (NFE x forwards of batch B per
+    call), run folder.
+    """
+    varying = _varying_options(runs)
+    header = ("| problem | SDE | sampler | NFE | guidance | scale | label | class purity | purity min "
+              "| per-class SW2 / floor mean | per-class SW2 / floor max | NFE spent | batch-equiv. NFE | run |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in sorted(_guided_runs(runs), key=lambda r: (_setting(r, varying), _guidance(r)[1], r["run_dir"])):
+        kind, scale = _guidance(r)
+        ratios = _per_class_ratios(r)
+        cm = r["class_metrics"]
+        label = r.get("label")
+        lines.append("| " + " | ".join([
+            str(r.get("problem")), str(r.get("sde")), _label(r, varying), str(r.get("nfe_requested")), kind,
+            format(scale, "g"), "all" if label is None else json.dumps(label).replace("|", "/"),
+            _fmt(cm["class_purity"], ".4f"), _fmt(cm.get("class_purity_min"), ".4f"),
+            _fmt(sum(ratios) / len(ratios) if ratios else None, ".2f"), _fmt(max(ratios) if ratios else None, ".2f"),
+            _fmt(r.get("nfe_spent"), "g"), _fmt(r.get("batch_equivalent_nfe"), "g"), f"`{r['run_dir']}`",
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_guidance(runs: List[Dict[str, Any]], path: str) -> None:
+    """Class purity vs the mean per-class sliced W2 / floor, one labelled point per guidance scale."""
+    varying = _varying_options(runs)
+    lines = defaultdict(list)
+    for r in _guided_runs(runs):
+        ratios = _per_class_ratios(r)
+        if ratios:
+            lines[_setting(r, varying)].append((_guidance(r)[1], sum(ratios) / len(ratios), r["class_metrics"]["class_purity"]))
+    named = []
+    for (problem, sde, sampler, nfe, kind, label), pts in sorted(lines.items()):
+        label = "all" if label == "null" else label
+        named.append((f"{problem} | {sde} | {sampler} NFE {nfe} | {kind} | label {label}", pts))
+    plot_guidance_sweep(named, path)
 
 
 # ---- training runs ----
@@ -320,6 +414,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             table = markdown_table(runs)
             text += f"# Sampler report\n\n{len(runs)} runs under `{os.path.abspath(args.root)}`.\n\n{table}\n"
             plot_quality(runs, os.path.join(out, "report.png"))
+            guided = _guided_runs(runs)
+            if guided:
+                text += (f"# Guidance report\n\n{len(guided)} class-conditional runs: class purity (share of samples whose "
+                         "exact posterior class is the requested one) against per-class sliced W2 / noise floor "
+                         f"(1 = as close as exact class samples).\n\n{guidance_table(runs)}\n")
+                plot_guidance(runs, os.path.join(out, "report_guidance.png"))
         if trains:
             table = training_table(trains)
             text += f"# Training report\n\n{len(trains)} runs under `{os.path.abspath(args.root)}`.\n\n{table}"

@@ -5,13 +5,39 @@ oracle problem with its exact score (`source=oracle problem=ring2d`) or from a t
 checkpoint's EMA weights (`source=checkpoint checkpoint=PATH`), and writes into Hydra's run dir:
 
     samples.pt     the (N, *event) samples as one tensor (atomic write)
+    labels.pt      class-conditional runs only: the (N,) requested class of each row (long)
     samples.png    a picture: a scatter against exact samples (2-D), 2-D projections and a
-                   1-D marginal against exact samples (> 2-D vectors), an image grid (images)
+                   1-D marginal against exact samples (> 2-D vectors), an image grid (images);
+                   class-conditional runs colour points by class and draw images one row per class
     metrics.json   the sampler and its options, the NFE requested and spent, wall time split
                    into time inside the score function and the sampler's own time, the fraction
                    of samples whose every coordinate is finite (`finite_fraction`), and for
                    oracle problems the quality metrics below, computed on the finite samples
                    (atomic write)
+
+Class-conditional sampling (`sde_gen.guidance`): `label=` picks the classes (null: all, equal
+shares; an int; a list), `guidance.kind=none|cfg|classifier` and `guidance.scale=s` the method:
+
+    kind=none + label    plain conditional sampling: the oracle's exact class-conditional score,
+                         or a class-conditional checkpoint at its label (an unconditional one is
+                         refused: use kind=classifier)
+    kind=cfg             classifier-free guidance on the oracle's exact conditional scores or a
+                         class-conditional checkpoint (one forward of batch 2B per call for s not
+                         in {0, 1})
+    kind=classifier      the unconditional score plus s grad log p_t(y | x) of the oracle's exact
+                         classifier, or of the classifier run named by `classifier=`
+
+Their metrics.json adds `label` (as given), `label_counts` ({class: rows}), `num_classes`,
+`guidance` {kind, scale}, `batch_cost` and `batch_equivalent_nfe` = nfe_spent x batch_cost (the
+NFE counts network forwards, a 2B forward of classifier-free guidance being one), and for oracle
+data (`source=oracle`, or a checkpoint trained on an oracle problem) `class_metrics`
+(`sde_gen.evaluation.class_metrics`: class purity under the exact posterior, per-class sliced W2
+against exact class samples with its noise floor). The unconditional metrics (sw2 against p_0,
+mode weights) are left out there: the requested law is not p_0.
+
+Every option that needs the source (a label in [0, C), a class-conditional checkpoint, a
+classifier with the data's C classes trained under the same SDE) is checked after loading it and
+before any sampling; a bad value is one error line, exit code 2.
 
 Quality against the exact target and the timing split: `sde_gen.evaluation`.
 
@@ -19,18 +45,21 @@ Run `sde-gen-sample --help` for the options; `sde-gen-report DIR` aggregates a m
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .. import checkpoint as _checkpoint
 from ..checkpoint import load_trained
 from ..config import instantiate, resolve_device, to_plain, validate
 from ..config_apps import SampleAppConf
-from ..evaluation import oracle_metrics, timed_sample
+from ..evaluation import class_metrics, oracle_metrics, timed_sample
+from ..guidance import classifier_free, classifier_guided
 from ..io import atomic_path, atomic_write_text
 from ..metrics import sliced_wasserstein
 from ..oracles import make_preset
@@ -39,7 +68,7 @@ from ._hydra import hydra_app
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "main"]
+__all__ = ["run", "main", "class_labels"]
 
 
 _APP_GROUPS = ("sde", "sampler", "experiment", "hydra")
@@ -50,15 +79,135 @@ def _app_section(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create({k: cfg[k] for k in keys})
 
 
-def _load_checkpoint_source(app: SampleAppConf, device: torch.device):
-    """(sde, score_fn, event_shape, oracle or None, reference data or None) from a checkpoint."""
+@dataclasses.dataclass
+class _Source:
+    """Where the scores come from, with what class-conditional sampling needs of it."""
+
+    sde: Any
+    score_fn: Callable  # the unconditional score (x, t)
+    conditional: Optional[Callable]  # model(x, t, y) with labels 0..C-1 and the no-label token C, or None
+    num_classes: Optional[int]  # C of `conditional`, else of the labelled data, else None
+    event_shape: Tuple[int, ...]
+    oracle: Any
+    reference: Any
+    problem: str
+    sde_name: str
+    why_unconditional: str = ""  # why `conditional` is None (for the error lines)
+
+
+def _oracle_source(app: SampleAppConf, cfg: DictConfig, device, choices: Dict[str, str]) -> _Source:
+    sde = instantiate(cfg.sde, "sde").to(device)
+    oracle = make_preset(app.problem).to(device)
+    return _Source(sde, oracle.score_fn(sde), oracle.conditional_model(sde), oracle.num_classes, (oracle.dim,),
+                   oracle, None, app.problem, choices.get("sde") or type(sde).__name__)
+
+
+def _checkpoint_source(app: SampleAppConf, device) -> _Source:
     trained = load_trained(app.checkpoint, device=device, ema=app.ema, trusted_targets=app.trusted_targets)
     model = trained.model.eval()
     dataset = trained.dataset
-    oracle = getattr(dataset, "oracle", None)
-    reference = getattr(dataset, "test", None)
-    event_shape = tuple(getattr(dataset, "event_shape"))
-    return trained.sde.to(device), model, event_shape, oracle, reference
+    conditional = getattr(model, "num_classes", None)
+    data_classes = getattr(dataset, "num_classes", None)
+    why = ""
+    if conditional is None:
+        why = f"the model of checkpoint {trained.path!r} is unconditional (model.num_classes is null)"
+    return _Source(
+        trained.sde.to(device), model, model if conditional is not None else None,
+        conditional if conditional is not None else data_classes,
+        tuple(getattr(dataset, "event_shape")), getattr(dataset, "oracle", None), getattr(dataset, "test", None),
+        os.path.basename(app.checkpoint), type(trained.sde).__name__ + " (from checkpoint)", why,
+    )
+
+
+def _load_classifier(path: str, device, ema: bool):
+    """Load a noise-conditional classifier run: the ONE place the app reads a classifier.
+
+    Returns:
+        (classifier, sde): `classifier(x, t) -> (B, C) logits` with a `num_classes` attribute, and
+        the SDE it was trained under.
+    """
+    # the classifier runs (sde_gen.checkpoint.load_classifier) come from the conditional-training work
+    loader = getattr(_checkpoint, "load_classifier", None)
+    if loader is None:
+        raise ValueError(f"classifier: this version of sde_gen cannot load classifier runs "
+                         f"(no sde_gen.checkpoint.load_classifier); got classifier={path!r}")
+    trained = loader(path, device=device, ema=ema)
+    model = trained.model.eval()
+    if getattr(model, "num_classes", None) is None:
+        model.num_classes = getattr(trained, "num_classes", None)
+    return model, trained.sde.to(device)
+
+
+def _same_noise(a, b, device) -> bool:
+    """Whether two SDEs perturb data alike: the same T and marginal coefficients a(t), s(t) on a grid.
+
+    A classifier of x_t learnt under one SDE is meaningless under another, whatever its class.
+    """
+    if abs(float(a.T) - float(b.T)) > 1e-9 * max(1.0, float(a.T)):
+        return False
+    t = torch.linspace(0.0, float(a.T), 65, dtype=torch.float64, device=device)[1:]
+    return all(torch.allclose(x.double(), y.double(), rtol=1e-6, atol=1e-9)
+               for x, y in zip(a.marginal_coeffs(t), b.marginal_coeffs(t)))
+
+
+def class_labels(label, num_classes: int, n: int, device=None) -> torch.Tensor:
+    """The (n,) requested class of every sample, class by class.
+
+    Args:
+        label: None (every class 0..C-1), an int class, or a list of distinct classes.
+        num_classes: C; every class must lie in [0, C).
+        n: the number of samples.
+        device: of the result.
+
+    Returns:
+        A long tensor: each requested class gets n // k rows (k classes requested) and the first
+        n mod k classes, in the order requested, one more; the rows of a class are contiguous.
+
+    Raises:
+        ValueError naming `label` and the allowed range [0, C).
+    """
+    classes = list(range(num_classes)) if label is None else ([label] if isinstance(label, int) else list(label))
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"label must lie in [0, {num_classes}) ({num_classes} classes); got {label!r}")
+    k = len(classes)
+    counts = [n // k + (1 if i < n % k else 0) for i in range(k)]
+    return torch.repeat_interleave(torch.tensor(classes, dtype=torch.long), torch.tensor(counts)).to(device)
+
+
+def _guided_score(app: SampleAppConf, src: _Source, device) -> Tuple[Optional[Callable], Optional[int]]:
+    """(make, C): `make(labels)` builds the score for a chunk of requested labels; (None, None)
+    for unconditional sampling. Every check needing the source runs here, before any sampling."""
+    kind, scale = app.guidance.kind, app.guidance.scale
+    if kind == "none" and app.label is None:
+        return None, None
+    if kind == "classifier":
+        if src.num_classes is None:
+            raise ValueError(f"guidance.kind=classifier needs labelled data to match the classifier's classes: "
+                             f"the data of checkpoint {app.checkpoint!r} carry no class labels")
+        if app.classifier:
+            classifier, classifier_sde = _load_classifier(app.classifier, device, app.ema)
+            if classifier.num_classes != src.num_classes:
+                raise ValueError(f"classifier: the classifier run {app.classifier!r} has {classifier.num_classes} classes "
+                                 f"but {src.problem} has {src.num_classes}; allowed: a classifier of the same labelled "
+                                 f"data ({src.num_classes} classes)")
+            if not _same_noise(classifier_sde, src.sde, device):
+                raise ValueError(f"classifier: the classifier run {app.classifier!r} was trained under another SDE "
+                                 f"({type(classifier_sde).__name__}, T={float(classifier_sde.T):g}) than the one "
+                                 f"sampled ({src.sde_name}, T={float(src.sde.T):g}); allowed: a classifier trained "
+                                 "with the same sde")
+        else:  # the oracle's exact classifier (config_apps requires `classifier` for checkpoints)
+            classifier = src.oracle.classifier(src.sde)
+        C = src.num_classes
+        return (lambda y: classifier_guided(src.score_fn, classifier, y, scale, num_classes=C)), C
+    if src.conditional is None:
+        what = "guidance.kind=cfg" if kind == "cfg" else f"label={app.label!r} with guidance.kind=none"
+        raise ValueError(f"{what} needs a class-conditional model, "
+                         f"but {src.why_unconditional}; allowed: guidance.kind=classifier with classifier=<classifier run>, "
+                         "or a checkpoint trained with model.num_classes")
+    C = src.num_classes
+    s = scale if kind == "cfg" else 1.0  # kind none + label: plain conditional sampling
+    return (lambda y: classifier_free(src.conditional, y, s, num_classes=C)), C
 
 
 def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
@@ -76,28 +225,28 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     choices = dict(choices or {})
     sampler_name = choices.get("sampler") or getattr(sampler, "name", type(sampler).__name__)
 
-    if app.source == "oracle":
-        sde = instantiate(cfg.sde, "sde").to(device)
-        oracle = make_preset(app.problem).to(device)
-        score_fn, event_shape, reference = oracle.score_fn(sde), (oracle.dim,), None
-        sde_name = choices.get("sde") or type(sde).__name__
-        problem = app.problem
-    else:
-        sde, score_fn, event_shape, oracle, reference = _load_checkpoint_source(app, device)
-        sde_name = type(sde).__name__ + " (from checkpoint)"
-        problem = os.path.basename(app.checkpoint)
+    src = _oracle_source(app, cfg, device, choices) if app.source == "oracle" else _checkpoint_source(app, device)
+    sde, score_fn, event_shape, oracle, reference = src.sde, src.score_fn, src.event_shape, src.oracle, src.reference
+    problem, sde_name = src.problem, src.sde_name
     if hasattr(sampler, "check_sde"):
         sampler.check_sde(sde)
+    make_guided, num_classes = _guided_score(app, src, device)
+    # the requested class of every row, built once for the whole run; each batch takes its slice
+    labels = None if make_guided is None else class_labels(app.label, num_classes, app.num_samples, device)
     log.info("sampling %d x %s with %r on %s (%s, %s)", app.num_samples, event_shape, sampler, problem, sde_name, device)
 
     generator = torch.Generator(device).manual_seed(app.seed)
     batch = app.num_samples if app.batch_size == 0 else min(app.batch_size, app.num_samples)
     chunks, timing = [], {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
-    nfe_per_batch, steps, num_nonfinite = [], None, 0
+    nfe_per_batch, steps, num_nonfinite, batch_cost = [], None, 0, 1
     done = 0
     while done < app.num_samples:
         b = min(batch, app.num_samples - done)
-        result, tm = timed_sample(sampler, sde, score_fn, shape=(b, *event_shape), generator=generator, device=device, dtype=dtype)
+        score = score_fn
+        if make_guided is not None:
+            score = make_guided(labels[done:done + b])
+            batch_cost = score.batch_cost
+        result, tm = timed_sample(sampler, sde, score, shape=(b, *event_shape), generator=generator, device=device, dtype=dtype)
         for k in timing:
             timing[k] += tm[k]
         nfe_per_batch.append(result.nfe)
@@ -110,6 +259,9 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     os.makedirs(out_dir, exist_ok=True)
     with atomic_path(os.path.join(out_dir, "samples.pt")) as tmp:
         torch.save(samples.detach().cpu(), tmp)
+    if labels is not None:
+        with atomic_path(os.path.join(out_dir, "labels.pt")) as tmp:
+            torch.save(labels.cpu(), tmp)
 
     options = {k: v for k, v in to_plain(cfg.sampler).items() if k != "_target_"}
     options["check_finite"] = app.check_finite
@@ -132,7 +284,16 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
         "time_score_s": timing["score_s"],
         "time_sampler_s": timing["sampler_s"],
         "sampler_time_fraction": timing["sampler_s"] / timing["total_s"] if timing["total_s"] > 0 else float("nan"),
+        "guidance": {"kind": app.guidance.kind, "scale": app.guidance.scale},
+        # a sampler's NFE counts score calls, each one network forward (of batch 2B for
+        # classifier-free guidance at s not in {0, 1}); in forwards of batch B it costs batch_cost x that
+        "batch_cost": batch_cost,
+        "batch_equivalent_nfe": batch_cost * sum(nfe_per_batch) / len(nfe_per_batch),
     }
+    if labels is not None:
+        counts = torch.bincount(labels, minlength=num_classes).tolist()
+        metrics.update(label=app.label, num_classes=num_classes,
+                       label_counts={str(c): k for c, k in enumerate(counts) if k > 0})
     # A sampler can diverge on some rows (a stiff step, a bad network): the metrics and the picture
     # use the rows whose every coordinate is finite, and say how many were left out.
     finite_rows = torch.isfinite(samples.flatten(1)).all(1)
@@ -145,7 +306,18 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     if num_finite < app.num_samples:
         log.warning("%d of %d samples have non-finite coordinates; metrics and picture use the %d finite ones",
                     app.num_samples - num_finite, app.num_samples, num_finite)
-    if oracle is not None:
+    ref_labels = None
+    if oracle is not None and labels is not None:
+        # requested classes: quality per class against the exact class-conditional laws (the
+        # unconditional metrics would compare with p_0, which is not the law asked for)
+        per = class_metrics(samples, labels, oracle, app.num_projections, app.noise_floor_replicates, app.metrics_seed)
+        per["per_class"] = {str(c): row for c, row in per["per_class"].items()}  # as JSON writes them
+        metrics["class_metrics"] = per
+        stride = -(-app.num_samples // 5000)  # at most 5000 exact points in the picture, every class kept
+        ref_labels = labels[::stride]
+        ref_gen = torch.Generator(device).manual_seed(app.metrics_seed + 2)
+        reference = oracle.sample(ref_labels.shape[0], ref_gen, device=device, dtype=torch.float64, y=ref_labels)
+    elif oracle is not None:
         if num_finite >= 2:  # a distance between sample sets needs at least two points
             metrics.update(
                 oracle_metrics(finite, oracle, sde, app.num_projections, app.noise_floor_replicates, app.metrics_seed)
@@ -153,7 +325,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
         if reference is None:
             ref_gen = torch.Generator(device).manual_seed(app.metrics_seed + 2)
             reference = oracle.sample(min(app.num_samples, 5000), ref_gen, device=device, dtype=torch.float64)
-    elif reference is not None and torch.is_tensor(reference) and num_finite >= 2:
+    elif reference is not None and torch.is_tensor(reference) and num_finite >= 2 and labels is None:
         ref = reference[: app.num_samples].to(device)
         metrics["sw2_to_test"] = float(
             sliced_wasserstein(finite, ref, app.num_projections, torch.Generator(device).manual_seed(app.metrics_seed))
@@ -164,15 +336,25 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     metrics["config"] = to_plain(_app_section(cfg))
     if app.plot:
         title = f"{problem} | {sde_name} | {sampler_name} NFE {metrics['nfe_spent']:g}"
+        if labels is not None:
+            title += f" | {app.guidance.kind} s={app.guidance.scale:g}" if app.guidance.kind != "none" else " | conditional"
         if num_finite < app.num_samples:
             title += f" | {app.num_samples - num_finite} of {app.num_samples} non-finite samples not shown"
         if num_finite == 0:
             log.warning("no finite sample to draw; %s not written", os.path.join(out_dir, "samples.png"))
         else:
             ref_img = reference if torch.is_tensor(reference) else None
-            save_picture(os.path.join(out_dir, "samples.png"), finite, ref_img, title)
+            if labels is None:
+                save_picture(os.path.join(out_dir, "samples.png"), finite, ref_img, title)
+            else:  # points coloured by class, images one row per class
+                if ref_img is not None and ref_labels is None:
+                    ref_img = None  # a checkpoint's test data are not the requested classes
+                save_picture(os.path.join(out_dir, "samples.png"), finite, ref_img, title,
+                             labels=labels[finite_rows], reference_labels=ref_labels)
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     summary = {k: metrics[k] for k in ("nfe_spent", "time_total_s", "sw2_ratio", "bw_ratio", "mode_weight_error") if k in metrics}
+    if "class_metrics" in metrics:
+        summary.update({k: metrics["class_metrics"][k] for k in ("class_purity", "sw2_ratio_max") if k in metrics["class_metrics"]})
     log.info("metrics: %s", summary)
     return metrics
 
