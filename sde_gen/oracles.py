@@ -15,6 +15,7 @@ Every sampler, likelihood and trained network of the library is checked against 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Dict, Optional
 
 import torch
@@ -267,23 +268,36 @@ class GaussianMixture(nn.Module):
         return torch.log_softmax(log_terms, dim=1)
 
     # ---- classes: exact class posteriors and class-conditional scores ----
-    def check_labels(self, y, n: int, device=None) -> torch.Tensor:
+    def check_labels(self, y, n: int, device=None, name: str = "y") -> torch.Tensor:
         """Class labels as an (n,) long tensor on `device`: an int (every sample) or (n,) integers in [0, C).
 
+        Args:
+            y: the labels. n: the number of samples. device: of the result. name: the field named
+                in error messages.
+
         Raises:
-            ValueError naming `y` and the allowed range (checked once, before any sampling).
+            ValueError naming `name` and the allowed range (checked once, before any sampling): a
+            float, bool or misshapen label, one outside [0, C), or a class of prior probability 0
+            (all its components have weight 0: its conditional law is undefined).
         """
         C = self.num_classes
-        if isinstance(y, bool) or (not isinstance(y, int) and not torch.is_tensor(y)):
-            raise ValueError(f"y must be an int class or an ({n},) tensor of classes in [0, {C}); got {y!r}")
+        if isinstance(y, bool) or (not isinstance(y, numbers.Integral) and not torch.is_tensor(y)):
+            raise ValueError(f"{name} must be an int class or an ({n},) tensor of classes in [0, {C}); got {y!r}")
         y = torch.as_tensor(y, device=device)
         if y.ndim == 0:
             y = y.expand(n)
-        if y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
-            raise ValueError(f"y must be an int class or an ({n},) integer tensor of classes; got shape {tuple(y.shape)}, dtype {y.dtype}")
+        if y.shape != (n,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"{name} must be an int class or an ({n},) integer tensor of classes in [0, {C}); "
+                             f"got shape {tuple(y.shape)}, dtype {y.dtype}")
         if bool(((y < 0) | (y >= C)).any()):
-            raise ValueError(f"y must lie in [0, {C}) (this mixture has {C} classes); got {sorted(set(y.tolist()))}")
-        return y.long()
+            raise ValueError(f"{name} must lie in [0, {C}) (this mixture has {C} classes); got {sorted(set(y.tolist()))}")
+        y = y.long()
+        empty = self.class_weights().to(y.device) <= 0
+        if bool(empty.any()) and bool(empty[y].any()):
+            raise ValueError(f"{name}: class(es) {sorted(set(y[empty[y]].tolist()))} have prior probability 0 (every "
+                             f"component of the class has weight 0), so p(x | {name}) is undefined; allowed: classes "
+                             f"{torch.nonzero(~empty).flatten().tolist()}")
+        return y
 
     def _member(self, y: torch.Tensor) -> torch.Tensor:
         """(B, K) indicator that component k belongs to class y_b (as 0/1 of float64)."""
@@ -298,23 +312,32 @@ class GaussianMixture(nn.Module):
         """log p_t(y | x) for every class, shape (B, C) (normalised logits); `sde=None`: under p_0.
 
         The component log-densities log w_k N_k(x) are summed within each class by log-sum-exp,
-        so the posterior stays exact and finite however far x lies from every mean.
+        so the posterior stays normalised and finite however far x lies from every mean. They are
+        computed in float64 whatever x's dtype (the result is cast back): far from the data each is
+        about -|x|^2 / 2 s(t)^2, and in float32 the differences between components, which make the
+        posterior, drown in the rounding of that common term (at |x| = 1e4 every class came out
+        with probability 1).
         """
+        dtype, x = x.dtype, x.to(torch.float64)
         a, s = self._coeffs(x, t, sde)
         log_terms, _, _ = self._component_terms(x, a, s)  # (B, K)
         C = self.num_classes
         onehot = self.classes.to(x.device)[None, :, None] == torch.arange(C, device=x.device)[None, None, :]  # (1, K, C)
         masked = torch.where(onehot, log_terms[:, :, None], torch.tensor(-math.inf, dtype=x.dtype, device=x.device))
         per_class = torch.logsumexp(masked, dim=1)  # (B, C)
-        return per_class - torch.logsumexp(log_terms, dim=1, keepdim=True)
+        return (per_class - torch.logsumexp(log_terms, dim=1, keepdim=True)).to(dtype)
 
     def class_score(self, x: torch.Tensor, y, t=None, sde: Optional[SDE] = None) -> torch.Tensor:
         """grad_x log p_t(x | y), shape (B, D): the score of the class's sub-mixture.
 
         Args:
             x: (B, D). y: an int class or (B,) classes in [0, C). t, sde: as in `score`.
+
+        Computed in float64 and cast back to x's dtype, like `class_log_posterior` (the
+        responsibilities within the class are a posterior too).
         """
         y = self.check_labels(y, x.shape[0], x.device)
+        dtype, x = x.dtype, x.to(torch.float64)
         a, s = self._coeffs(x, t, sde)
         log_terms, y_over_var, vecs = self._component_terms(x, a, s)
         # responsibilities within the class: components of other classes get weight 0
@@ -323,8 +346,8 @@ class GaussianMixture(nn.Module):
         resp = torch.softmax(log_terms, dim=1)[..., None]
         weighted = resp * y_over_var
         if vecs is None:
-            return -weighted.sum(1)
-        return -torch.einsum("bke,kde->bd", weighted, vecs)
+            return -weighted.sum(1).to(dtype)
+        return -torch.einsum("bke,kde->bd", weighted, vecs).to(dtype)
 
     def conditional(self, c: int) -> "GaussianMixture":
         """The class-conditional data law p_0(x | y = c) as a mixture of the class's components."""
