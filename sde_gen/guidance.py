@@ -42,21 +42,25 @@ def _check_scale(scale) -> float:
 
 def _class_count(obj, num_classes, who: str, what: str) -> int:
     """C from `num_classes` or `obj.num_classes`; both given must agree."""
+    def positive_int(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{who}: {name} must be a positive int; got {value!r}")
+        return value
+
     own = getattr(obj, "num_classes", None)
-    if num_classes is None:
-        num_classes = own
-    elif own is not None and int(own) != int(num_classes):
-        raise ValueError(f"{who}: num_classes={num_classes!r} but the {what} has num_classes={own!r}; "
-                         "they must be the same number of classes")
-    if num_classes is None:
+    if num_classes is not None:
+        num_classes = positive_int(num_classes, "num_classes")
+        if own is not None and own != num_classes:
+            raise ValueError(f"{who}: num_classes={num_classes!r} but the {what} has num_classes={own!r}; "
+                             "they must be the same number of classes")
+        return num_classes
+    if own is None:
         if what == "model":
             raise ValueError(f"{who} needs a class-conditional model (num_classes set, labels 0..C-1 and the "
                              "no-label token C); got an unconditional one")
         raise ValueError(f"{who} needs the {what}'s number of classes: pass num_classes=C or give the {what} "
                          "a num_classes attribute")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{who}: num_classes must be a positive int; got {num_classes!r}")
-    return num_classes
+    return positive_int(own, f"the {what}'s num_classes")
 
 
 def _check_callable(name: str, fn, who: str) -> None:
