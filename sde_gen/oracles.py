@@ -323,8 +323,13 @@ class GaussianMixture(nn.Module):
         log_terms, _, _ = self._component_terms(x, a, s)  # (B, K)
         C = self.num_classes
         onehot = self.classes.to(x.device)[None, :, None] == torch.arange(C, device=x.device)[None, None, :]  # (1, K, C)
-        masked = torch.where(onehot, log_terms[:, :, None], torch.tensor(-math.inf, dtype=x.dtype, device=x.device))
-        per_class = torch.logsumexp(masked, dim=1)  # (B, C)
+        onehot = onehot & (self.weights.to(x.device) > 0)[None, :, None]  # zero-weight components add nothing
+        neg_inf = torch.tensor(-math.inf, dtype=x.dtype, device=x.device)
+        # a class without mass would be a log-sum-exp over -inf only, whose backward is 0 * nan = nan
+        # even where its gradient is not asked for: it gets log p = -inf directly instead
+        empty = ~onehot.any(1)  # (1, C)
+        masked = torch.where(onehot, log_terms[:, :, None], neg_inf)
+        per_class = torch.where(empty, neg_inf, torch.logsumexp(torch.where(empty[:, None, :], 0.0, masked), dim=1))
         return (per_class - torch.logsumexp(log_terms, dim=1, keepdim=True)).to(dtype)
 
     def class_score(self, x: torch.Tensor, y, t=None, sde: Optional[SDE] = None) -> torch.Tensor:
@@ -391,6 +396,7 @@ class ExactConditionalScore(nn.Module):
         super().__init__()
         self.oracle, self.sde = oracle, sde
         self.num_classes = oracle.num_classes
+        self._stand_in = int(torch.argmax(oracle.class_weights()))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if y is None:
@@ -401,7 +407,8 @@ class ExactConditionalScore(nn.Module):
         if bool(((y < 0) | (y > self.num_classes)).any()):
             raise ValueError(f"y must lie in [0, {self.num_classes}] ({self.num_classes} = no label); got {sorted(set(y.tolist()))}")
         null = y == self.num_classes
-        cond = self.oracle.class_score(x, torch.where(null, 0, y), t, self.sde)
+        # no-label rows get a stand-in class of positive mass (its score is discarded below)
+        cond = self.oracle.class_score(x, torch.where(null, self._stand_in, y), t, self.sde)
         return torch.where(null[:, None], self.oracle.score(x, t, self.sde), cond)
 
 

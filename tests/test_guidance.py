@@ -481,3 +481,22 @@ def test_resolve_labels():
     assert torch.equal(resolve_labels(3, 8, batch=4), torch.full((4,), 3))
     assert torch.equal(resolve_labels([0, 7], 8), torch.tensor([0, 7])) and resolve_labels([0, 7], 8).dtype == torch.long
     assert torch.equal(resolve_labels(np.int64(2), 8), torch.tensor([2]))
+
+
+def test_a_class_of_zero_mass_only_refused_where_its_law_is_needed():
+    """Component 0 has weight 0 and is its own class: its posterior is -inf, the no-label token and the
+    other classes work, and only its own conditional law is refused."""
+    gm = GaussianMixture([0.0, 0.6, 0.4], [[-2.0], [0.0], [2.0]], [[1.0], [1.0], [1.0]])
+    sde = VPSDE()
+    x, t = torch.linspace(-3, 3, 5, dtype=f64)[:, None], torch.full((5,), 0.4, dtype=f64)
+    lp = gm.class_log_posterior(x, t, sde)
+    assert torch.isneginf(lp[:, 0]).all() and torch.isfinite(lp[:, 1:]).all()
+    model = gm.conditional_model(sde)
+    close(model(x, t, torch.full((5,), 3)), gm.score(x, t, sde), rtol=1e-12)  # the token, with class 0 empty
+    close(classifier_free(model, 2, 2.5)(x, t), gm.score(x, t, sde) + 2.5 * posterior_gradient(gm, x, t, sde, torch.full((5,), 2)),
+          rtol=1e-9)
+    with torch.no_grad():  # the exact classifier's gradient with an empty class (its backward gave nan)
+        close(classifier_guided(gm.score_fn(sde), gm.classifier(sde), 2, 2.5)(x, t), classifier_free(model, 2, 2.5)(x, t),
+              rtol=1e-9)
+    with pytest.raises(ValueError, match=r"y: class\(es\) \[0\] have prior probability 0"):
+        gm.class_score(x, 0, t, sde)
