@@ -23,8 +23,8 @@ cost     wall time of one guided evaluation relative to one conditional evaluati
          the exact oracle and for realistic-cost networks at random init (the cost matters, not the
          weights): a conditional residual MLP `ScoreModel` of the ring2d training config's size, and
          for classifier guidance the unconditional score of the same network plus a classifier MLP
-         of the same width (forward + backward through autograd). Medians over repeats; on CUDA,
-         synchronised.
+         of the same width (forward + backward through autograd). Fastest of interleaved repeats;
+         on CUDA, synchronised.
 
 Trained models: `--cfg-run DIR` adds classifier-free rows for a trained class-conditional run
 (`load_trained(DIR)`, its model must have `num_classes` equal to the problem's). HOOK (trained
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -127,9 +126,9 @@ class ClassifierMLP(torch.nn.Module):
         return self.net(torch.cat([x, t[:, None].to(x.dtype)], 1))
 
 
-def median_seconds(fns, device, repeats, warmup=3):
-    """Median seconds per call of each of `fns`, timed in interleaved rounds (load spikes on a
-    shared machine then hit every function alike)."""
+def min_seconds(fns, device, repeats, warmup=3):
+    """Fastest of `repeats` calls of each of `fns`, timed in interleaved rounds: on a shared machine
+    the least-disturbed call is the reproducible figure, and a load spike hits every function alike."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -145,11 +144,11 @@ def median_seconds(fns, device, repeats, warmup=3):
             fn()
             sync()
             acc.append(time.perf_counter() - t0)
-    return [statistics.median(acc) for acc in times]
+    return [min(acc) for acc in times]
 
 
 def cost_rows(oracle, sde, batch, device, repeats, problem):
-    """Seconds per call (median) and ratio to one conditional evaluation, exact and network."""
+    """Seconds per call (fastest of interleaved repeats) and ratio to one conditional evaluation, exact and network."""
     C, D = oracle.num_classes, oracle.dim
     g = torch.Generator(device).manual_seed(5)
     x = torch.randn(batch, D, generator=g, device=device)
@@ -176,7 +175,7 @@ def cost_rows(oracle, sde, batch, device, repeats, problem):
     out = []
     with torch.no_grad():  # as inside every sampler
         for name, c in cases.items():
-            base, cfg, cg = median_seconds([c["cond"], lambda: c["cfg"](x, t), lambda: c["clf"](x, t)], device, repeats)
+            base, cfg, cg = min_seconds([c["cond"], lambda: c["cfg"](x, t), lambda: c["clf"](x, t)], device, repeats)
             out.append(dict(problem=problem, score=name, batch=batch, cond_ms=1e3 * base, cfg_ms=1e3 * cfg,
                             clf_ms=1e3 * cg, cfg_ratio=cfg / base, clf_ratio=cg / base))
             print(f"{problem} {name} B={batch}: conditional {1e3 * base:.3g} ms, CFG x{cfg / base:.2f}, "
@@ -200,7 +199,7 @@ def main(argv=None):
     p.add_argument("--replicates", type=int, default=10, help="noise-floor replicates per class")
     p.add_argument("--projections", type=int, default=200)
     p.add_argument("--batch", type=int, default=1000, help="batch of the cost measurement")
-    p.add_argument("--repeats", type=int, default=30, help="timed calls per cost figure (median)")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per cost figure (the fastest is reported)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cfg-run", default=None, help="a trained class-conditional run directory (adds CFG rows)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "guidance.md"))
@@ -268,7 +267,7 @@ def main(argv=None):
         lines.append("")
     lines += ["## Cost of one guided evaluation", "",
               "Wall time of one call at scale 2 relative to one conditional evaluation `model(x, t, y)` of batch B "
-              f"(median of {args.repeats} calls under `torch.no_grad()`): CFG = one forward of batch 2B; classifier guidance "
+              f"(fastest of {args.repeats} interleaved calls under `torch.no_grad()`): CFG = one forward of batch 2B; classifier guidance "
               "= the unconditional score + a classifier forward and backward (autograd).", "",
               "| problem | score | B | conditional ms | CFG ms | CFG / conditional | classifier ms | classifier / conditional |",
               "|---|---|---|---|---|---|---|---|"]

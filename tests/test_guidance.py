@@ -351,24 +351,27 @@ def test_class_conditional_sampling_has_the_exact_class_moments(stat_seed):
     assert torch.equal(torch.as_tensor(classes)[comp], y)
 
 
-#: per-class sliced W2 bound in floor standard deviations (n = 300 per class, 50 projections, floor over
-#: 30 replicates). Null distribution measured with EXACT class samples in place of the sampler's (ring2d,
-#: 200 seeds x 8 classes): z = (sw2 - floor mean) / floor std exceeded 3 in 0.9% and 4 in 0.19% of the
-#: 1,600 class draws, max 5.07; the max over the 8 classes of one draw had q99 4.2, q99.9 5.0. This test
-#: makes 3 max-over-class comparisons per seed, 15 under `make test-seeds`: K_STD = 6 lies beyond every
-#: null draw measured, and is still ~1.5x the floor mean (the floor's coefficient of variation is ~8%),
-#: so a wrong class law (ratios of 20 and more, see the swapped-label test) or Euler-Maruyama's per-class
-#: bias at NFE 50 (ratio 1.7) would fail it.
-K_STD = 6.0
+#: Bounds on z_c = (sw2_c - floor mean_c) / floor std_c, per class c (n = 300 per class, 50 projections,
+#: floor over 30 replicates), from measured null distributions on ring2d. With EXACT class samples in place
+#: of the sampler's: z_c > 3 in 0.9% and > 4 in 0.19% of 1,600 class draws (max 5.07); max over the 8
+#: classes of one draw: q99 4.4, max 4.6 over 120 draws; mean over the classes: mean -0.01, std 0.36, max
+#: 1.0. With DPM-Solver++ at NFE 50: max over classes q99 4.6, max 5.6 over 120 draws; mean over classes
+#: -0.06 +- 0.34, max 0.9 (the sampler is at the floor). The max has a long tail (a sliced W2 is skewed and
+#: the floor std is itself estimated), so it gets a loose bound, K_MAX = 7 (~1.56x the floor mean: the
+#: floor's coefficient of variation is ~8%), which still fails a wrong class law by far (ratios of 20 and
+#: more, see the swapped-label test); the mean over classes is tight, K_MEAN = 2 (5.5 of its std): a bias of
+#: ~16% of the floor in every class fails it. 3 cases x 5 seeds under `make test-seeds`.
+K_MAX, K_MEAN = 7.0, 2.0
 
 
 @pytest.mark.statistical
 @pytest.mark.parametrize("case_name, sampler", [("ring2d", "dpm_solver"), ("ring2d", "pf_ode"), ("ring_pairs", "dpm_solver")])
 def test_exact_conditional_sampling_reaches_purity_one_and_the_per_class_floor(case_name, sampler, stat_seed):
     """NFE 50 with the exact class score (classifier-free guidance at s = 1 on the exact model), every
-    class of the problem requested: purity >= 0.99 (exact class samples misclassify ~1e-4 of the time on
-    ring2d) and per-class sliced W2 <= floor mean + K_STD floor std, with two ODE solvers; the stochastic
-    samplers' per-class error at NFE 50 is in benchmarks/results/guidance.md."""
+    class of the problem requested: purity >= 0.99 (exact class samples and these samplers misclassify
+    ~3e-4 of the time on ring2d, measured over 24,000) and per-class sliced W2 within the floor's spread
+    (K_MAX, K_MEAN above), with two ODE solvers; the stochastic samplers' per-class error at NFE 50 is in
+    benchmarks/results/guidance.md (Euler-Maruyama 1.3x the floor)."""
     gm = make_preset("ring2d") if case_name == "ring2d" else ring_pairs_case()[0]
     sde, n, C = VPSDE(), 300, gm.num_classes
     y = torch.arange(C).repeat_interleave(n)
@@ -377,8 +380,8 @@ def test_exact_conditional_sampling_reaches_purity_one_and_the_per_class_floor(c
     assert res.nfe <= 50
     m = class_metrics(res.samples, y, gm, num_projections=50, replicates=30, seed=stat_seed(31))
     assert m["class_purity_min"] >= 0.99, m
-    for c, row in m["per_class"].items():
-        assert row["sw2"] <= row["sw2_floor_mean"] + K_STD * row["sw2_floor_std"], (c, row)
+    z = {c: (row["sw2"] - row["sw2_floor_mean"]) / row["sw2_floor_std"] for c, row in m["per_class"].items()}
+    assert len(z) == C and max(z.values()) <= K_MAX and sum(z.values()) / C <= K_MEAN, (z, m)
 
 
 # ---------------------------------------------------------------- class_metrics
