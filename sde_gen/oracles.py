@@ -311,14 +311,13 @@ class GaussianMixture(nn.Module):
     def class_log_posterior(self, x: torch.Tensor, t=None, sde: Optional[SDE] = None) -> torch.Tensor:
         """log p_t(y | x) for every class, shape (B, C) (normalised logits); `sde=None`: under p_0.
 
-        The component log-densities log w_k N_k(x) are summed within each class by log-sum-exp,
-        so the posterior stays normalised and finite however far x lies from every mean. They are
-        computed in float64 whatever x's dtype (the result is cast back): far from the data each is
-        about -|x|^2 / 2 s(t)^2, and in float32 the differences between components, which make the
-        posterior, drown in the rounding of that common term (at |x| = 1e4 every class came out
-        with probability 1).
+        The component log-densities log w_k N_k(x) are summed within each class by log-sum-exp
+        after subtracting their row maximum, so the posterior is finite and normalised however far
+        x lies from every mean: far from the data each term is about -|x|^2 / 2 s(t)^2, and adding
+        that back before the subtraction (as `torch.logsumexp` does) rounded log(n_c) and log(K)
+        away in float32 (at |x| = 1e4 every class came out with probability 1). The values keep
+        the precision of x's dtype: pass float64 for posteriors far in the tails.
         """
-        dtype, x = x.dtype, x.to(torch.float64)
         a, s = self._coeffs(x, t, sde)
         log_terms, _, _ = self._component_terms(x, a, s)  # (B, K)
         C = self.num_classes
@@ -329,20 +328,18 @@ class GaussianMixture(nn.Module):
         # even where its gradient is not asked for: it gets log p = -inf directly instead
         empty = ~onehot.any(1)  # (1, C)
         masked = torch.where(onehot, log_terms[:, :, None], neg_inf)
-        per_class = torch.where(empty, neg_inf, torch.logsumexp(torch.where(empty[:, None, :], 0.0, masked), dim=1))
-        return (per_class - torch.logsumexp(log_terms, dim=1, keepdim=True)).to(dtype)
+        top = log_terms.amax(dim=1, keepdim=True).detach()  # (B, 1), finite: some weight is > 0
+        per_class = torch.logsumexp(torch.where(empty[:, None, :], 0.0, masked - top[:, :, None]), dim=1)
+        per_class = torch.where(empty, neg_inf, per_class)
+        return per_class - torch.logsumexp(log_terms - top, dim=1, keepdim=True)
 
     def class_score(self, x: torch.Tensor, y, t=None, sde: Optional[SDE] = None) -> torch.Tensor:
         """grad_x log p_t(x | y), shape (B, D): the score of the class's sub-mixture.
 
         Args:
             x: (B, D). y: an int class or (B,) classes in [0, C). t, sde: as in `score`.
-
-        Computed in float64 and cast back to x's dtype, like `class_log_posterior` (the
-        responsibilities within the class are a posterior too).
         """
         y = self.check_labels(y, x.shape[0], x.device)
-        dtype, x = x.dtype, x.to(torch.float64)
         a, s = self._coeffs(x, t, sde)
         log_terms, y_over_var, vecs = self._component_terms(x, a, s)
         # responsibilities within the class: components of other classes get weight 0
@@ -351,8 +348,8 @@ class GaussianMixture(nn.Module):
         resp = torch.softmax(log_terms, dim=1)[..., None]
         weighted = resp * y_over_var
         if vecs is None:
-            return -weighted.sum(1).to(dtype)
-        return -torch.einsum("bke,kde->bd", weighted, vecs).to(dtype)
+            return -weighted.sum(1)
+        return -torch.einsum("bke,kde->bd", weighted, vecs)
 
     def conditional(self, c: int) -> "GaussianMixture":
         """The class-conditional data law p_0(x | y = c) as a mixture of the class's components."""
