@@ -85,7 +85,7 @@ def trained_entries(args, problem, sde):
     return entries
 
 
-def run_quality(oracle, sde, label, make, args, n_per_class, x_T, y, rows, problem):
+def run_quality(oracle, sde, label, make, args, x_T, y, rows, problem):
     for sampler_name in args.samplers:
         for nfe in args.nfes:
             sampler = build_sampler(sampler_name, nfe=nfe)
@@ -232,9 +232,12 @@ def main(argv=None):
                               y, oracle, num_projections=args.projections, replicates=args.replicates, seed=777)
         floors[problem] = floor
         for label, make in exact_entries(oracle, sde):
-            run_quality(oracle, sde, label, make, args, n_per_class, x_T, y, rows, problem)
+            run_quality(oracle, sde, label, make, args, x_T, y, rows, problem)
         for label, trained_sde, make in trained_entries(args, problem, sde):
-            run_quality(oracle, trained_sde, label, make, args, n_per_class, x_T, y, rows, problem)
+            # the trained run's own SDE and prior (same seed: the same draw when the SDE is the same)
+            x_T_run = trained_sde.prior_sample((C * n_per_class, oracle.dim), torch.Generator(device).manual_seed(2024),
+                                               device=device, dtype=torch.float32)
+            run_quality(oracle, trained_sde, label, make, args, x_T_run, y, rows, problem)
         costs += cost_rows(oracle, sde, args.batch, device, args.repeats, problem)
 
     cmd = "python benchmarks/bench_guidance.py " + " ".join(argv if argv is not None else sys.argv[1:])

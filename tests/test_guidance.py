@@ -23,7 +23,7 @@ from sde_gen.guidance import GuidedScore, classifier_free, classifier_guided, re
 from sde_gen.oracles import ExactConditionalScore
 from sde_gen.samplers import sample
 
-from .conftest import ALL_SDES, ALL_SDES_T, SDE_IDS, SDE_T_IDS
+from .conftest import ALL_SDES_T, SDE_T_IDS
 
 f64 = torch.float64
 
