@@ -2,7 +2,8 @@
 
 Public API (explicit re-exports; nothing relies on side-effect imports):
     SDEs:      SDE, VPSDE, SubVPSDE, VESDE, SDES, build_sde
-    oracles:   GaussianMixture, PRESETS, make_preset
+    oracles:   GaussianMixture, PRESETS, make_preset, ExactConditionalScore
+    guidance:  classifier_free, classifier_guided, GuidedScore
     sampling:  sample, SAMPLERS, SampleResult
     training:  dsm_loss, DenoisingScoreMatching, ScoreModel, MLP, UNet, build_score_model, DATASETS,
                build_dataset, train, load_trained, Trained
@@ -13,10 +14,11 @@ The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 """
 from .checkpoint import Trained, load_classifier, load_trained
 from .data import DATASETS, build_dataset
+from .guidance import GuidedScore, classifier_free, classifier_guided
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, evaluate_dataset, log_likelihood
 from .losses import DenoisingScoreMatching, NoiseConditionalCrossEntropy, dsm_loss
 from .nets import MLP, NoiseConditionalClassifier, ScoreModel, UNet, build_score_model
-from .oracles import PRESETS, GaussianMixture, make_preset
+from .oracles import PRESETS, ExactConditionalScore, GaussianMixture, make_preset
 from .samplers import SAMPLERS, SampleResult, sample
 from .sdes import SDE, SDES, SubVPSDE, VESDE, VPSDE, build_sde
 from .training import train
@@ -34,6 +36,10 @@ __all__ = [
     "GaussianMixture",
     "PRESETS",
     "make_preset",
+    "ExactConditionalScore",
+    "classifier_free",
+    "classifier_guided",
+    "GuidedScore",
     "sample",
     "SAMPLERS",
     "SampleResult",

@@ -215,7 +215,7 @@ def class_metrics(
 
     Args:
         samples: (N, D) samples, row i requested from class `labels[i]`.
-        labels: (N,) requested classes in [0, C).
+        labels: (N,) requested classes in [0, C) (integers).
         oracle: the labelled mixture (`classes` maps its components to classes).
         num_projections, replicates, seed: as in `oracle_metrics` (each class uses its own
             exact data stream, seeded from `seed` and the class).
@@ -225,13 +225,19 @@ def class_metrics(
          "class_purity_min": the lowest per-class purity, "sw2_ratio_max": the highest per-class
          sw2 / floor mean, "per_class": {c: {"num_samples", "purity", "sw2", "sw2_floor_mean",
          "sw2_floor_std", "sw2_ratio"}}} for every requested class (sliced W2 only with >= 2 samples).
+
+    Raises:
+        ValueError naming `samples` or `labels` (wrong shape, float or out-of-range labels).
     """
     x = samples.detach().flatten(1).to(torch.float64)
     dev = x.device
     oracle = oracle.to(dev)
-    labels = torch.as_tensor(labels, device=dev).long()
-    if labels.shape != (x.shape[0],):
-        raise ValueError(f"labels must have shape ({x.shape[0]},), one per sample; got {tuple(labels.shape)}")
+    if x.shape[1] != oracle.dim:
+        raise ValueError(f"samples must have shape (N, {oracle.dim}) for this oracle; got {tuple(samples.shape)}")
+    if isinstance(labels, (list, tuple)):
+        labels = torch.as_tensor(labels)
+    # integer labels in [0, C), one per sample: a float label is an error, never truncated
+    labels = oracle.check_labels(labels, x.shape[0], dev, name="labels")
     finite = torch.isfinite(x).all(1)
     x, labels = x[finite], labels[finite]
     out: Dict[str, Any] = {"per_class": {}}

@@ -40,10 +40,32 @@ def _check_scale(scale) -> float:
     return float(scale)
 
 
-def _check_class_count(num_classes, who: str) -> int:
-    if num_classes is None:
-        raise ValueError(f"{who} needs a class-conditional model (num_classes set); got an unconditional one")
-    return int(num_classes)
+def _class_count(obj, num_classes, who: str, what: str) -> int:
+    """C from `num_classes` or `obj.num_classes`; both given must agree."""
+    def positive_int(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{who}: {name} must be a positive int; got {value!r}")
+        return value
+
+    own = getattr(obj, "num_classes", None)
+    if num_classes is not None:
+        num_classes = positive_int(num_classes, "num_classes")
+        if own is not None and own != num_classes:
+            raise ValueError(f"{who}: num_classes={num_classes!r} but the {what} has num_classes={own!r}; "
+                             "they must be the same number of classes")
+        return num_classes
+    if own is None:
+        if what == "model":
+            raise ValueError(f"{who} needs a class-conditional model (num_classes set, labels 0..C-1 and the "
+                             "no-label token C); got an unconditional one")
+        raise ValueError(f"{who} needs the {what}'s number of classes: pass num_classes=C or give the {what} "
+                         "a num_classes attribute")
+    return positive_int(own, f"the {what}'s num_classes")
+
+
+def _check_callable(name: str, fn, who: str) -> None:
+    if not callable(fn):
+        raise ValueError(f"{who} needs a callable {name}; got {fn!r}")
 
 
 def resolve_labels(y: Labels, num_classes: int, batch: Optional[int] = None, device=None) -> torch.Tensor:
@@ -97,13 +119,22 @@ class GuidedScore:
         return f"GuidedScore(kind={self.kind!r}, scale={self.scale}, num_classes={self.num_classes})"
 
 
-def _labels_for(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The stored labels for a batch x: one label per sample (checked by shape only, no sync)."""
-    if y.shape[0] == 1:
-        return y.to(x.device).expand(x.shape[0])
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"label: {y.shape[0]} labels for a batch of {x.shape[0]}; give one int or one label per sample")
-    return y.to(x.device)
+class _Labels:
+    """The checked labels of a guided score, copied once to each device they are asked for on."""
+
+    def __init__(self, labels: torch.Tensor):
+        self._on = {labels.device: labels}
+
+    def for_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """One label per row of x (a single label is expanded; checked by shape only, no sync)."""
+        y = self._on.get(x.device)
+        if y is None:
+            y = self._on[x.device] = next(iter(self._on.values())).to(x.device)
+        if y.shape[0] == 1:
+            return y.expand(x.shape[0])
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"label: {y.shape[0]} labels for a batch of {x.shape[0]}; give one int or one label per sample")
+        return y
 
 
 def classifier_free(model: Callable, y: Labels, scale: float, num_classes: Optional[int] = None) -> GuidedScore:
@@ -114,29 +145,33 @@ def classifier_free(model: Callable, y: Labels, scale: float, num_classes: Optio
             `ExactConditionalScore`) taking labels in [0, C) and the no-label token C.
         y: the requested class: an int for every sample, or a (B,) tensor of classes.
         scale: the guidance scale s (0: unconditional, 1: conditional).
-        num_classes: C, when `model` does not carry a `num_classes` attribute.
+        num_classes: C, when `model` does not carry a `num_classes` attribute (if it does, the
+            two must agree).
 
     Returns:
         `GuidedScore` computing score(x | C) + s (score(x | y) - score(x | C)) with one forward
         of batch 2B (one of batch B when s is 0 or 1).
 
     Raises:
-        ValueError: an unconditional model, a label outside [0, C), a non-finite scale.
+        ValueError: a model that is not callable or unconditional, a label outside [0, C) or not
+            an integer, a non-finite scale, a num_classes that disagrees with the model's.
     """
-    C = _check_class_count(num_classes if num_classes is not None else getattr(model, "num_classes", None),
-                           "classifier-free guidance")
+    who = "classifier-free guidance"
+    _check_callable("model", model, who)
+    C = _class_count(model, num_classes, who, "model")
     s = _check_scale(scale)
-    labels = resolve_labels(y, C)
+    labels = _Labels(resolve_labels(y, C))
 
     if s == 1.0:
         def guided(x, t):
-            return model(x, t, _labels_for(labels, x))
+            return model(x, t, labels.for_batch(x))
     elif s == 0.0:
         def guided(x, t):
             return model(x, t, torch.full((x.shape[0],), C, dtype=torch.long, device=x.device))
     else:
         def guided(x, t):
-            lab = _labels_for(labels, x)
+            lab = labels.for_batch(x)
+            # one forward of batch 2B: the conditional half, then the no-label half
             both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([lab, torch.full_like(lab, C)]))
             cond, uncond = both.chunk(2)
             return uncond + s * (cond - uncond)
@@ -153,31 +188,35 @@ def classifier_guided(score_fn: Callable, classifier: Callable, y: Labels, scale
         classifier: `classifier(x, t) -> logits (B, C)` (normalised or not: log-softmax is applied).
         y: an int class for every sample, or a (B,) tensor of classes.
         scale: the guidance scale s (0 returns the unconditional score without calling the classifier).
-        num_classes: C, when `classifier` has no `num_classes` attribute; the logits' width is
-            checked against it on every call (shape only, no host sync).
+        num_classes: C, when `classifier` has no `num_classes` attribute (if it has, the two must
+            agree); the logits' width is checked against it on every call (shape only, no host sync).
 
     The gradient is taken by autograd under `torch.enable_grad()`, so the wrapper works inside
-    the samplers' `torch.no_grad()` loops; nothing is kept in the graph after the call.
+    the samplers' `torch.no_grad()` loops (and under `torch.inference_mode()`, on copies of x and
+    t); nothing is kept in the graph after the call.
 
     Raises:
-        ValueError: a label outside [0, C), a classifier whose logits have another width, a
-            non-finite scale.
+        ValueError: no classifier (or a score or classifier that is not callable), a label outside
+            [0, C) or not an integer, a classifier whose logits have another width or whose
+            num_classes disagrees with `num_classes`, a non-finite scale.
     """
-    C = num_classes if num_classes is not None else getattr(classifier, "num_classes", None)
-    if C is None:
-        raise ValueError("classifier guidance needs the classifier's number of classes: pass num_classes=C "
-                         "or give the classifier a num_classes attribute")
-    C, s = int(C), _check_scale(scale)
-    labels = resolve_labels(y, C)
+    who = "classifier guidance"
+    _check_callable("score_fn", score_fn, who)
+    _check_callable("classifier", classifier, who)
+    C = _class_count(classifier, num_classes, who, "classifier")
+    s = _check_scale(scale)
+    labels = _Labels(resolve_labels(y, C))
 
     def guided(x, t):
         base = score_fn(x, t)
         if s == 0.0:
             return base
-        lab = _labels_for(labels, x)
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            logits = classifier(xg, t)
+        lab = labels.for_batch(x)
+        # inference tensors cannot enter a graph: leave inference mode and copy x and t
+        inference = x.is_inference() or t.is_inference()
+        with torch.inference_mode(False), torch.enable_grad():
+            xg = (x.clone() if inference else x.detach()).requires_grad_(True)
+            logits = classifier(xg, t.clone() if inference else t)
             if logits.ndim != 2 or logits.shape[1] != C:
                 raise ValueError(f"classifier: logits must have shape (B, {C}) for {C} classes; got {tuple(logits.shape)}")
             log_p = torch.log_softmax(logits, dim=1).gather(1, lab[:, None]).sum()

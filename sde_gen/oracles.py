@@ -15,6 +15,7 @@ Every sampler, likelihood and trained network of the library is checked against 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Dict, Optional
 
 import torch
@@ -267,23 +268,36 @@ class GaussianMixture(nn.Module):
         return torch.log_softmax(log_terms, dim=1)
 
     # ---- classes: exact class posteriors and class-conditional scores ----
-    def check_labels(self, y, n: int, device=None) -> torch.Tensor:
+    def check_labels(self, y, n: int, device=None, name: str = "y") -> torch.Tensor:
         """Class labels as an (n,) long tensor on `device`: an int (every sample) or (n,) integers in [0, C).
 
+        Args:
+            y: the labels. n: the number of samples. device: of the result. name: the field named
+                in error messages.
+
         Raises:
-            ValueError naming `y` and the allowed range (checked once, before any sampling).
+            ValueError naming `name` and the allowed range (checked once, before any sampling): a
+            float, bool or misshapen label, one outside [0, C), or a class of prior probability 0
+            (all its components have weight 0: its conditional law is undefined).
         """
         C = self.num_classes
-        if isinstance(y, bool) or (not isinstance(y, int) and not torch.is_tensor(y)):
-            raise ValueError(f"y must be an int class or an ({n},) tensor of classes in [0, {C}); got {y!r}")
+        if isinstance(y, bool) or (not isinstance(y, numbers.Integral) and not torch.is_tensor(y)):
+            raise ValueError(f"{name} must be an int class or an ({n},) tensor of classes in [0, {C}); got {y!r}")
         y = torch.as_tensor(y, device=device)
         if y.ndim == 0:
             y = y.expand(n)
-        if y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
-            raise ValueError(f"y must be an int class or an ({n},) integer tensor of classes; got shape {tuple(y.shape)}, dtype {y.dtype}")
+        if y.shape != (n,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"{name} must be an int class or an ({n},) integer tensor of classes in [0, {C}); "
+                             f"got shape {tuple(y.shape)}, dtype {y.dtype}")
         if bool(((y < 0) | (y >= C)).any()):
-            raise ValueError(f"y must lie in [0, {C}) (this mixture has {C} classes); got {sorted(set(y.tolist()))}")
-        return y.long()
+            raise ValueError(f"{name} must lie in [0, {C}) (this mixture has {C} classes); got {sorted(set(y.tolist()))}")
+        y = y.long()
+        empty = self.class_weights().to(y.device) <= 0
+        if bool(empty.any()) and bool(empty[y].any()):
+            raise ValueError(f"{name}: class(es) {sorted(set(y[empty[y]].tolist()))} have prior probability 0 (every "
+                             f"component of the class has weight 0), so p(x | {name}) is undefined; allowed: classes "
+                             f"{torch.nonzero(~empty).flatten().tolist()}")
+        return y
 
     def _member(self, y: torch.Tensor) -> torch.Tensor:
         """(B, K) indicator that component k belongs to class y_b (as 0/1 of float64)."""
@@ -297,16 +311,27 @@ class GaussianMixture(nn.Module):
     def class_log_posterior(self, x: torch.Tensor, t=None, sde: Optional[SDE] = None) -> torch.Tensor:
         """log p_t(y | x) for every class, shape (B, C) (normalised logits); `sde=None`: under p_0.
 
-        The component log-densities log w_k N_k(x) are summed within each class by log-sum-exp,
-        so the posterior stays exact and finite however far x lies from every mean.
+        The component log-densities log w_k N_k(x) are summed within each class by log-sum-exp
+        after subtracting their row maximum, so the posterior is finite and normalised however far
+        x lies from every mean: far from the data each term is about -|x|^2 / 2 s(t)^2, and adding
+        that back before the subtraction (as `torch.logsumexp` does) rounded log(n_c) and log(K)
+        away in float32 (at |x| = 1e4 every class came out with probability 1). The values keep
+        the precision of x's dtype: pass float64 for posteriors far in the tails.
         """
         a, s = self._coeffs(x, t, sde)
         log_terms, _, _ = self._component_terms(x, a, s)  # (B, K)
         C = self.num_classes
         onehot = self.classes.to(x.device)[None, :, None] == torch.arange(C, device=x.device)[None, None, :]  # (1, K, C)
-        masked = torch.where(onehot, log_terms[:, :, None], torch.tensor(-math.inf, dtype=x.dtype, device=x.device))
-        per_class = torch.logsumexp(masked, dim=1)  # (B, C)
-        return per_class - torch.logsumexp(log_terms, dim=1, keepdim=True)
+        onehot = onehot & (self.weights.to(x.device) > 0)[None, :, None]  # zero-weight components add nothing
+        neg_inf = torch.tensor(-math.inf, dtype=x.dtype, device=x.device)
+        # a class without mass would be a log-sum-exp over -inf only, whose backward is 0 * nan = nan
+        # even where its gradient is not asked for: it gets log p = -inf directly instead
+        empty = ~onehot.any(1)  # (1, C)
+        masked = torch.where(onehot, log_terms[:, :, None], neg_inf)
+        top = log_terms.amax(dim=1, keepdim=True).detach()  # (B, 1), finite: some weight is > 0
+        per_class = torch.logsumexp(torch.where(empty[:, None, :], 0.0, masked - top[:, :, None]), dim=1)
+        per_class = torch.where(empty, neg_inf, per_class)
+        return per_class - torch.logsumexp(log_terms - top, dim=1, keepdim=True)
 
     def class_score(self, x: torch.Tensor, y, t=None, sde: Optional[SDE] = None) -> torch.Tensor:
         """grad_x log p_t(x | y), shape (B, D): the score of the class's sub-mixture.
@@ -368,6 +393,7 @@ class ExactConditionalScore(nn.Module):
         super().__init__()
         self.oracle, self.sde = oracle, sde
         self.num_classes = oracle.num_classes
+        self._stand_in = int(torch.argmax(oracle.class_weights()))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if y is None:
@@ -378,7 +404,8 @@ class ExactConditionalScore(nn.Module):
         if bool(((y < 0) | (y > self.num_classes)).any()):
             raise ValueError(f"y must lie in [0, {self.num_classes}] ({self.num_classes} = no label); got {sorted(set(y.tolist()))}")
         null = y == self.num_classes
-        cond = self.oracle.class_score(x, torch.where(null, 0, y), t, self.sde)
+        # no-label rows get a stand-in class of positive mass (its score is discarded below)
+        cond = self.oracle.class_score(x, torch.where(null, self._stand_in, y), t, self.sde)
         return torch.where(null[:, None], self.oracle.score(x, t, self.sde), cond)
 
 
