@@ -106,3 +106,22 @@ def test_nonfinite_warning_lists_the_first_ten_rows(caplog):
     assert res.num_nonfinite == 12
     msg = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
     assert msg and msg[0].endswith("first rows: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]")
+
+
+def test_counting_score_does_not_track_unless_asked():
+    score = CountingScore(lambda x, t: x)
+    score(torch.full((3, 2), float("nan")), torch.tensor(0.5))
+    assert score.nonfinite is None and not score.track_nonfinite
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(nfe=0), r"^nfe must be an integer >= 1"),
+    (dict(denoise=1), r"^denoise must be a bool \(True or False\); got 1$"),
+    (dict(check_finite="yes"), r"^check_finite must be a bool \(True or False\); got 'yes'$"),
+    (dict(grid="linear"), r"^grid must be one of \['uniform', 'log_snr', 'karras'\]"),
+    (dict(rho=0.0), r"^rho must be > 0"),
+    (dict(t_min=-1.0), r"^t_min must be > 0"),
+])
+def test_options_are_checked_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EulerMaruyama(**kwargs)
