@@ -90,3 +90,24 @@ def test_cuda_rng_state_is_ignored_on_a_cpu_run():
     b = _state()
     b.load_state_dict(st)  # a GPU run's checkpoint resumed on the CPU
     assert "cuda" not in b.state_dict()["rng"]
+
+
+def test_scheduler_resume_takes_the_configured_base_rate_and_counters():
+    """After the optimiser's state (stored lr 0.2) the scheduler restores the configured base
+    rate (0.1) into the groups, the stored counters, and the last rate it reports."""
+    old = _state(lr=0.2)
+    _advance(old, 5)
+    st = old.state_dict()
+    new = _state(lr=0.1)
+    new.optimizer.load_state_dict(st["optimizer"])
+    assert new.optimizer.param_groups[0]["initial_lr"] == 0.2
+    st["lr_scheduler"]["_step_count"] = 9  # differs from last_epoch + 1, so the stored one must be read
+    new.lr_scheduler.load_state_dict(st["lr_scheduler"])
+    expected = 0.1 * WarmupSchedule(2, 10, "cosine")(5)
+    group = new.optimizer.param_groups[0]
+    assert group["initial_lr"] == 0.1 and group["lr"] == expected
+    assert new.lr_scheduler.get_last_lr() == [expected]
+    assert new.lr_scheduler._step_count == 9
+    legacy = {"last_epoch": 5}  # a state without the step count: one more than the epoch, as torch counts
+    new.lr_scheduler.load_state_dict(legacy)
+    assert new.lr_scheduler._step_count == 6 and new.lr_scheduler.last_epoch == 5
