@@ -107,3 +107,72 @@ def test_evaluate_dataset_images_default_one_draw():
 def test_evaluate_dataset_shape_check(data):
     with pytest.raises(ValueError, match=r"^data must have shape \(N, \*event\) with N >= 1; got \((5,|0, 2)\)$"):
         evaluate_dataset(SDE, SCORE, data, **FAST)
+
+
+def test_standard_errors_over_draws_use_the_unbiased_std():
+    pixels = torch.tensor([[0, 3], [2, 1]])
+    for n in (2, 3):
+        res = bits_per_dim(SDE, SCORE, pixels, _Map(0.5), num_dequant=n, generator=torch.Generator().manual_seed(1), **FAST)
+        torch.testing.assert_close(res.std_error, res.draws.std(0, unbiased=True) / math.sqrt(n), rtol=1e-6, atol=0)
+
+
+def test_evaluate_dataset_forwards_generator_draws_and_dtype():
+    pixels = torch.tensor([[0, 3], [2, 1]])
+    img = evaluate_dataset(SDE, SCORE, pixels, dataset_or_map=_Map(0.5), num_dequant=3, dtype=f64,
+                           generator=torch.Generator().manual_seed(5), **FAST)
+    ref = bits_per_dim(SDE, SCORE, pixels, _Map(0.5), num_dequant=3, dtype=f64, generator=torch.Generator().manual_seed(5), **FAST)
+    assert img.values.dtype == f64 and torch.isfinite(img.estimator_std_error).all()
+    torch.testing.assert_close(img.values, ref.bpd, rtol=0, atol=0)
+    pts = _points(4)
+    hutch = dict(FAST, divergence="hutchinson", num_probes=2)
+    out = evaluate_dataset(SDE, SCORE, pts, generator=torch.Generator().manual_seed(6), **hutch)
+    ref = log_likelihood(SDE, SCORE, pts, generator=torch.Generator().manual_seed(6), **hutch)
+    torch.testing.assert_close(out.values, ref.logp, rtol=0, atol=0)
+    torch.testing.assert_close(out.estimator_std_error, ref.std_error, rtol=0, atol=0)
+
+
+def test_evaluate_dataset_progress_bar(capsys):
+    evaluate_dataset(SDE, SCORE, _points(3), batch_size=2, progress=True, **FAST)
+    err = capsys.readouterr().err
+    assert "likelihood: 100%" in err and "3/3" in err and "sample/s" in err
+
+
+def test_non_finite_rows_named_in_the_whole_set():
+    data = _points(30)
+    data[25:28, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^data has non-finite values \(inf or NaN\) in 3 of 30 rows: \[25, 26, 27\]; remove or fix them"):
+        evaluate_dataset(SDE, SCORE, data, batch_size=10, **FAST)
+    for n, shown in ((21, ", ".join(map(str, range(20))) + ", ..."), (20, ", ".join(map(str, range(20))))):
+        data = _points(30)
+        data[:n] = float("inf")
+        with pytest.raises(ValueError) as err:
+            log_likelihood(SDE, SCORE, data, **FAST)
+        assert f"in {n} of 30 rows: [{shown}];" in str(err.value)
+
+
+def test_probes_default_stream_and_device():
+    from sde_gen.likelihood.divergence import draw_probes
+
+    x = torch.zeros(4, 3, dtype=f64)
+    v = draw_probes(x, 5, generator=torch.Generator().manual_seed(2))
+    assert v.shape == (5, 4, 3) and v.dtype == f64 and set(v.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(v, draw_probes(x, 5, generator=torch.Generator().manual_seed(2)))
+    g = draw_probes(x, 5, "gaussian", torch.Generator().manual_seed(2))
+    assert torch.equal(g, torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(2), dtype=f64))
+    xm = torch.empty(4, 3, device="meta")
+    assert draw_probes(xm, 2).device.type == draw_probes(xm, 2, "gaussian").device.type == "meta"
+
+
+@pytest.mark.parametrize("probes", [None, 3])
+def test_drift_and_divergence_is_the_linear_part_plus_the_score_part(probes):
+    from sde_gen.likelihood.divergence import draw_probes, drift_and_divergence, score_and_divergence
+
+    x = _points(4)
+    t = torch.full((4,), 0.3, dtype=f64)  # float64 times do not promote the float32 state
+    v = None if probes is None else draw_probes(x, probes, generator=torch.Generator().manual_seed(0))
+    drift, div = drift_and_divergence(SDE, SCORE, x, t, v)
+    score, trace = score_and_divergence(SCORE, x, t, v)
+    k1, k2 = (k.float() for k in SDE.probability_flow_coeffs(t))
+    assert drift.dtype == div.dtype == torch.float32
+    torch.testing.assert_close(drift, k1[:, None] * x + k2[:, None] * score)
+    torch.testing.assert_close(div, 2 * k1 + k2 * trace)
