@@ -220,3 +220,17 @@ def test_ve_noise_levels(num_levels):
         assert s.device.type == t.device.type == "cpu"
     with pytest.raises(ValueError, match=r"^num_levels must be an integer >= 1"):
         sde.noise_levels(0)
+
+
+def test_low_precision_wrapper_keeps_higher_precision_arguments():
+    """Only the float16 / bfloat16 arguments are upcast; a float64 one keeps its digits."""
+    from sde_gen.sdes._numerics import _at_least_float32
+
+    add = _at_least_float32(lambda self, a, b: a + b)
+    out = add(None, torch.ones(1, dtype=torch.bfloat16), torch.full((1,), 1e-10, dtype=f64))
+    assert out.dtype == f64 and float(out) == 1.0 + 1e-10
+
+
+def test_t_min_is_judged_in_float64():
+    """1e-46 underflows to 0 in float32, where s(t_min) would be 0; in float64 it is a valid t_min."""
+    assert VPSDE().check_t_min(1e-46) == 1e-46
