@@ -111,3 +111,29 @@ def test_scheduler_resume_takes_the_configured_base_rate_and_counters():
     legacy = {"last_epoch": 5}  # a state without the step count: one more than the epoch, as torch counts
     new.lr_scheduler.load_state_dict(legacy)
     assert new.lr_scheduler._step_count == 6 and new.lr_scheduler.last_epoch == 5
+
+
+def test_fresh_state_and_its_device():
+    from ._mutation_support import foreign_default_device
+
+    with foreign_default_device():
+        ts = _state()
+    assert (ts.step, ts.good, ts.skipped, ts.bad_streak) == (0, 0, 0, 0)
+    assert ts.loss_sum.device.type == "cpu" and float(ts.loss_sum) == 0.0 and ts.loss_sum.shape == ()
+
+
+def test_schedule_defaults_and_checks():
+    sched = WarmupLR(torch.optim.Adam(torch.nn.Linear(1, 1).parameters(), lr=1.0))
+    f = sched.lr_lambdas[0]
+    assert (f.warmup, f.total_steps, f.decay) == (200, 6000, "cosine")
+    for bad, message in (
+        (dict(warmup=True), r"^warmup must be an integer >= 0; got True$"),
+        (dict(warmup=2.5), r"^warmup must be an integer >= 0; got 2\.5$"),
+        (dict(total_steps=True), r"^total_steps must be an integer >= 1; got True$"),
+        (dict(total_steps=10.0), r"^total_steps must be an integer >= 1; got 10\.0$"),
+        (dict(decay="linear"), r"^decay must be one of \['cosine', 'constant'\]"),
+    ):
+        args = dict(warmup=2, total_steps=10, decay="cosine")
+        args.update(bad)
+        with pytest.raises(ValueError, match=message):
+            WarmupSchedule(**args)

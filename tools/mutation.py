@@ -20,8 +20,8 @@ Score = killed / (mutants - excused), where killed counts a failing test or a ti
 excused mutants are listed one per line with a tag and a reason in `tools/mutation_equivalent.txt`:
 
     [equivalent]  cannot change behaviour for any valid input (e.g. a clamp bound never reached);
-    [cpu-only]    changes only which device a tensor is placed on when that device is already the
-                  input's, so only a second device (CUDA) can tell; the run here is CPU-only.
+    [cpu-only]    observable only on a CUDA device (a tensor left on or created on the wrong
+                  device, or a branch taken only on CUDA); the run here is CPU-only.
 
 The table also gives the strict score, killed / (mutants - [equivalent]), which counts the
 cpu-only ones as survivors. A listed mutant that no longer exists or no longer survives is
