@@ -176,3 +176,68 @@ def test_drift_and_divergence_is_the_linear_part_plus_the_score_part(probes):
     assert drift.dtype == div.dtype == torch.float32
     torch.testing.assert_close(drift, k1[:, None] * x + k2[:, None] * score)
     torch.testing.assert_close(div, 2 * k1 + k2 * trace)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(fixed_steps=2, method="dopri5"), r"^method \(with fixed_steps\) must be one of"),
+    (dict(method="rk5"), r"^method must be one of"),
+    (dict(rtol=0.0), r"^rtol must be > 0"),
+    (dict(atol=-1.0), r"^atol must be > 0"),
+    (dict(divergence="trace"), r"^divergence must be one of"),
+    (dict(fixed_steps=0), r"^fixed_steps must be an integer >= 1"),
+    (dict(num_probes=0), r"^num_probes must be an integer >= 1"),
+    (dict(probe="uniform"), r"^probe must be one of"),
+    (dict(time_variable="s"), r"^time_variable must be one of"),
+    (dict(vjp_chunk_size=0), r"^vjp_chunk_size must be an integer >= 1"),
+])
+def test_log_likelihood_options_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        log_likelihood(SDE, SCORE, _points(2), **kwargs)
+    with pytest.raises(ValueError, match=r"^x must have shape \(B, \*event\); got \(3,\)$"):
+        log_likelihood(SDE, SCORE, torch.zeros(3))
+
+
+def test_log_likelihood_defaults_and_fixed_grid():
+    x = _points(3).double()
+    default = log_likelihood(SDE, SCORE, x)
+    explicit = log_likelihood(SDE, SCORE, x, method="dopri5", rtol=1e-5, atol=1e-5)
+    assert torch.equal(default.logp, explicit.logp) and default.nfe == explicit.nfe
+    fixed = log_likelihood(SDE, SCORE, x, fixed_steps=40)
+    assert fixed.nfe == 4 * 40  # rk4 by default: four evaluations per step of the uniform grid
+    tight = log_likelihood(SDE, SCORE, x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(fixed.logp, tight.logp, rtol=0, atol=1e-5)
+    # the prior's value comes back in x's dtype
+    x32 = _points(3)
+    out = log_likelihood(SDE, SCORE, x32, prior_logp=lambda z: -0.5 * z.double().pow(2).sum(1), **FAST)
+    assert out.logp.dtype == out.prior_logp.dtype == torch.float32
+
+
+def test_probe_kind_and_generator_reach_the_estimator():
+    x = _points(3)
+    run = lambda probe, seed: log_likelihood(SDE, SCORE, x, divergence="hutchinson", num_probes=2, probe=probe,
+                                             generator=torch.Generator().manual_seed(seed), **FAST).logp
+    assert torch.equal(run("gaussian", 1), run("gaussian", 1)) and torch.equal(run("rademacher", 1), run("rademacher", 1))
+    assert not torch.equal(run("gaussian", 1), run("rademacher", 1))
+    assert not torch.equal(run("gaussian", 1), run("gaussian", 2))
+
+
+def test_single_gaussian_probe_and_one_row_many_probes():
+    from sde_gen.likelihood.divergence import score_and_divergence
+
+    A = torch.tensor([[-1.0, 0.3], [0.7, -2.0]], dtype=f64)
+    fn = lambda x, t: x @ A.T  # Jacobian A everywhere
+    x = torch.randn(1, 2, dtype=f64)
+    t = torch.full((1,), 0.5, dtype=f64)
+    for m in (1, 3):
+        v = torch.randn(m, 1, 2, generator=torch.Generator().manual_seed(m), dtype=f64)
+        _, trace = score_and_divergence(fn, x, t, v)
+        assert trace.shape == (m, 1)
+        torch.testing.assert_close(trace[:, 0], torch.einsum("mi,ij,mj->m", v[:, 0], A, v[:, 0]), rtol=1e-12, atol=1e-12)
+
+
+def test_exact_trace_in_blocks_for_a_large_event():
+    from sde_gen.likelihood.divergence import score_and_divergence
+
+    x = torch.randn(1, 1024, dtype=f64)
+    _, trace = score_and_divergence(lambda x, t: -2.0 * x, x, torch.zeros(1, dtype=f64))
+    assert float(trace) == -2.0 * 1024
