@@ -131,7 +131,12 @@ def test_evaluate_dataset_forwards_generator_draws_and_dtype():
     torch.testing.assert_close(out.estimator_std_error, ref.std_error, rtol=0, atol=0)
 
 
-def test_evaluate_dataset_progress_bar(capsys):
+def test_evaluate_dataset_progress_bar(capsys, monkeypatch):
+    from tqdm import std
+
+    # no tqdm monitor thread: a thread left running would be inherited, holding tqdm's lock, by
+    # every process forked after this test (mutmut forks one per mutant)
+    monkeypatch.setattr(std.tqdm, "monitor_interval", 0)
     evaluate_dataset(SDE, SCORE, _points(3), batch_size=2, progress=True, **FAST)
     err = capsys.readouterr().err
     assert "likelihood: 100%" in err and "3/3" in err and "sample/s" in err

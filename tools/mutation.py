@@ -244,7 +244,9 @@ def main(argv=None) -> int:
         wall = previous.get(name, {}).get("wall_s")
         if not args.report:
             if args.keep and args.retest and (work / "mutants").exists():
-                again = score(name, statuses(work), equivalent)["live"]
+                # the live ones, and the timeouts: a hang can come from the run, not the mutant
+                st = statuses(work)
+                again = score(name, st, equivalent)["live"] + sorted(k for k, s in st.items() if s == TIMEOUT)
             else:
                 again = []
             work = prepare(name, fresh=not args.keep)
