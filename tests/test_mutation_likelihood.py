@@ -124,7 +124,8 @@ def test_evaluate_dataset_forwards_generator_draws_and_dtype():
     assert img.values.dtype == f64 and torch.isfinite(img.estimator_std_error).all()
     torch.testing.assert_close(img.values, ref.bpd, rtol=0, atol=0)
     pts = _points(4)
-    hutch = dict(FAST, divergence="hutchinson", num_probes=2)
+    # Gaussian probes: with Rademacher ones the oracle's diagonal Jacobian gives the exact trace whatever the draw
+    hutch = dict(FAST, divergence="hutchinson", num_probes=2, probe="gaussian")
     out = evaluate_dataset(SDE, SCORE, pts, generator=torch.Generator().manual_seed(6), **hutch)
     ref = log_likelihood(SDE, SCORE, pts, generator=torch.Generator().manual_seed(6), **hutch)
     torch.testing.assert_close(out.values, ref.logp, rtol=0, atol=0)
@@ -246,3 +247,28 @@ def test_exact_trace_in_blocks_for_a_large_event():
     x = torch.randn(1, 1024, dtype=f64)
     _, trace = score_and_divergence(lambda x, t: -2.0 * x, x, torch.zeros(1, dtype=f64))
     assert float(trace) == -2.0 * 1024
+
+
+def test_bits_per_dim_in_float64_and_its_probe_stream():
+    """Float64 pixels: u drawn in float64 and log c taken in float64 (0.3 is not a float32);
+    Hutchinson probes come from the same generator as the dequantisation noise."""
+    pixels = torch.tensor([[0.0, 3.0], [2.0, 1.0]], dtype=f64)
+    m = _Map(0.3)
+    got = bits_per_dim(SDE, SCORE, pixels, m, generator=torch.Generator().manual_seed(3), **FAST)
+    g = torch.Generator().manual_seed(3)
+    u = torch.rand(pixels.shape, generator=g, dtype=f64)
+    res = log_likelihood(SDE, SCORE, m.to_model(pixels + u), generator=g, **FAST)
+    expected = (-res.logp - 2 * math.log(0.3)) / (2 * math.log(2.0))
+    torch.testing.assert_close(got.draws[0], expected, rtol=1e-13, atol=1e-13)
+    hutch = dict(FAST, divergence="hutchinson", num_probes=2, probe="gaussian")
+    a = bits_per_dim(SDE, SCORE, pixels, m, generator=torch.Generator().manual_seed(3), **hutch)
+    b = bits_per_dim(SDE, SCORE, pixels, m, generator=torch.Generator().manual_seed(3), **hutch)
+    assert torch.equal(a.draws, b.draws)
+
+
+def test_chunked_exact_divergence_and_batch_size_check():
+    x = _points(3)
+    ref = log_likelihood(SDE, SCORE, x, **FAST)
+    torch.testing.assert_close(log_likelihood(SDE, SCORE, x, vjp_chunk_size=1, **FAST).logp, ref.logp)
+    with pytest.raises(ValueError, match=r"^batch_size must be an integer >= 1"):
+        evaluate_dataset(SDE, SCORE, x, batch_size=0, **FAST)
