@@ -272,3 +272,27 @@ def test_chunked_exact_divergence_and_batch_size_check():
     torch.testing.assert_close(log_likelihood(SDE, SCORE, x, vjp_chunk_size=1, **FAST).logp, ref.logp)
     with pytest.raises(ValueError, match=r"^batch_size must be an integer >= 1"):
         evaluate_dataset(SDE, SCORE, x, batch_size=0, **FAST)
+
+
+@pytest.mark.parametrize("time_variable", ["t", "log_sigma"])
+def test_fixed_grid_is_uniform_in_the_time_variable(monkeypatch, time_variable):
+    """The solver gets fixed_steps + 1 float64 points, uniform from t_min to T (or in log sigma),
+    ending exactly at the end point, and the caller's options."""
+    from sde_gen.likelihood import change_of_variables as cov
+
+    seen = {}
+    real = cov.integrate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs, ends=args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cov, "integrate", spy)
+    log_likelihood(SDE, SCORE, _points(2), fixed_steps=5, t_min=1e-3, time_variable=time_variable,
+                   options={"perturb": False})
+    ends = torch.tensor([1e-3, SDE.T], dtype=f64)
+    if time_variable == "log_sigma":
+        ends = -SDE.half_log_snr(ends)
+    assert seen["grid"].dtype == f64 and torch.equal(seen["ends"], ends)
+    torch.testing.assert_close(seen["grid"], torch.linspace(float(ends[0]), float(ends[1]), 6, dtype=f64), rtol=1e-15, atol=1e-15)
+    assert float(seen["grid"][-1]) == float(ends[1]) and seen["options"] == {"perturb": False}
