@@ -3,6 +3,7 @@
 #   make test        the whole fast test suite (what CI runs first)
 #   make test-seeds  the statistical tests under 5 further seeds (--stat-seed 1..5)
 #   make test-slow   the slow tier only;  make test-slow-ci: its part CI runs;  make test-all: fast, then slow
+#   make mutation    mutation scores of the core modules (mutmut; MUTATION_ARGS="losses --max-children 1")
 #   (tiers, seeds and times: docs/testing.md)
 # TORCH_SPEC pins the CPU wheel on CPU-only machines; on a GPU machine use e.g.
 #   make test TORCH_SPEC=torch   (or install the package into your own environment).
@@ -12,7 +13,7 @@ TORCH_SPEC ?= -c constraints-cpu.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-seeds test-slow test-slow-ci test-all bench clean
+.PHONY: run test test-seeds test-slow test-slow-ci test-all bench clean mutation
 
 STAT_SEEDS ?= 1 2 3 4 5
 
@@ -40,5 +41,16 @@ test-slow-ci: $(STAMP)
 
 test-all: test test-slow
 
+# mutation testing: the `mutation` extra on top of the test install, then each core module
+# against its focused tests (tools/mutation.py; scores and times in docs/testing.md)
+MUTATION_STAMP := $(VENV)/.installed-mutation
+MUTATION_ARGS ?=
+$(MUTATION_STAMP): $(STAMP)
+	$(PY) -m pip install -q $(TORCH_SPEC) -e '.[test,mutation]'
+	touch $(MUTATION_STAMP)
+
+mutation: $(MUTATION_STAMP)
+	$(PY) tools/mutation.py $(MUTATION_ARGS)
+
 clean:
-	rm -rf $(VENV) outputs multirun
+	rm -rf $(VENV) outputs multirun mutants .mutation
