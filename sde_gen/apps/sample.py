@@ -126,12 +126,7 @@ def _load_classifier(path: str, device, ema: bool):
         (classifier, sde): `classifier(x, t) -> (B, C) logits` with a `num_classes` attribute, and
         the SDE it was trained under.
     """
-    # the classifier runs (sde_gen.checkpoint.load_classifier) come from the conditional-training work
-    loader = getattr(_checkpoint, "load_classifier", None)
-    if loader is None:
-        raise ValueError(f"classifier: this version of sde_gen cannot load classifier runs "
-                         f"(no sde_gen.checkpoint.load_classifier); got classifier={path!r}")
-    trained = loader(path, device=device, ema=ema)
+    trained = _checkpoint.load_classifier(path, device=device, ema=ema)
     model = trained.model.eval()
     if getattr(model, "num_classes", None) is None:
         model.num_classes = getattr(trained, "num_classes", None)
