@@ -36,7 +36,8 @@ def test_mixture64d_parameters():
     torch.manual_seed(1)
     b = make_preset("mixture64d")
     for name, buf in a.named_buffers():
-        assert buf.dtype == f64 and torch.equal(buf, dict(b.named_buffers())[name]), name
+        # every parameter in float64; the component -> class map is integer
+        assert buf.dtype == (torch.long if name == "classes" else f64) and torch.equal(buf, dict(b.named_buffers())[name]), name
     assert a.diagonal and (a.num_components, a.dim) == (4, 64)
     np.testing.assert_allclose(a.weights.numpy(), [0.1, 0.2, 0.3, 0.4], rtol=1e-15)
     v = a.eigvals
@@ -70,10 +71,12 @@ def test_preset_errors_and_classmethod():
 def test_parameters_stored_in_float64_from_python_numbers():
     w = [0.1, 0.2, 0.3, 0.4]
     gm = GaussianMixture(w, [[0.1], [0.2], [0.3], [0.7]], [[0.3], [0.5], [0.7], [1.1]])
-    assert all(b.dtype == f64 for b in gm.buffers())
+    assert all(b.dtype == (torch.long if n == "classes" else f64) for n, b in gm.named_buffers())
+    assert gm.classes.tolist() == [0, 1, 2, 3]  # default: one class per component
     assert gm.weights.tolist() == w and gm.means[:, 0].tolist() == [0.1, 0.2, 0.3, 0.7]
     g = GaussianMixture.gaussian([0.1, 0.2], [0.3, 0.7])
-    assert all(b.dtype == f64 for b in g.buffers()) and g.eigvals[0].tolist() == [0.3, 0.7]
+    assert all(b.dtype == (torch.long if n == "classes" else f64) for n, b in g.named_buffers())
+    assert g.eigvals[0].tolist() == [0.3, 0.7]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -124,8 +127,8 @@ def test_non_symmetric_covariance_rejected(asym):
 
 
 def test_repr_names_the_kind():
-    assert "num_components=8, dim=2, covariances=diagonal" in repr(make_preset("ring2d"))
-    assert "num_components=1, dim=16, covariances=full" in repr(make_preset("gaussian16d"))
+    assert "num_components=8, num_classes=8, dim=2, covariances=diagonal" in repr(make_preset("ring2d"))
+    assert "num_components=1, num_classes=1, dim=16, covariances=full" in repr(make_preset("gaussian16d"))
 
 
 # ---------------------------------------------------------------- densities
