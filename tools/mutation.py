@@ -62,10 +62,15 @@ class Module:
 
 #: core module -> (files mutated, focused fast tests). Issue 18, item 2.
 MODULES: Dict[str, Module] = {
-    "losses": Module(("sde_gen/losses.py",), ("tests/test_losses.py", "tests/test_mutation_losses.py")),
+    "losses": Module(("sde_gen/losses.py",), ("tests/test_losses.py", "tests/test_mutation_losses.py",
+                                              "tests/test_conditional_training.py::test_dsm_passes_labels_only_when_given",
+                                              "tests/test_conditional_training.py::test_conditional_dsm_of_the_exact_class_score_equals_the_analytic_minimum",
+                                              "tests/test_conditional_training.py::test_drop_labels_replaces_a_share_p_by_the_token",
+                                              "tests/test_classifier.py::test_loss_is_the_cross_entropy_on_x_t_recomputed_by_hand")),
     "metrics": Module(("sde_gen/metrics.py",),
                       ("tests/test_metrics.py", "tests/test_metrics_exact.py", "tests/test_mutation_metrics.py")),
-    "oracles": Module(("sde_gen/oracles.py",), ("tests/test_oracles.py", "tests/test_mutation_oracles.py")),
+    "oracles": Module(("sde_gen/oracles.py",), ("tests/test_oracles.py", "tests/test_mutation_oracles.py",
+                                                "tests/test_guidance.py", "tests/test_data_labels.py")),
     "sdes": Module(("sde_gen/sdes/*.py",),
                    ("tests/test_sdes.py", "tests/test_numerics.py", "tests/test_mutation_sdes.py")),
     "samplers_base": Module(("sde_gen/samplers/base.py",),
