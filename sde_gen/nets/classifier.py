@@ -17,12 +17,12 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .._validation import check_nonnegative, check_positive, check_positive_int
+from .._validation import check_positive, check_positive_int
 from ..sdes import SDE
 from ..utils import append_dims
 from .fourier import TimeEmbedding
 from .mlp import _Block
-from .unet import _Attention, _groups, _ResBlock
+from .unet import _Attention, _check_options, _encoder, _groups, _ResBlock
 
 __all__ = ["MLPClassifier", "UNetClassifier", "NoiseConditionalClassifier"]
 
@@ -92,38 +92,15 @@ class UNetClassifier(nn.Module):
         fourier_scale: float = 16.0,
     ):
         super().__init__()
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        self.image_size = check_positive_int("image_size", image_size)
+        self.in_channels, channels, num_res_blocks, self.image_size, channel_mult = _check_options(
+            in_channels, channels, num_res_blocks, image_size, channel_mult, dropout)
         self.num_classes = check_positive_int("num_classes", num_classes)
-        channels = check_positive_int("channels", channels)
-        num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
-        check_nonnegative("dropout", dropout)
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1); got {dropout}")
-        channel_mult = tuple(channel_mult)
-        if not channel_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty list of integers >= 1; got {list(channel_mult)}")
-        levels = len(channel_mult)
-        if image_size % 2 ** (levels - 1):
-            raise ValueError(
-                f"image_size must be divisible by 2^(len(channel_mult) - 1) = {2 ** (levels - 1)}; got {image_size}"
-            )
         attn = set(attention_resolutions)
         embed_dim = 4 * channels if time_embed_dim is None else check_positive_int("time_embed_dim", time_embed_dim)
         self.embed = TimeEmbedding(embed_dim, fourier_scale)
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
-        # (block, attention or None) per residual stage; a down-sampling conv between levels
-        self.stages = nn.ModuleList()
-        ch, res = channels, image_size
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                self.stages.append(nn.ModuleList([_ResBlock(ch, channels * mult, embed_dim, dropout)]))
-                ch = channels * mult
-                if res in attn:
-                    self.stages[-1].append(_Attention(ch))
-            if level != levels - 1:
-                self.stages.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
-                res //= 2
+        # the U-Net's own encoder: [block] or [block, attention] stages, a down-sampling conv between levels
+        self.stages, _, ch, _ = _encoder(channels, channel_mult, num_res_blocks, attn, embed_dim, dropout, self.image_size)
         self.mid_block, self.mid_attn = _ResBlock(ch, ch, embed_dim, dropout), _Attention(ch)
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
         self.head = nn.Linear(ch, self.num_classes)

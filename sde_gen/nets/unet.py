@@ -61,6 +61,53 @@ class _Attention(nn.Module):
         return (x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))) / math.sqrt(2.0)
 
 
+def _check_options(in_channels, channels, num_res_blocks, image_size, channel_mult, dropout):
+    """The U-Net's shape options, checked (shared by `UNet` and the classifier built on its encoder).
+
+    Returns:
+        (in_channels, channels, num_res_blocks, image_size, channel_mult as a tuple).
+    """
+    in_channels = check_positive_int("in_channels", in_channels)
+    channels = check_positive_int("channels", channels)
+    num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
+    image_size = check_positive_int("image_size", image_size)
+    check_nonnegative("dropout", dropout)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must lie in [0, 1); got {dropout}")
+    channel_mult = tuple(channel_mult)
+    if not channel_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mult):
+        raise ValueError(f"channel_mult must be a non-empty list of integers >= 1; got {list(channel_mult)}")
+    levels = len(channel_mult)
+    if image_size % 2 ** (levels - 1):
+        raise ValueError(
+            f"image_size must be divisible by 2^(len(channel_mult) - 1) = {2 ** (levels - 1)}; got {image_size}"
+        )
+    return in_channels, channels, num_res_blocks, image_size, channel_mult
+
+
+def _encoder(channels, channel_mult, num_res_blocks, attn, embed_dim, dropout, image_size):
+    """The U-Net encoder: per level `num_res_blocks` residual stages (each [block] or [block, attention])
+    and a stride-2 convolution between levels.
+
+    Returns:
+        (stages, skip channels (the width after conv_in and after every stage), final width, final size).
+    """
+    stages = nn.ModuleList()
+    skip_ch, ch, res = [channels], channels, image_size
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            stages.append(nn.ModuleList([_ResBlock(ch, channels * mult, embed_dim, dropout)]))
+            ch = channels * mult
+            if res in attn:
+                stages[-1].append(_Attention(ch))
+            skip_ch.append(ch)
+        if level != len(channel_mult) - 1:
+            stages.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+            skip_ch.append(ch)
+            res //= 2
+    return stages, skip_ch, ch, res
+
+
 class UNet(nn.Module):
     """Time-conditional U-Net: (B, C, H, W) -> (B, C, H, W).
 
@@ -91,21 +138,8 @@ class UNet(nn.Module):
         fourier_scale: float = 16.0,
     ):
         super().__init__()
-        in_channels = check_positive_int("in_channels", in_channels)
-        channels = check_positive_int("channels", channels)
-        num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
-        image_size = check_positive_int("image_size", image_size)
-        check_nonnegative("dropout", dropout)
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1); got {dropout}")
-        channel_mult = tuple(channel_mult)
-        if not channel_mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty list of integers >= 1; got {list(channel_mult)}")
-        levels = len(channel_mult)
-        if image_size % 2 ** (levels - 1):
-            raise ValueError(
-                f"image_size must be divisible by 2^(len(channel_mult) - 1) = {2 ** (levels - 1)}; got {image_size}"
-            )
+        in_channels, channels, num_res_blocks, image_size, channel_mult = _check_options(
+            in_channels, channels, num_res_blocks, image_size, channel_mult, dropout)
         attn = set(attention_resolutions)
         embed_dim = 4 * channels if time_embed_dim is None else check_positive_int("time_embed_dim", time_embed_dim)
         self.embed = TimeEmbedding(embed_dim, fourier_scale, num_classes)
@@ -113,20 +147,7 @@ class UNet(nn.Module):
         self.in_channels, self.image_size = in_channels, image_size
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
 
-        # encoder
-        self.down = nn.ModuleList()
-        skip_ch, ch, res = [channels], channels, image_size
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                self.down.append(nn.ModuleList([_ResBlock(ch, channels * mult, embed_dim, dropout)]))
-                ch = channels * mult
-                if res in attn:
-                    self.down[-1].append(_Attention(ch))
-                skip_ch.append(ch)
-            if level != levels - 1:
-                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
-                skip_ch.append(ch)
-                res //= 2
+        self.down, skip_ch, ch, res = _encoder(channels, channel_mult, num_res_blocks, attn, embed_dim, dropout, image_size)
         self.mid = nn.ModuleList([_ResBlock(ch, ch, embed_dim, dropout), _Attention(ch), _ResBlock(ch, ch, embed_dim, dropout)])
 
         # decoder
