@@ -225,3 +225,61 @@ def test_min_budget():
         assert build_sampler(name, nfe=2).num_steps == 1
         with pytest.raises(ValueError, match="nfe must be >= 2"):
             build_sampler(name, nfe=1)
+
+
+# ---- optimised grids ----
+from sde_gen.samplers.grids import OPTIMIZED_GRIDS_PATH, load_grid_table, optimize_grid, stored_grid  # noqa: E402
+from sde_gen import SDES  # noqa: E402
+
+
+def test_stored_grids_are_strictly_decreasing_from_T_to_t_min_and_document_their_inputs():
+    table = load_grid_table()
+    assert table["entries"], OPTIMIZED_GRIDS_PATH
+    by_repr = {repr(cls()): cls() for cls in SDES.values()}
+    for e in table["entries"]:
+        sde = by_repr[e["sde"]]
+        ts = torch.tensor(e["times"], dtype=f64)
+        assert ts.numel() == e["num_steps"] + 1
+        assert float(ts[0]) == sde.T and float(ts[-1]) == e["t_min"] == sde.eps
+        assert (ts[1:] < ts[:-1]).all(), e["times"]
+        assert e["inputs"]["tuned_on"].split()[0] in ("gaussian16d", "mixture64d")
+        assert e["mse_optimized"] <= e["mse_log_snr_grid"]
+
+
+def test_sampler_runs_on_its_stored_grid_and_refuses_a_missing_one():
+    e = next(e for e in load_grid_table()["entries"] if e["sampler"] == "deis")
+    sde = VPSDE()
+    smp = build_sampler("deis", nfe=e["num_steps"] + 1, grid="optimized")
+    seen = []
+    smp(sde, GAUSS.score_fn(sde), (4, 16), callback=lambda i, t, x: seen.append(float(t)))
+    assert seen == e["times"][1:]
+    with pytest.raises(ValueError, match="no stored grid"):
+        build_sampler("deis", nfe=e["num_steps"] + 1, grid="optimized", solver_order=2)(sde, GAUSS.score_fn(sde), (4, 16))
+    with pytest.raises(ValueError, match="optimized"):
+        build_sampler("heun", nfe=5, grid="optimized")(sde, GAUSS.score_fn(sde), (4, 16))
+
+
+def test_optimize_grid_reproduces_the_stored_entry_from_its_inputs():
+    """The cheap entry (deis, VP, gaussian16d) recomputed from the inputs it records; its stored
+    error is checked against the closed-form flow (exact map + Tweedie), independent of the tool's
+    own reference solve."""
+    e = next(e for e in load_grid_table()["entries"] if e["sampler"] == "deis")
+    sde = VPSDE()
+    shape = e["inputs"]["batch_shape"]
+    x_T = sde.prior_sample(tuple(shape), torch.Generator().manual_seed(0), dtype=f64)
+    smp = build_sampler("deis", nfe=e["num_steps"] + 1)
+    again = optimize_grid(sde, smp, GAUSS.score_fn(sde), x_T, reference_steps=e["inputs"]["reference_steps"],
+                          max_evals=e["inputs"]["max_evals"], tuned_on=e["inputs"]["tuned_on"])
+    assert again["times"] == pytest.approx(e["times"], rel=1e-6, abs=1e-9)
+    assert again["mse_optimized"] == pytest.approx(e["mse_optimized"], rel=1e-6)
+    out = build_sampler("deis", nfe=e["num_steps"] + 1, grid="optimized")(sde, GAUSS.score_fn(sde), x_T=x_T).samples
+    x = exact_pf_ode(sde, GAUSS, x_T, sde.T, sde.eps)
+    t = torch.full((x.shape[0],), sde.eps, dtype=f64)
+    a, s = sde.marginal_coeffs(t)
+    exact = (x + s[:, None] ** 2 * GAUSS.score(x, t, sde)) / a[:, None]
+    assert float((out - exact).pow(2).sum(1).mean()) == pytest.approx(e["mse_optimized"], rel=1e-4)
+
+
+def test_optimize_grid_rejects_stochastic_samplers():
+    with pytest.raises(ValueError, match="deterministic"):
+        optimize_grid(VPSDE(), build_sampler("ddim", nfe=5, eta=1.0), GAUSS.score_fn(VPSDE()), torch.zeros(2, 16, dtype=f64))

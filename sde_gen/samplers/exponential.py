@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .base import GridSampler, check_bool
+from .grids import time_grid
 
 #: below this many steps, `lower_order_final` lowers the order of the last steps (as DPM-Solver++)
 LOWER_ORDER_FINAL_BELOW = 15
@@ -99,6 +100,10 @@ class ExponentialMultistep(GridSampler):
     def __post_init__(self):
         check_bool("lower_order_final", self.lower_order_final)
         super().__post_init__()
+
+    def time_grid(self, sde, device=None):
+        """The sampler's grid; "optimized" looks up this solver's stored grid (`grids.stored_grid`)."""
+        return time_grid(sde, self.num_steps, self.grid, t_min=self.t_min, rho=self.rho, device=device, sampler=self)
 
     # ---- what a solver writes ----
     @abstractmethod
