@@ -40,14 +40,16 @@ def _check_order(value):
     return value
 
 
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(4)
+
+
 def lagrange_weights(nodes: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """w_j = int_lo^hi l_j(u) du for the Lagrange basis l_j of `nodes` (p,), float64 (p,).
 
     Gauss-Legendre with 4 nodes integrates every polynomial of degree <= 7 exactly (p <= 4 here).
     """
-    u, wq = np.polynomial.legendre.leggauss(4)
-    u = torch.as_tensor(u, dtype=nodes.dtype, device=nodes.device)
-    wq = torch.as_tensor(wq, dtype=nodes.dtype, device=nodes.device)
+    u = torch.as_tensor(_GL_NODES, dtype=nodes.dtype, device=nodes.device)
+    wq = torch.as_tensor(_GL_WEIGHTS, dtype=nodes.dtype, device=nodes.device)
     x = 0.5 * (hi + lo) + 0.5 * (hi - lo) * u  # quadrature points in [lo, hi]
     out = []
     for j in range(nodes.numel()):

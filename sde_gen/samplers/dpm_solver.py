@@ -14,12 +14,16 @@ t_0 = T > t_1 > ... > t_M with h_i = lambda(t_i) - lambda(t_{i-1}) > 0 and r_i =
                          D1_0 = (x0_hat_{i-1} - x0_hat_{i-2}) / r0, D1_1 = (x0_hat_{i-2} - x0_hat_{i-3}) / r1,
                          D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),  D2 = (D1_0 - D1_1) / (r0 + r1),
                          x_i = (s_i / s_{i-1}) x_{i-1} + a_i h phi_1(-h) x0_hat_{i-1} + a_i h phi_2(-h) D1
-                               + a_i h phi_3(-h) D2
+                               + 2 a_i h phi_3(-h) D2
 
 (3M written with the phi functions of `exponential.phi`: a_i h phi_1(-h) = -a_i (e^{-h} - 1),
 h phi_2(-h) = (e^{-h} - 1) / h + 1, h phi_3(-h) = 1/2 - (e^{-h} - 1 + h) / h^2.) D1 and D2 are
-h x0_hat' and h^2 x0_hat'' / 2 of the quadratic through the last three predictions, so 3M integrates
-that quadratic exactly against the exponential kernel: third order. 2M's D_i keeps only the
+h x0_hat' and h^2 x0_hat'' / 2 of the quadratic through the last three predictions, and the Taylor
+term of x0_hat'' is a_i x0_hat'' h^3 phi_3(-h) = 2 a_i h phi_3(-h) D2, so 3M integrates that
+quadratic exactly against the exponential kernel: third order (tests/test_samplers_fewsteps.py
+checks the weights against quadrature). Note: the widely copied reference multistep code puts
+a_i h phi_3(-h) on D2 (half the Taylor term); with that coefficient we measured order 2.2 on
+gaussian16d (VP, NFE 20-160), with 2 h phi_3 order 3.1 (Karras grid). 2M's D_i keeps only the
 leading term of phi_2 (1/2), as the paper does: second order.
 
 One evaluation per step (the multistep reuses the previous predictions); the first steps use lower
@@ -48,6 +52,7 @@ def _dpmpp_tables(coeffs, orders):
     N = h.numel()
     c = sigma[1:] / sigma[:-1]  # sigma_{t_i} / sigma_{t_{i-1}}
     W = torch.zeros(N, 3, dtype=h.dtype, device=h.device)
+    phi2, phi3 = phi(2, -h), phi(3, -h)  # all steps at once
     for i, p in enumerate(orders):  # i: the step from t_i to t_{i+1} (the paper's step i + 1)
         a, hh = alpha[i + 1], h[i]
         phi1 = -a * torch.expm1(-hh)  # -alpha (e^{-h} - 1); expm1 keeps small h exact
@@ -64,8 +69,7 @@ def _dpmpp_tables(coeffs, orders):
             D1_1 = torch.stack([zero, one, -one]) / r1
             D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
             D2 = (D1_0 - D1_1) / (r0 + r1)
-            z = -hh
-            W[i] = phi1 * torch.stack([one, zero, zero]) + a * hh * phi(2, z) * D1 + 2 * a * hh * phi(3, z) * D2
+            W[i] = phi1 * torch.stack([one, zero, zero]) + a * hh * phi2[i] * D1 + 2 * a * hh * phi3[i] * D2
     return c, W
 
 
@@ -81,6 +85,8 @@ class DPMSolverPlusPlus2M(ExponentialMultistep):
 
     name = "dpm_solver"
     order = 2.0
+
+    denoise: bool = True
 
     def tables(self, sde, ts, coeffs):
         c, W = _dpmpp_tables(coeffs, step_orders(2, ts.numel() - 1, self.lower_order_final))

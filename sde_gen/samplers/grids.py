@@ -163,8 +163,8 @@ def run_on_grid(sampler, sde: SDE, score_fn: Callable, x_T: torch.Tensor, ts: to
 def optimize_grid(
     sde: SDE,
     sampler,
-    score_fn: Callable,
-    x_T: torch.Tensor,
+    score_fn,
+    x_T,
     reference_steps: int = 400,
     max_evals: int = 400,
     t_min: Optional[float] = None,
@@ -175,20 +175,25 @@ def optimize_grid(
     The error estimate is the mean squared distance, over the trajectories from the rows of `x_T`,
     between the sampler's output on the grid and a fine reference solve of the same probability-flow
     ODE (DPM-Solver++(3M) with `reference_steps` log-SNR steps, with the sampler's own denoising
-    step), minimised over the interior points. They are parameterised monotonically: the lambda
-    increments are softmax([0, theta]) of the span lambda(T) -> lambda(t_min), theta in R^{N-1},
-    starting from the log-SNR grid (theta = 0); scipy's Nelder-Mead on log(error), deterministic.
+    step). With several problems (lists of score functions and starting batches) the objective is
+    the mean over problems of log(MSE / MSE on the log-SNR grid), so each problem counts the same
+    whatever its scale. The interior points are parameterised monotonically: the lambda increments
+    are MIN_STEP_FRACTION / N + (1 - MIN_STEP_FRACTION) softmax([0, theta]) of the span
+    lambda(T) -> lambda(t_min), theta in R^{N-1}, starting from the log-SNR grid (theta = 0);
+    scipy's Nelder-Mead, deterministic.
 
     Args:
         sde: the forward SDE. sampler: a deterministic `GridSampler` (e.g. `build_sampler("unipc", nfe=5)`).
-        score_fn: `score_fn(x, t)`: an oracle's exact score, or a trained model.
-        x_T: (B, *event) starting points at T (e.g. `sde.prior_sample`), float64 recommended.
+        score_fn: `score_fn(x, t)`: an oracle's exact score, or a trained model; or a list of them.
+        x_T: (B, *event) starting points at T (e.g. `sde.prior_sample`), float64 recommended; or a
+            list, one batch per score function.
         reference_steps: steps of the reference solve. max_evals: objective evaluations allowed.
         t_min: last time (default `sde.eps`). tuned_on: a description of the data, stored.
 
     Returns:
-        A table entry: "times" (N + 1 floats, T down to t_min), "sde", "sampler", "options",
-        "num_steps", "t_min", "denoise", the error before (log-SNR grid) and after, and the inputs.
+        A table entry: "times" (N + 1 floats, T down to t_min), "theta", "sde", "sampler",
+        "options", "num_steps", "t_min", "denoise", the MSE on the log-SNR grid and on the result
+        (one per problem when lists were given), and the inputs.
     """
     from scipy.optimize import minimize
 
@@ -199,34 +204,45 @@ def optimize_grid(
     reference_steps = check_positive_int("reference_steps", reference_steps)
     max_evals = check_positive_int("max_evals", max_evals)
     t_min = sde.check_t_min(t_min)
+    many = isinstance(score_fn, (list, tuple))
+    score_fns, x_Ts = (list(score_fn), list(x_T)) if many else ([score_fn], [x_T])
+    if len(score_fns) != len(x_Ts) or not score_fns:
+        raise ValueError(f"score_fn and x_T must be one each or lists of equal length; got {len(score_fns)} and {len(x_Ts)}")
     N = sampler.num_steps
     ref_solver = DPMSolverPlusPlus3M(nfe=reference_steps + sampler.denoise, denoise=sampler.denoise)
-    x_ref = run_on_grid(ref_solver, sde, score_fn, x_T, time_grid(sde, reference_steps, "log_snr", t_min=t_min))
-    def grid(theta):
-        return _grid_from_theta(sde, theta, t_min)
+    ref_grid = time_grid(sde, reference_steps, "log_snr", t_min=t_min)
+    x_refs = [run_on_grid(ref_solver, sde, f, x, ref_grid) for f, x in zip(score_fns, x_Ts)]
 
-    def objective(theta):
-        x = run_on_grid(sampler, sde, score_fn, x_T, grid(theta))
-        err = float((x - x_ref).double().pow(2).flatten(1).sum(1).mean())
-        return math.log(err) if err > 0 and math.isfinite(err) else 1e3
+    def mses(theta):
+        ts = _grid_from_theta(sde, theta, t_min)
+        return [float((run_on_grid(sampler, sde, f, x, ts) - r).double().pow(2).flatten(1).sum(1).mean())
+                for f, x, r in zip(score_fns, x_Ts, x_refs)]
 
     theta0 = [0.0] * (N - 1)
-    before = objective(theta0)
+    mse0 = mses(theta0)
+
+    def objective(theta):
+        errs = mses(theta)
+        if not all(e > 0 and math.isfinite(e) for e in errs):
+            return 1e3
+        return sum(math.log(e / e0) for e, e0 in zip(errs, mse0)) / len(errs)
+
+    theta = theta0
     if N > 1:
         res = minimize(objective, theta0, method="Nelder-Mead",
-                       options=dict(maxfev=max_evals, xatol=1e-6, fatol=1e-8, initial_simplex=None, adaptive=N > 4))
-        theta, after = (list(map(float, res.x)), float(res.fun)) if res.fun < before else (theta0, before)
-    else:
-        theta, after = theta0, before
-    times = grid(theta)
+                       options=dict(maxfev=max_evals, xatol=1e-6, fatol=1e-8, adaptive=N > 4))
+        if res.fun < 0:  # better than the log-SNR grid (objective 0 there)
+            theta = [float(v) for v in res.x]
+    mse1 = mses(theta)
     key = _sampler_key(sampler)
     return {
         "sde": repr(sde), "sampler": key["sampler"], "options": key["options"], "num_steps": N,
-        "t_min": t_min, "denoise": sampler.denoise, "times": [float(v) for v in times],
+        "t_min": t_min, "denoise": sampler.denoise, "times": [float(v) for v in _grid_from_theta(sde, theta, t_min)],
         "theta": theta,
-        "mse_log_snr_grid": math.exp(before), "mse_optimized": math.exp(after),
-        "inputs": {"tuned_on": tuned_on, "batch_shape": list(x_T.shape), "dtype": str(x_T.dtype).replace("torch.", ""),
-                   "reference_steps": reference_steps, "max_evals": max_evals, "method": "Nelder-Mead on log MSE, theta0 = 0"},
+        "mse_log_snr_grid": mse0 if many else mse0[0], "mse_optimized": mse1 if many else mse1[0],
+        "inputs": {"tuned_on": tuned_on, "batch_shape": [list(x.shape) for x in x_Ts] if many else list(x_Ts[0].shape),
+                   "dtype": str(x_Ts[0].dtype).replace("torch.", ""), "reference_steps": reference_steps,
+                   "max_evals": max_evals, "method": "Nelder-Mead on the mean log relative MSE, theta0 = 0"},
     }
 
 

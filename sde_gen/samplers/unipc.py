@@ -90,12 +90,15 @@ class UniPC(ExponentialMultistep):
         c = sigma[1:] / sigma[:-1]
         W = torch.zeros(N, p_max, dtype=h.dtype, device=h.device)
         Wc = torch.zeros(N, p_max + 1, dtype=h.dtype, device=h.device) if self.corrector else None
+        hz_all = -h  # the paper's h for data prediction is -h (its "hh")
+        # g_q(h) = q! h_z phi_{q+1}(h_z) for q = 1 .. p_max + 1, all steps at once
+        g_all = torch.stack([math.factorial(q) * hz_all * phi(q + 1, hz_all) for q in range(1, p_max + 2)], 1)
+        B_all = hz_all if self.variant == "bh1" else torch.expm1(hz_all)
         for i, p in enumerate(step_orders(p_max, N, self.lower_order_final)):
-            a, hz = alpha[i + 1], -h[i]  # the paper's h for data prediction is -h (its "hh")
-            B = hz if self.variant == "bh1" else torch.expm1(hz)
-            g_over_B = torch.stack([math.factorial(q) * hz * phi(q + 1, hz) for q in range(1, p + 1)]) / B
+            a, B = alpha[i + 1], B_all[i]
+            g_over_B = g_all[i, :p] / B
             r = (lam[i - p + 1:i].flip(0) - lam[i]) / h[i]  # r_1 .. r_{p-1} of the earlier points
-            base = -a * torch.expm1(hz)  # -a (e^{-h} - 1): the first-order (DDIM) weight on m_i
+            base = -a * torch.expm1(hz_all[i])  # -a (e^{-h} - 1): the first-order (DDIM) weight on m_i
             # predictor: rho^p from the leading (p - 1) x (p - 1) block
             W[i, 0] = base
             if p > 1:
