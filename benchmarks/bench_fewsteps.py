@@ -25,7 +25,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_samplers import quality  # noqa: E402
+from bench_samplers import RealisticCostScore, _time, quality  # noqa: E402
 from peers import FEWSTEP_PEER_NAMES, build_peers  # noqa: E402
 
 from sde_gen import SDES, make_preset  # noqa: E402
@@ -55,7 +55,11 @@ def main(argv=None):
     p.add_argument("--replicates", type=int, default=6)
     p.add_argument("--projections", type=int, default=200)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fewsteps.md"))
+    p.add_argument("--realistic-only", action="store_true",
+                   help="only the sampler-overhead table: the exact score + 0 x an MLP of realistic cost, 1,000 samples")
     args = p.parse_args(argv)
+    if args.realistic_only:
+        return realistic(args, argv)
     args.floor_cache = {}
     nfes = [int(v) for v in args.nfe.split(",")]
     warnings.filterwarnings("ignore")
@@ -138,6 +142,34 @@ def main(argv=None):
     lines += ["## Summary (this run)", ""] + summary + [""]
     atomic_write_text(args.out, "\n".join(lines))
     print("\n".join(summary))
+    print(f"wrote {args.out}")
+
+
+def realistic(args, argv):
+    """Sampler overhead (time outside the score function) with a score of realistic cost."""
+    torch.set_num_threads(1)
+    cmd = "python benchmarks/bench_fewsteps.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["# Few-step samplers: overhead with a realistic-cost score (issue 17)", "", f"Command: `{cmd.strip()}`", "",
+             "gaussian16d, 1,000 samples, score = exact score + 0 x MLP 17-512-512-512-16 (bench_samplers.RealisticCostScore); "
+             "own % = (total - time inside the score) / total; median of 3 runs.", "",
+             "| SDE | NFE | sampler | total ms | score ms | own % |", "|---|---|---|---|---|---|"]
+    oracle = make_preset("gaussian16d")
+    for sde_name in args.sdes.split(","):
+        sde = SDES[sde_name]()
+        x_T = sde.prior_sample((1000, oracle.dim), torch.Generator().manual_seed(7), dtype=torch.float32)
+        cost = RealisticCostScore(oracle.score_fn(sde), oracle.dim)
+        for nfe in (5, 10, 20):
+            for name, opts in [("dpm_solver", {}), ("dpm_solver_3m", {}), ("unipc", {}), ("unipc", dict(solver_order=3)), ("deis", {}), ("ipndm", {})]:
+                runs = []
+                for _ in range(3):
+                    with torch.no_grad():
+                        _, tm = _time(lambda score: build_sampler(name, nfe=nfe, **opts)(sde, score, x_T=x_T.clone()), cost, x_T.device)
+                    runs.append(tm)
+                tm = sorted(runs, key=lambda r: r["sampler_s"] / r["total_s"])[1]
+                lines.append(f"| {sde_name} | {nfe} | {label(name, opts)} | {1e3 * tm['total_s']:.3g} | {1e3 * tm['score_s']:.3g} | "
+                             f"{100 * tm['sampler_s'] / tm['total_s']:.1f} |")
+                print(lines[-1], flush=True)
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
 
