@@ -3,9 +3,9 @@ exponential-integrator core) and the optimised grids, against independent answer
 probability-flow map of a Gaussian (`exact_pf_ode`), numerical quadrature of the interpolating
 polynomials, a hand-written DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), closed-form phi functions.
 """
+import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy import integrate
@@ -15,7 +15,7 @@ from sde_gen.metrics import gaussian_w2_to_target
 from sde_gen.samplers import build_sampler, time_grid
 from sde_gen.samplers.exponential import phi, step_orders
 
-from .conftest import ALL_SDES, SDE_IDS
+from .conftest import ALL_SDES, DEVICES, SDE_IDS
 from .test_samplers_ode import exact_pf_ode, slope
 
 f64 = torch.float64
@@ -288,3 +288,16 @@ def test_optimize_grid_reproduces_the_stored_entry_from_its_inputs():
 def test_optimize_grid_rejects_stochastic_samplers():
     with pytest.raises(ValueError, match="deterministic"):
         optimize_grid(VPSDE(), build_sampler("ddim", nfe=5, eta=1.0), GAUSS.score_fn(VPSDE()), torch.zeros(2, 16, dtype=f64))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", NEW)
+def test_same_samples_on_every_device(device, name):
+    """Tables and buffers follow x's device: the run on `device` equals the CPU run (float64)."""
+    sde = VPSDE().to(device)
+    x_T = VPSDE().prior_sample((16, 16), torch.Generator().manual_seed(6), dtype=f64)
+    cpu = build_sampler(name, nfe=6)(VPSDE(), GAUSS.score_fn(VPSDE()), x_T=x_T).samples
+    gm = copy.deepcopy(GAUSS).to(device)  # a copy: the module-level oracle stays on the CPU
+    out = build_sampler(name, nfe=6)(sde, gm.score_fn(sde), x_T=x_T.to(device)).samples
+    assert out.device.type == torch.device(device).type
+    torch.testing.assert_close(out.cpu(), cpu, rtol=1e-10, atol=1e-10)
