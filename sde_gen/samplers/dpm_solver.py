@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .exponential import LOWER_ORDER_FINAL_BELOW, ExponentialMultistep, phi, step_orders
@@ -47,30 +48,32 @@ __all__ = ["DPMSolverPlusPlus2M", "DPMSolverPlusPlus3M", "LOWER_ORDER_FINAL_BELO
 
 
 def _dpmpp_tables(coeffs, orders):
-    """Predictor weights of DPM-Solver++ for per-step orders 1, 2 (Alg. 2) or 3 (3M), float64."""
-    alpha, sigma, h = coeffs["alpha"], coeffs["sigma"], coeffs["h"]
-    N = h.numel()
+    """Predictor weights of DPM-Solver++ for per-step orders 1, 2 (Alg. 2) or 3 (3M), float64.
+
+    A few scalars per step: computed on the host (numpy), then moved to the grid's device once."""
+    sigma, dev = coeffs["sigma"], coeffs["h"].device
+    alpha, h = (coeffs[k].detach().cpu().double().numpy() for k in ("alpha", "h"))
+    N = h.size
     c = sigma[1:] / sigma[:-1]  # sigma_{t_i} / sigma_{t_{i-1}}
-    W = torch.zeros(N, 3, dtype=h.dtype, device=h.device)
-    phi2, phi3 = phi(2, -h), phi(3, -h)  # all steps at once
+    W = np.zeros((N, 3))
+    zh = -torch.from_numpy(h)
+    phi1 = -alpha[1:] * torch.expm1(zh).numpy()  # -alpha (e^{-h} - 1); expm1 keeps small h exact
+    phi2, phi3 = phi(2, zh).numpy(), phi(3, zh).numpy()  # all steps at once
     for i, p in enumerate(orders):  # i: the step from t_i to t_{i+1} (the paper's step i + 1)
         a, hh = alpha[i + 1], h[i]
-        phi1 = -a * torch.expm1(-hh)  # -alpha (e^{-h} - 1); expm1 keeps small h exact
         if p == 1:
-            W[i, 0] = phi1
+            W[i, 0] = phi1[i]
         elif p == 2:
             w = 0.5 * hh / h[i - 1]  # 1 / (2 r_i)
-            W[i, 0], W[i, 1] = phi1 * (1 + w), -phi1 * w
+            W[i, 0], W[i, 1] = phi1[i] * (1 + w), -phi1[i] * w
         else:
             r0, r1 = h[i - 1] / hh, h[i - 2] / hh
-            one = torch.ones((), dtype=h.dtype, device=h.device)
-            zero = torch.zeros((), dtype=h.dtype, device=h.device)
-            D1_0 = torch.stack([one, -one, zero]) / r0  # weights on (x0_{i}, x0_{i-1}, x0_{i-2})
-            D1_1 = torch.stack([zero, one, -one]) / r1
+            D1_0 = np.array([1.0, -1.0, 0.0]) / r0  # weights on (x0_{i}, x0_{i-1}, x0_{i-2})
+            D1_1 = np.array([0.0, 1.0, -1.0]) / r1
             D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
             D2 = (D1_0 - D1_1) / (r0 + r1)
-            W[i] = phi1 * torch.stack([one, zero, zero]) + a * hh * phi2[i] * D1 + 2 * a * hh * phi3[i] * D2
-    return c, W
+            W[i] = phi1[i] * np.array([1.0, 0.0, 0.0]) + a * hh * phi2[i] * D1 + 2 * a * hh * phi3[i] * D2
+    return c, torch.as_tensor(W, dtype=torch.float64, device=dev)
 
 
 @dataclass(eq=False, kw_only=True)

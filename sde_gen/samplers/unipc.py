@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .._validation import check_choice
@@ -39,17 +40,17 @@ VARIANTS = ("bh1", "bh2")
 ORDERS = (1, 2, 3)
 
 
-def _rho(r: torch.Tensor, g_over_B: torch.Tensor) -> torch.Tensor:
+def _rho(r: np.ndarray, g_over_B: np.ndarray) -> np.ndarray:
     """Solve R rho = g / B with R_{q, k} = r_k^{q - 1} (the paper's R_p(h)), float64.
 
     A 1 x 1 system takes its h -> 0 limit rho = 1/2 (as the authors' implementation does): an exact
     solve would cancel B(h) from the update altogether, and it is here that B(h) matters (with
     B(h) = e^h - 1, UniP-2 is then exactly DPM-Solver++(2M)). Either choice keeps the order.
     """
-    if r.numel() == 1:
-        return torch.full_like(r, 0.5)
-    R = torch.stack([r ** q for q in range(r.numel())])
-    return torch.linalg.solve(R, g_over_B)
+    if r.size == 1:
+        return np.full(1, 0.5)
+    R = np.stack([r ** q for q in range(r.size)])
+    return np.linalg.solve(R, g_over_B)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -84,21 +85,25 @@ class UniPC(ExponentialMultistep):
         return float(self.solver_order + self.corrector)
 
     def tables(self, sde, ts, coeffs):
-        alpha, sigma, lam, h = coeffs["alpha"], coeffs["sigma"], coeffs["lam"], coeffs["h"]
-        N = h.numel()
+        # a few dozen scalars per step: computed once on the host in float64 (numpy), then moved
+        # to the grid's device, rather than as many tiny device operations
+        dev = ts.device
+        alpha, lam, h = (coeffs[k].detach().cpu().double().numpy() for k in ("alpha", "lam", "h"))
+        N = h.size
         p_max = self.solver_order
-        c = sigma[1:] / sigma[:-1]
-        W = torch.zeros(N, p_max, dtype=h.dtype, device=h.device)
-        Wc = torch.zeros(N, p_max + 1, dtype=h.dtype, device=h.device) if self.corrector else None
-        hz_all = -h  # the paper's h for data prediction is -h (its "hh")
+        c = coeffs["sigma"][1:] / coeffs["sigma"][:-1]
+        W = np.zeros((N, p_max))
+        Wc = np.zeros((N, p_max + 1)) if self.corrector else None
+        hz_all = -torch.from_numpy(h)  # the paper's h for data prediction is -h (its "hh")
         # g_q(h) = q! h_z phi_{q+1}(h_z) for q = 1 .. p_max + 1, all steps at once
-        g_all = torch.stack([math.factorial(q) * hz_all * phi(q + 1, hz_all) for q in range(1, p_max + 2)], 1)
-        B_all = hz_all if self.variant == "bh1" else torch.expm1(hz_all)
+        g_all = torch.stack([math.factorial(q) * hz_all * phi(q + 1, hz_all) for q in range(1, p_max + 2)], 1).numpy()
+        B_all = (hz_all if self.variant == "bh1" else torch.expm1(hz_all)).numpy()
+        em1 = torch.expm1(hz_all).numpy()
         for i, p in enumerate(step_orders(p_max, N, self.lower_order_final)):
             a, B = alpha[i + 1], B_all[i]
             g_over_B = g_all[i, :p] / B
-            r = (lam[i - p + 1:i].flip(0) - lam[i]) / h[i]  # r_1 .. r_{p-1} of the earlier points
-            base = -a * torch.expm1(hz_all[i])  # -a (e^{-h} - 1): the first-order (DDIM) weight on m_i
+            r = (lam[i - p + 1:i][::-1] - lam[i]) / h[i]  # r_1 .. r_{p-1} of the earlier points
+            base = -a * em1[i]  # -a (e^{-h} - 1): the first-order (DDIM) weight on m_i
             # predictor: rho^p from the leading (p - 1) x (p - 1) block
             W[i, 0] = base
             if p > 1:
@@ -106,9 +111,10 @@ class UniPC(ExponentialMultistep):
                 W[i, 1:p] = -a * B * rho_p / r
                 W[i, 0] += a * B * (rho_p / r).sum()
             if Wc is not None:
-                rho_c = _rho(torch.cat([r, torch.ones(1, dtype=r.dtype, device=r.device)]), g_over_B)  # r_p = 1: the new point
+                rho_c = _rho(np.append(r, 1.0), g_over_B)  # r_p = 1: the new point
                 Wc[i, 0] = -a * B * rho_c[-1]  # on m_{i+1}
                 Wc[i, 1] = base + a * B * (rho_c[-1] + (rho_c[:-1] / r).sum())
                 if p > 1:
                     Wc[i, 2:p + 1] = -a * B * rho_c[:-1] / r
-        return c, W, Wc
+        to = lambda M: None if M is None else torch.as_tensor(M, dtype=torch.float64, device=dev)  # noqa: E731
+        return c, to(W), to(Wc)
