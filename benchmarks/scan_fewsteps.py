@@ -46,7 +46,7 @@ def main(argv=None):
         sde, oracle = SDES[sde_name](), make_preset(problem)
         x_T = sde.prior_sample((args.n, oracle.dim), torch.Generator().manual_seed(2024), dtype=torch.float32)
         for (name, opts), grid, t_min, dn, nfe in itertools.product(SOLVERS, GRIDS + ("optimized",), T_MINS, (True, False), nfes):
-            if grid == "optimized" and (t_min is not None or not dn):
+            if grid == "optimized" and (t_min is not None or dn):  # the stored grids: t_min = eps, no denoising
                 continue
             try:
                 s = build_sampler(name, nfe=nfe, grid=grid, t_min=t_min, denoise=dn, **opts)

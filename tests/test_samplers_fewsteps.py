@@ -262,6 +262,8 @@ def test_sampler_runs_on_its_stored_grid_and_refuses_a_missing_one():
     assert seen == e["times"][1:]
     with pytest.raises(ValueError, match="no stored grid"):
         build_sampler("deis", nfe=e["num_steps"], grid="optimized", solver_order=2)(sde, GAUSS.score_fn(sde), (4, 16))
+    with pytest.raises(ValueError, match="no stored grid"):  # tuned without the denoising step
+        build_sampler("deis", nfe=e["num_steps"] + 1, grid="optimized", denoise=True)(sde, GAUSS.score_fn(sde), (4, 16))
     with pytest.raises(ValueError, match="optimized"):
         build_sampler("heun", nfe=5, grid="optimized")(sde, GAUSS.score_fn(sde), (4, 16))
 

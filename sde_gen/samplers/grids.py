@@ -107,7 +107,7 @@ def load_grid_table(path: Optional[str] = None) -> Dict[str, Any]:
 
 
 def stored_grid(sde: SDE, sampler, num_steps: int, t_min: Optional[float] = None, path: Optional[str] = None) -> Dict[str, Any]:
-    """The stored entry for (SDE, sampler and its options, num_steps, t_min), or a ValueError that
+    """The stored entry for (SDE, sampler and its options, denoise, num_steps, t_min), or a ValueError that
     lists what is stored. The entry holds "times" (num_steps + 1 floats) and the inputs it was tuned on."""
     t_min = sde.check_t_min(t_min)
     if sampler is None:
@@ -116,11 +116,13 @@ def stored_grid(sde: SDE, sampler, num_steps: int, t_min: Optional[float] = None
     entries = load_grid_table(path)["entries"]
     for e in entries:
         if (e["sde"] == repr(sde) and e["sampler"] == key["sampler"] and e["options"] == key["options"]
-                and e["num_steps"] == num_steps and math.isclose(e["t_min"], t_min, rel_tol=1e-12)):
+                and e["denoise"] == sampler.denoise and e["num_steps"] == num_steps
+                and math.isclose(e["t_min"], t_min, rel_tol=1e-12)):
             return e
-    have = sorted({f"{e['sampler']} {e['options']} on {e['sde']}: num_steps {e['num_steps']}" for e in entries})
+    have = sorted({f"{e['sampler']} {e['options']} denoise={e['denoise']} on {e['sde']}: num_steps {e['num_steps']}" for e in entries})
     raise ValueError(
-        f"grid='optimized' has no stored grid for sampler {key['sampler']!r} with options {key['options']} on {sde!r} "
+        f"grid='optimized' has no stored grid for sampler {key['sampler']!r} with options {key['options']}, "
+        f"denoise={sampler.denoise} on {sde!r} "
         f"with num_steps={num_steps}, t_min={t_min}; stored: {have} (compute one with optimize_grid)"
     )
 
