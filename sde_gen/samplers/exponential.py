@@ -87,9 +87,9 @@ class ExponentialMultistep(GridSampler):
     Args:
         lower_order_final: lower the order of the last steps on grids of fewer than 15 steps.
         denoise: default False here: at the default t_min = eps the Tweedie step barely moves x
-            (s(eps) ~ 1e-2), so its evaluation is better spent on a grid step; measured better at
-            NFE 5 and 10 on gaussian16d and mixture64d, VP and VE, for 2M, 3M and UniPC
-            (benchmarks/results/fewsteps_scan.md). DPM-Solver++(2M) keeps True (its behaviour).
+            (s(eps) ~ 1e-2), so its evaluation is better spent on a grid step: at NFE 5 and 10 on
+            gaussian16d and mixture64d, VP and VE, better in 8 of 8 cases for UniPC and 3M, 6 of 8
+            for 2M (benchmarks/results/fewsteps_scan.md). DPM-Solver++(2M) keeps True (its behaviour).
         (and the `Sampler` options; one evaluation per step; default grid "log_snr")
     """
 
