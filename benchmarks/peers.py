@@ -209,7 +209,7 @@ def _load_k_sampling():
     return mod
 
 
-def _k_diffusion(fn_name: str, evals_per_step: int, stochastic: bool):
+def _k_diffusion(fn_name: str, evals_per_step: int, stochastic: bool, **fn_kwargs):
     K = _load_k_sampling()
     fn = getattr(K, fn_name)
 
@@ -231,7 +231,10 @@ def _k_diffusion(fn_name: str, evals_per_step: int, stochastic: bool):
             seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
             g = torch.Generator(x_T.device).manual_seed(seed)
             extra["noise_sampler"] = lambda sigma, sigma_next: torch.randn(x_T.shape, generator=g, device=x_T.device, dtype=x_T.dtype)
-        x = fn(denoiser, x_T / a_T.to(x_T), sigmas, disable=True, **extra)
+        if fn_name == "sample_dpm_fast":  # its own grid from the budget: n evaluations
+            x = fn(denoiser, x_T / a_T.to(x_T), float(s_e / a_e), float(s_T / a_T), nfe, disable=True, **extra, **fn_kwargs)
+        else:
+            x = fn(denoiser, x_T / a_T.to(x_T), sigmas, disable=True, **extra, **fn_kwargs)
         return x, None
 
     return run
@@ -259,6 +262,21 @@ def _scipy_rk45():
     return run
 
 
+#: the third-order and few-step peers (issue 17), also used alone by bench_fewsteps.py
+FEWSTEP_PEERS = [
+    ("diffusers UniPCMultistepScheduler (order 3)", True, ("vp",), lambda: _diffusers_discrete("UniPCMultistepScheduler", solver_order=3, timestep_spacing="trailing")),
+    ("diffusers DPMSolverMultistepScheduler (3M++)", True, ("vp",), lambda: _diffusers_discrete("DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=3, timestep_spacing="trailing")),
+    ("k-diffusion sample_dpmpp_3m_sde (eta=0)", True, ("vp", "ve", "subvp"), lambda: _k_diffusion("sample_dpmpp_3m_sde", 1, True, eta=0.0)),
+    ("k-diffusion sample_dpmpp_3m_sde", False, ("vp", "ve", "subvp"), lambda: _k_diffusion("sample_dpmpp_3m_sde", 1, True)),
+    ("k-diffusion sample_dpm_fast", True, ("vp", "ve", "subvp"), lambda: _k_diffusion("sample_dpm_fast", 1, False)),
+]
+#: the peers of the few-step benchmark (names from `build_peers`)
+FEWSTEP_PEER_NAMES = (
+    "diffusers DPMSolverMultistepScheduler (2M++)", "diffusers DPMSolverMultistepScheduler (2M++, karras)",
+    "diffusers UniPCMultistepScheduler", "k-diffusion sample_dpmpp_2m",
+) + tuple(p[0] for p in FEWSTEP_PEERS)
+
+
 def build_peers() -> List[Peer]:
     """Every peer, each either runnable or carrying the reason it is not."""
     specs = [
@@ -278,6 +296,7 @@ def build_peers() -> List[Peer]:
         ("k-diffusion sample_euler_ancestral", False, ("vp", "ve", "subvp"), lambda: _k_diffusion("sample_euler_ancestral", 1, True)),
         ("k-diffusion sample_dpmpp_2m_sde", False, ("vp", "ve", "subvp"), lambda: _k_diffusion("sample_dpmpp_2m_sde", 1, True)),
     ]
+    specs += FEWSTEP_PEERS
     peers = []
     for name, det, sdes, make in specs:
         try:

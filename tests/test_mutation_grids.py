@@ -4,6 +4,7 @@ and error messages naming the field, and the grid placed on the requested device
 import pytest
 import torch
 
+from sde_gen.samplers import build_sampler
 from sde_gen.samplers.grids import GRIDS, time_grid
 
 from .conftest import ALL_SDES_T
@@ -23,11 +24,13 @@ def test_default_kind_is_uniform_and_t_max_is_honoured():
 @pytest.mark.parametrize("kind", GRIDS)
 def test_grid_lives_on_the_requested_device(kind):
     sde = ALL_SDES_T[0]
-    assert time_grid(sde, 3, kind, device="meta").device.type == "meta"
+    # "optimized" looks up a stored grid of a sampler: the table's 3-step deis grid on this VP SDE
+    sampler = build_sampler("deis", nfe=3) if kind == "optimized" else None
+    assert time_grid(sde, 3, kind, device="meta", sampler=sampler).device.type == "meta"
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(kind="linear"), r"^grid must be one of \['uniform', 'log_snr', 'karras'\]"),
+    (dict(kind="linear"), r"^grid must be one of \['uniform', 'log_snr', 'karras', 'optimized'\]"),
     (dict(num_steps=0), r"^num_steps must be an integer >= 1"),
     (dict(rho=0.0), r"^rho must be > 0"),
     (dict(t_max=0.5, t_min=0.5), r"^t_min and t_max must satisfy 0 < t_min < t_max <= T=1\.0; got t_min=0\.5, t_max=0\.5$"),

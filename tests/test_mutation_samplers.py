@@ -118,7 +118,7 @@ def test_counting_score_does_not_track_unless_asked():
     (dict(nfe=0), r"^nfe must be an integer >= 1"),
     (dict(denoise=1), r"^denoise must be a bool \(True or False\); got 1$"),
     (dict(check_finite="yes"), r"^check_finite must be a bool \(True or False\); got 'yes'$"),
-    (dict(grid="linear"), r"^grid must be one of \['uniform', 'log_snr', 'karras'\]"),
+    (dict(grid="linear"), r"^grid must be one of \['uniform', 'log_snr', 'karras', 'optimized'\]"),
     (dict(rho=0.0), r"^rho must be > 0"),
     (dict(t_min=-1.0), r"^t_min must be > 0"),
 ])

@@ -16,13 +16,15 @@ from .adaptive_sde import AdaptiveSDE
 from .ancestral import Ancestral
 from .annealed_langevin import AnnealedLangevin
 from .ddim import DDIM
-from .dpm_solver import DPMSolverPlusPlus2M
+from .deis import DEIS, IPNDM
+from .dpm_solver import DPMSolverPlusPlus2M, DPMSolverPlusPlus3M
 from .euler_maruyama import EulerMaruyama
 from .heun import Heun
 from .langevin import LangevinCorrector, LangevinSampler, langevin_correct
 from .pc import PredictorCorrector
 from .pf_ode import ProbabilityFlowODE
 from .reverse_diffusion import ReverseDiffusion
+from .unipc import UniPC
 from .grids import GRIDS, time_grid
 
 #: name -> sampler class
@@ -31,6 +33,10 @@ SAMPLERS = {
     ProbabilityFlowODE.name: ProbabilityFlowODE,
     Heun.name: Heun,
     DPMSolverPlusPlus2M.name: DPMSolverPlusPlus2M,
+    DPMSolverPlusPlus3M.name: DPMSolverPlusPlus3M,
+    UniPC.name: UniPC,
+    DEIS.name: DEIS,
+    IPNDM.name: IPNDM,
     DDIM.name: DDIM,
     ReverseDiffusion.name: ReverseDiffusion,
     Ancestral.name: Ancestral,

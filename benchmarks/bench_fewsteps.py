@@ -1,0 +1,177 @@
+"""Few-step benchmark (issue 17): quality at NFE 4-20 of the multistep exponential integrators, with
+and without the final denoising step and on the stored optimised grids, against the peers.
+
+    python benchmarks/bench_fewsteps.py [--n 1000] [--nfe 4,5,6,8,10,15,20] [--sdes vp,ve]
+        [--problems gaussian16d,mixture64d,ring2d] [--out benchmarks/results/fewsteps.md]
+
+(defaults: n = 2000 samples per run, 6 floor replicates, 200 projections)
+
+Every sampler starts from the SAME x_T ~ prior with the exact oracle score (float32 samples);
+quality is the Bures-Wasserstein error of the sample moments (gaussian16d) or sliced W2 to fresh
+exact data (mixtures), divided by the noise floor of exact samples of the same size (mean over
+replicates), as in bench_samplers.py (`oracle_metrics`). NFE counts every score call (peers: the
+calls they made). Rows marked `grid=optimized` use the package table (tuned on the data in its
+`inputs.tuned_on`; ring2d is never tuned on).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_samplers import RealisticCostScore, _time, quality  # noqa: E402
+from peers import FEWSTEP_PEER_NAMES, build_peers  # noqa: E402
+
+from sde_gen import SDES, make_preset  # noqa: E402
+from sde_gen.evaluation import TimedScore  # noqa: E402
+from sde_gen.io import atomic_write_text  # noqa: E402
+from sde_gen.samplers import build_sampler  # noqa: E402
+
+NFES = (4, 5, 6, 8, 10, 15, 20)
+PROBLEMS = ("gaussian16d", "mixture64d", "ring2d")
+#: ours: (name, options); each also runs with denoise=False
+OURS = [
+    ("dpm_solver", {}), ("dpm_solver_3m", {}), ("unipc", {}), ("unipc", dict(solver_order=3)),
+    ("deis", {}), ("ipndm", {}), ("dpm_solver_3m", dict(grid="karras")), ("unipc", dict(grid="karras")),
+]
+
+
+def label(name, opts):
+    return name + ("" if not opts else " (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--nfe", default=",".join(map(str, NFES)))
+    p.add_argument("--sdes", default="vp,ve")
+    p.add_argument("--problems", default=",".join(PROBLEMS))
+    p.add_argument("--replicates", type=int, default=6)
+    p.add_argument("--projections", type=int, default=200)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fewsteps.md"))
+    p.add_argument("--realistic-only", action="store_true",
+                   help="only the sampler-overhead table: the exact score + 0 x an MLP of realistic cost, 1,000 samples")
+    args = p.parse_args(argv)
+    if args.realistic_only:
+        return realistic(args, argv)
+    args.floor_cache = {}
+    nfes = [int(v) for v in args.nfe.split(",")]
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    peers = [pp for pp in build_peers() if pp.name in FEWSTEP_PEER_NAMES]
+    cmd = "python benchmarks/bench_fewsteps.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        "# Few-step benchmark (issue 17)", "",
+        f"Command: `{cmd.strip()}`", "",
+        f"torch {torch.__version__}, 1 thread, CPU, float32 samples, n = {args.n} per run, floors over {args.replicates} "
+        f"replicates, {args.projections} projections. Cells: quality / noise floor (lower is better, 1.0 = as good as exact "
+        "samples of the same size). `dn` = with the final Tweedie denoising step (the default), `raw` = denoise=False "
+        "(the evaluation goes to the grid; the default of the new solvers). Peers are run with their own defaults. "
+        "Bold: the best cell of the column.", "",
+    ]
+    for pp in peers:
+        if pp.error:
+            lines.append(f"- peer {pp.name}: NOT AVAILABLE ({pp.error[:100]})")
+    summary = []
+    for sde_name in args.sdes.split(","):
+        sde = SDES[sde_name]()
+        for problem in args.problems.split(","):
+            oracle = make_preset(problem)
+            x_T = sde.prior_sample((args.n, oracle.dim), torch.Generator().manual_seed(2024), dtype=torch.float32)
+            table = {}  # label -> {nfe: ratio}
+            floor = None
+            entries = []
+            for name, opts in OURS:
+                for dn in (True, False):
+                    entries.append(("ours", label(name, opts) + (" dn" if dn else " raw"), name, dict(opts, denoise=dn)))
+            entries.append(("ours", "unipc (grid=optimized) raw", "unipc", dict(grid="optimized", denoise=False)))
+            for nfe in nfes:
+                for who, lab, name, opts in entries:
+                    try:
+                        s = build_sampler(name, nfe=nfe, **opts)
+                        timed = TimedScore(oracle.score_fn(sde), x_T.device)
+                        with torch.no_grad():
+                            r = s(sde, timed, x_T=x_T.clone())
+                        assert timed.calls == nfe, (timed.calls, nfe)
+                        _, q, fm, _, qname = quality(r.samples, oracle, sde, args)
+                    except ValueError:  # no stored optimised grid for this budget
+                        continue
+                    floor = fm
+                    table.setdefault((who, lab), {})[nfe] = q / fm
+                for pp in peers:
+                    if pp.error or sde_name not in pp.sdes:
+                        continue
+                    timed = TimedScore(oracle.score_fn(sde), x_T.device)
+                    try:
+                        with torch.no_grad():
+                            out, _ = pp.run(sde, timed, x_T.clone(), nfe, torch.Generator().manual_seed(1))
+                        _, q, fm, _, qname = quality(out, oracle, sde, args)
+                    except Exception as err:  # reported, never dropped
+                        print(f"peer {pp.name} failed: {err}", file=sys.stderr)
+                        continue
+                    ratio = q / fm if math.isfinite(q) else math.inf
+                    table.setdefault(("peer", pp.name + f" [{timed.calls} calls]" if timed.calls != nfe else pp.name), {})[nfe] = ratio
+                print(f"[{time.strftime('%H:%M:%S')}] {sde_name} {problem} NFE {nfe} done", file=sys.stderr, flush=True)
+            lines += [f"## {problem} | {sde_name} ({qname} floor {floor:.4g})", "",
+                      "| who | sampler | " + " | ".join(f"NFE {v}" for v in nfes) + " |",
+                      "|---|---|" + "---|" * len(nfes)]
+            for (who, lab), row in table.items():
+                best = {v: min(r.get(v, math.inf) for r in table.values()) for v in nfes}
+                cells = []
+                for v in nfes:
+                    x = row.get(v)
+                    cells.append("-" if x is None else (f"**{x:.2f}**" if x == best[v] else f"{x:.2f}"))
+                lines.append(f"| {who} | {lab} | " + " | ".join(cells) + " |")
+            lines.append("")
+            for v in nfes:
+                ours = {k[1]: r[v] for k, r in table.items() if k[0] == "ours" and v in r}
+                theirs = {k[1]: r[v] for k, r in table.items() if k[0] == "peer" and v in r}
+                if not ours:
+                    continue
+                bo = min(ours, key=ours.get)
+                bp = min(theirs, key=theirs.get) if theirs else None
+                summary.append(f"- {problem}/{sde_name} NFE {v}: our best {bo} {ours[bo]:.2f}x floor; best peer "
+                               + (f"{bp} {theirs[bp]:.2f}x" if bp else "none") + (f"; ours better: {ours[bo] < theirs[bp]}" if bp else ""))
+            atomic_write_text(args.out, "\n".join(lines + ["## Summary (this run)", ""] + summary + [""]))
+    lines += ["## Summary (this run)", ""] + summary + [""]
+    atomic_write_text(args.out, "\n".join(lines))
+    print("\n".join(summary))
+    print(f"wrote {args.out}")
+
+
+def realistic(args, argv):
+    """Sampler overhead (time outside the score function) with a score of realistic cost."""
+    torch.set_num_threads(1)
+    cmd = "python benchmarks/bench_fewsteps.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["# Few-step samplers: overhead with a realistic-cost score (issue 17)", "", f"Command: `{cmd.strip()}`", "",
+             "gaussian16d, 1,000 samples, score = exact score + 0 x MLP 17-512-512-512-16 (bench_samplers.RealisticCostScore); "
+             "own % = (total - time inside the score) / total; median of 3 runs.", "",
+             "| SDE | NFE | sampler | total ms | score ms | own % |", "|---|---|---|---|---|---|"]
+    oracle = make_preset("gaussian16d")
+    for sde_name in args.sdes.split(","):
+        sde = SDES[sde_name]()
+        x_T = sde.prior_sample((1000, oracle.dim), torch.Generator().manual_seed(7), dtype=torch.float32)
+        cost = RealisticCostScore(oracle.score_fn(sde), oracle.dim)
+        for nfe in (5, 10, 20):
+            for name, opts in [("dpm_solver", {}), ("dpm_solver_3m", {}), ("unipc", {}), ("unipc", dict(solver_order=3)), ("deis", {}), ("ipndm", {})]:
+                runs = []
+                for _ in range(3):
+                    with torch.no_grad():
+                        _, tm = _time(lambda score: build_sampler(name, nfe=nfe, **opts)(sde, score, x_T=x_T.clone()), cost, x_T.device)
+                    runs.append(tm)
+                tm = sorted(runs, key=lambda r: r["sampler_s"] / r["total_s"])[1]
+                lines.append(f"| {sde_name} | {nfe} | {label(name, opts)} | {1e3 * tm['total_s']:.3g} | {1e3 * tm['score_s']:.3g} | "
+                             f"{100 * tm['sampler_s'] / tm['total_s']:.1f} |")
+                print(lines[-1], flush=True)
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
