@@ -339,7 +339,7 @@ class Colorization(LinearMeasurement):
         return torch.kron(torch.full((1, 3), 1 / 3, dtype=torch.float64), torch.eye(self._P, dtype=torch.float64))
 
     def basis(self):
-        V = torch.kron(_COLOUR.T, torch.eye(self._P, dtype=torch.float64))  # columns: coordinate (k, p)
+        V = torch.kron(_COLOUR.T.contiguous(), torch.eye(self._P, dtype=torch.float64))  # columns: coordinate (k, p)
         return V[:, : self._P], V[:, self._P:]
 
     def check_data(self, x, name="x"):
@@ -357,7 +357,7 @@ class Colorization(LinearMeasurement):
 
     def split(self, x):
         c = self._coords(x)
-        return c[:, 0], c[:, 1:].flatten(1)
+        return c[:, 0], c[:, 1:].reshape(x.shape[0], 2 * self._P)
 
     def combine(self, known, unknown, like):
         c = torch.cat([known[:, None], unknown.reshape(unknown.shape[0], 2, self._P)], dim=1)
@@ -455,15 +455,16 @@ class RePaint(Replacement):
     Args:
         measurement, y: as in `Replacement`. jump_length: r >= 1 grid steps per jump.
         resamplings: u >= 1 passes over each segment (1: plain replacement).
-        The defaults (r = 1, u = 10) were chosen on gaussian16d inpainting at NFE 200 only
-        (benchmarks/results/inverse.md); Lugmayr et al. use r = u = 10 at 250 grid steps.
+        The defaults (r = 1, u = 5) were chosen on gaussian16d inpainting at NFE 100-200 only
+        (u = 10 is better at NFE 200 but leaves too coarse a grid at NFE 100); Lugmayr et al.
+        use r = u = 10 at 250 grid steps.
 
     NFE: every pass is paid for; a budget of n solver steps buys a grid of n // u steps.
     """
 
     name = "repaint"
 
-    def __init__(self, measurement, y, jump_length: int = 1, resamplings: int = 10):
+    def __init__(self, measurement, y, jump_length: int = 1, resamplings: int = 5):
         super().__init__(measurement, y)
         self.jump_length = check_positive_int("jump_length", jump_length)
         self.resamplings = check_positive_int("resamplings", resamplings)
