@@ -48,6 +48,8 @@ __all__ = [
     "ExactConditional",
     "CONDITIONS",
     "build_condition",
+    "MASKS",
+    "mask_preset",
 ]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -580,3 +582,55 @@ def build_condition(name: str, measurement: LinearMeasurement, y, oracle=None, *
             raise ValueError("exact_conditional needs oracle= (a GaussianMixture); got None")
         return ExactConditional(oracle, measurement, y, **options)
     return CONDITIONS[name](measurement, y, **options)
+
+
+#: mask presets of `mask_preset`
+MASKS = ("half", "random", "box")
+
+
+def mask_preset(name: str, event_shape: Sequence[int], missing: float = 0.7,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A boolean mask (True = known) of `event_shape` for `Inpainting`.
+
+    Args:
+        name: "half" (the first half known: the first D // 2 entries of a vector, the top half
+            rows of an image (C, H, W)), "random" (each entry unknown with probability `missing`,
+            at least one known and one unknown) or "box" (a centred block unknown: a contiguous
+            run of round(missing D) entries of a vector, a square covering about `missing` of an
+            image's area, every channel).
+        event_shape: (D,) or (C, H, W). missing: the fraction unknown, in (0, 1).
+        generator: randomness of "random".
+    """
+    if name not in MASKS:
+        raise ValueError(f"mask must be one of {list(MASKS)}; got {name!r}")
+    if not (isinstance(missing, (int, float)) and 0 < missing < 1):
+        raise ValueError(f"missing must lie in the open interval (0, 1); got {missing!r}")
+    shape = tuple(int(s) for s in event_shape)
+    if len(shape) not in (1, 3) or math.prod(shape) < 2:
+        raise ValueError(f"event_shape must be (D,) with D >= 2 or (C, H, W); got {shape}")
+    mask = torch.ones(shape, dtype=torch.bool)
+    if name == "half":
+        if len(shape) == 1:
+            mask[shape[0] // 2:] = False
+        else:
+            mask[:, shape[1] // 2:] = False
+    elif name == "random":
+        D = math.prod(shape)
+        order = torch.randperm(D, generator=generator)
+        num_missing = min(max(round(missing * D), 1), D - 1)
+        flat = mask.flatten()
+        flat[order[:num_missing]] = False
+        mask = flat.reshape(shape)
+    else:
+        if len(shape) == 1:
+            D = shape[0]
+            k = min(max(round(missing * D), 1), D - 1)
+            start = (D - k) // 2
+            mask[start:start + k] = False
+        else:
+            H, W = shape[1:]
+            h = min(max(round(math.sqrt(missing) * H), 1), H)
+            w = min(max(round(math.sqrt(missing) * W), 1), W - 1 if h == H else W)
+            top, left = (H - h) // 2, (W - w) // 2
+            mask[:, top:top + h, left:left + w] = False
+    return mask

@@ -230,6 +230,10 @@ def test_sampling_bad_input_fails_before_any_work():
         build_sampler("heun", nfe=5, condition=Replacement(meas, torch.zeros(2, 3)))(sde, _refuse, shape=(4, 2, 3))
     with pytest.raises(ValueError, match="condition works with the grid samplers"):
         build_sampler("pf_ode", nfe=5, condition=Replacement(meas, y))
+    with pytest.raises(ValueError, match="condition must be a conditioning method"):
+        build_sampler("euler_maruyama", nfe=5, condition="replacement")
+    with pytest.raises(ValueError, match="nfe must be >= 6"):  # RePaint's 5 passes need 5 steps + denoising
+        build_sampler("euler_maruyama", nfe=5, condition=RePaint(meas, y))
     with pytest.raises(ValueError, match="condition must be one of"):
         build_condition("inpaint", meas, y)
     with pytest.raises(ValueError, match="oracle"):

@@ -153,12 +153,16 @@ class Sampler(ABC):
         self.rho = check_positive("rho", self.rho)
         self.t_min = None if self.t_min is None else check_positive("t_min", self.t_min)
         check_bool("check_finite", self.check_finite)
+        if self.condition is not None and not all(
+                callable(getattr(self.condition, hook, None)) for hook in ("wrap_score", "start", "after_step", "finish")):
+            raise ValueError("condition must be a conditioning method of sde_gen.inverse (Replacement, RePaint, DPS, "
+                             f"ExactConditional; see build_condition) or None; got {self.condition!r}")
         if self.condition is not None and not self.supports_condition:
             raise ValueError(f"condition works with the grid samplers (allowed: euler_maruyama, reverse_diffusion, "
                              f"ancestral, ddim, heun, dpm_solver, pc, langevin); got sampler {self.name!r}")
         if self.num_steps < self.min_steps:
             need = 1
-            while self.steps_for(need - self.denoise) < self.min_steps:
+            while self._grid_steps(need - self.denoise) < self.min_steps:
                 need += 1
             raise ValueError(f"nfe must be >= {need} for sampler {self.name!r} (denoise={self.denoise}); got {self.nfe}")
 
@@ -171,7 +175,11 @@ class Sampler(ABC):
     def num_steps(self) -> int:
         """Steps the budget buys once the denoising evaluation is set aside (an upper bound for
         samplers that choose their own steps)."""
-        steps = self.steps_for(self.nfe - self.denoise)
+        return self._grid_steps(self.nfe - self.denoise)
+
+    def _grid_steps(self, evals: int) -> int:
+        """Grid steps `evals` buy: `steps_for`, divided among a condition's passes (RePaint)."""
+        steps = self.steps_for(evals)
         return steps if self.condition is None else self.condition.grid_steps(steps)
 
     def time_grid(self, sde: SDE, device=None) -> torch.Tensor:

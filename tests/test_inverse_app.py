@@ -1,0 +1,103 @@
+"""`sde-gen-sample task=inpaint|colorize|linear`: run in-process; metrics.json is recomputed here
+independently from samples.pt and observation.pt (numpy / scipy: the posterior by conditioning the
+joint Gaussian, Bures-W2 with scipy's matrix square root, residuals with numpy)."""
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from sde_gen import make_preset
+from sde_gen.apps.sample import main as sample_main
+from sde_gen.inverse import mask_preset
+
+from .test_inverse import reference_posterior
+
+SMALL = ["noise_floor_replicates=3", "num_projections=64", "device=cpu", "plot=false"]
+
+
+@pytest.fixture(autouse=True)
+def _full_errors(monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    GlobalHydra.instance().clear()
+    yield
+    GlobalHydra.instance().clear()
+
+
+def _bw_scipy(m1, c1, m2, c2):
+    r2 = scipy.linalg.sqrtm(c2).real
+    cross = scipy.linalg.sqrtm(r2 @ c1 @ r2).real
+    return float(np.sqrt(max(np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * cross), 0.0)))
+
+
+def _load(tmp_path):
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    x = torch.load(tmp_path / "samples.pt").double().numpy()
+    obs = torch.load(tmp_path / "observation.pt")
+    return metrics, x, obs
+
+
+def test_inpaint_gaussian16d_metrics_recomputed(tmp_path):
+    sample_main(["problem=gaussian16d", "task=inpaint", "inverse.method=exact_conditional", "inverse.mask=random",
+                 "sampler.nfe=60", "num_samples=400", "dtype=float64", "plot=true", f"hydra.run.dir={tmp_path}",
+                 *[o for o in SMALL if o != "plot=false"]])
+    metrics, x, obs = _load(tmp_path)
+    mask = obs["mask"].numpy()
+    torch.testing.assert_close(obs["mask"], mask_preset("random", (16,), 0.7, torch.Generator().manual_seed(1)))
+    assert mask.sum() == 16 - round(0.7 * 16)
+    y = obs["y"].numpy()
+    np.testing.assert_array_equal(x[:, mask], np.broadcast_to(y, (400, mask.sum())))  # known = y exactly
+    assert metrics["known_max_abs_error"] == 0.0 and metrics["residual_max"] == 0.0
+    np.testing.assert_allclose(obs["A"].numpy() @ obs["x_true"].numpy()[0], y)
+    oracle = make_preset("gaussian16d")
+    _, means, covs = reference_posterior(oracle, obs["A"], 0.0, obs["y"])
+    bw = _bw_scipy(x.mean(0), np.cov(x.T), means[0], covs[0])
+    assert metrics["bures_wasserstein_to_posterior"] == pytest.approx(bw, rel=1e-6, abs=1e-8)
+    assert metrics["bures_wasserstein_ratio"] == pytest.approx(bw / metrics["bures_wasserstein_floor_mean"], rel=1e-6)
+    assert metrics["nfe_spent"] == 60 and metrics["inverse"]["num_known"] == mask.sum()
+    assert (tmp_path / "samples.png").exists()
+
+
+def test_linear_noisy_mixture_metrics_recomputed(tmp_path):
+    sample_main(["problem=mixture64d", "task=linear", "inverse.method=dps", "inverse.noise_std=0.1",
+                 "inverse.num_observations=8", "sampler.nfe=30", "num_samples=200", f"hydra.run.dir={tmp_path}", *SMALL])
+    metrics, x, obs = _load(tmp_path)
+    A, y = obs["A"].numpy(), obs["y"].numpy()
+    assert A.shape == (8, 64) and obs["noise_std"] == 0.1
+    res = np.linalg.norm(y - x @ A.T, axis=1)
+    assert metrics["residual_mean"] == pytest.approx(res.mean(), rel=1e-5)
+    assert metrics["residual_max"] == pytest.approx(res.max(), rel=1e-5)
+    assert "known_max_abs_error" not in metrics  # noisy: the known part is not pinned
+    for key in ("sw2_to_posterior", "sw2_floor_mean", "sw2_ratio", "mode_weight_error"):
+        assert np.isfinite(metrics[key]), key
+
+
+@pytest.mark.parametrize("override, match", [
+    (["task=colorize", "problem=gaussian16d"], "task=colorize needs data with 3 colour channels"),
+    (["task=inpaint", "sampler=pf_ode"], "condition works with the grid samplers"),
+    (["task=inpaint", "inverse.method=inpaint"], "inverse.method"),
+    (["task=inpaint", "inverse.mask=left"], "inverse.mask"),
+    (["task=inpaint", "inverse.missing=1.0"], "inverse.missing"),
+    (["task=denoise"], "task"),
+    (["task=inpaint", "label=1"], "label and guidance must stay unset"),
+    (["task=inpaint", "source=checkpoint", "checkpoint=x.pt"], "needs source=oracle"),
+])
+def test_bad_inverse_options_fail_before_sampling(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        sample_main([*override, f"hydra.run.dir={tmp_path}", "device=cpu", "num_samples=10"])
+    assert not (tmp_path / "samples.pt").exists()
+
+
+@pytest.mark.parametrize("name", ["half", "random", "box"])
+@pytest.mark.parametrize("shape", [(10,), (3, 6, 4)])
+def test_mask_presets(name, shape):
+    mask = mask_preset(name, shape, 0.5, torch.Generator().manual_seed(0))
+    assert mask.shape == shape and mask.dtype == torch.bool and mask.any() and not mask.all()
+    if name == "half":
+        assert (mask[:5].all() and not mask[5:].any()) if shape == (10,) else (mask[:, :3].all() and not mask[:, 3:].any())
+    if name == "box" and shape == (3, 6, 4):
+        assert torch.equal(mask[0], mask[1]) and torch.equal(mask[0], mask[2])  # every channel alike
+    with pytest.raises(ValueError, match="mask must be one of"):
+        mask_preset("left", shape)
