@@ -109,7 +109,7 @@ def table(rows, args, command):
         f"torch {torch.__version__}, CPU, {args.samples} samples per run, {args.observations} observations per problem, "
         "sampler euler_maruyama, VP SDE, noise-free inpainting, the oracle's exact unconditional score. "
         "`/ floor`: distance divided by the exact-vs-exact noise floor of the same observation, mean over observations "
-        "(floor and spread in the last column); BW = Bures-Wasserstein to the exact Gaussian posterior, SW2 = sliced W2 "
+        "(the floors of the observations in each section's title), each observation's ratio under `per observation`; BW = Bures-Wasserstein to the exact Gaussian posterior, SW2 = sliced W2 "
         "to fresh exact posterior samples; mode = mode-weight error (TV), mean over observations; NFE spent = score "
         "calls actually made; time = seconds per run, mean over observations (2-core shared machine).",
         "",

@@ -462,6 +462,8 @@ class RePaint(Replacement):
         use r = u = 10 at 250 grid steps.
 
     NFE: every pass is paid for; a budget of n solver steps buys a grid of n // u steps.
+    Multistep solvers (dpm_solver) keep their memory across a jump, so the step after a jump
+    extrapolates from the previous pass's data prediction: use a one-step sampler with RePaint.
     """
 
     name = "repaint"
