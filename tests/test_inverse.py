@@ -33,7 +33,7 @@ from sde_gen.inverse import (
 from sde_gen.metrics import gaussian_w2_to_target, noise_floor
 from sde_gen.samplers import SAMPLERS, build_sampler
 
-from .conftest import ALL_SDES, SDE_IDS
+from .conftest import ALL_SDES, DEVICES, SDE_IDS
 
 F64 = torch.float64
 GRID_SAMPLERS = [name for name, cls in SAMPLERS.items() if cls.supports_condition]
@@ -267,6 +267,23 @@ def test_every_method_keeps_known_coordinates_on_every_sampler(sde, method):
         assert out.nfe <= 24, (name, method)
         if method != "exact_conditional":
             assert out.nfe == len(calls), (name, method)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("method", list(CONDITIONS))
+def test_methods_follow_the_device_and_dtype_of_the_samples(method, dtype, device):
+    sde = VPSDE().to(device)
+    mix = random_mixture(6, K=2, seed=2).to(device)
+    meas = Inpainting(torch.arange(6) < 3)
+    y = torch.tensor([0.1, -0.2, 0.3], dtype=F64)  # a float64 CPU observation, cast to the samples'
+    g = torch.Generator(device).manual_seed(0)
+    cond = build_condition(method, meas, y, oracle=mix)
+    out = build_sampler("euler_maruyama", nfe=12, condition=cond)(sde, mix.score_fn(sde), shape=(5, 6), generator=g,
+                                                                   dtype=dtype)
+    assert out.samples.device.type == device and out.samples.dtype == dtype
+    assert torch.isfinite(out.samples).all()
+    assert torch.equal(out.samples[:, :3], y.to(device=device, dtype=dtype).expand(5, 3))
 
 
 def test_colorization_replacement_keeps_the_gray_image():
