@@ -153,18 +153,23 @@ class Sampler(ABC):
         self.rho = check_positive("rho", self.rho)
         self.t_min = None if self.t_min is None else check_positive("t_min", self.t_min)
         check_bool("check_finite", self.check_finite)
-        if self.condition is not None and not all(
-                callable(getattr(self.condition, hook, None)) for hook in ("wrap_score", "start", "after_step", "finish")):
-            raise ValueError("condition must be a conditioning method of sde_gen.inverse (Replacement, RePaint, DPS, "
-                             f"ExactConditional; see build_condition) or None; got {self.condition!r}")
-        if self.condition is not None and not self.supports_condition:
-            raise ValueError(f"condition works with the grid samplers (allowed: euler_maruyama, reverse_diffusion, "
-                             f"ancestral, ddim, heun, dpm_solver, pc, langevin); got sampler {self.name!r}")
+        self._check_condition()
         if self.num_steps < self.min_steps:
             need = 1
             while self._grid_steps(need - self.denoise) < self.min_steps:
                 need += 1
             raise ValueError(f"nfe must be >= {need} for sampler {self.name!r} (denoise={self.denoise}); got {self.nfe}")
+
+    def _check_condition(self) -> None:
+        """`condition` is None or a conditioning method, and this sampler runs the hook."""
+        if self.condition is None:
+            return
+        if not all(callable(getattr(self.condition, hook, None)) for hook in ("wrap_score", "start", "after_step", "finish")):
+            raise ValueError("condition must be a conditioning method of sde_gen.inverse (Replacement, RePaint, DPS, "
+                             f"ExactConditional; see build_condition) or None; got {self.condition!r}")
+        if not self.supports_condition:
+            raise ValueError(f"condition works with the grid samplers (allowed: euler_maruyama, reverse_diffusion, "
+                             f"ancestral, ddim, heun, dpm_solver, pc, langevin); got sampler {self.name!r}")
 
     # ---- budget and grid ----
     def steps_for(self, evals: int) -> int:
