@@ -227,9 +227,9 @@ class SampleAppConf:
             required with source=checkpoint, optional with source=oracle (the exact classifier is
             used when null).
         task: "sample" (default), or an inverse problem solved with the unconditional score and
-            measured against the oracle's exact posterior: "inpaint" (mask preset), "colorize"
-            (gray image known; data with 3 colour channels) or "linear" (random projection).
-            Oracle sources only so far.
+            measured against the exact posterior where the data have one (oracle problems, and
+            checkpoints trained on them): "inpaint" (mask preset), "colorize" (gray image known;
+            data with 3 colour channels) or "linear" (random projection).
         inverse: `InverseConf` (method, mask, missing, noise_std, num_observations, observation_seed).
 
     The checks that need the source (a label in [0, C), a class-conditional checkpoint for
@@ -263,9 +263,6 @@ class SampleAppConf:
         _check_label(self.label)
         check_choice("task", self.task, TASKS)
         if self.task != "sample":
-            if self.source != "oracle":
-                raise ValueError(f"task={self.task} needs source=oracle (the exact posterior is the reference; checkpoints "
-                                 f"are not supported for inverse problems yet); got source={self.source}")
             if self.label is not None or self.guidance.kind != "none":
                 raise ValueError(f"task={self.task} samples p(x | y) for an observation y: label and guidance must stay "
                                  f"unset (label=null, guidance.kind=none); got label={self.label!r}, "

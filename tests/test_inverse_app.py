@@ -10,12 +10,14 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from sde_gen import make_preset
+from sde_gen.config import register_configs
 from sde_gen.apps.sample import main as sample_main
 from sde_gen.inverse import mask_preset
 
 from .test_inverse import reference_posterior
 
 SMALL = ["noise_floor_replicates=3", "num_projections=64", "device=cpu", "plot=false"]
+CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "sde_gen" / "conf")
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +85,6 @@ def test_linear_noisy_mixture_metrics_recomputed(tmp_path):
     (["task=inpaint", "inverse.missing=1.0"], "inverse.missing"),
     (["task=denoise"], "task"),
     (["task=inpaint", "label=1"], "label and guidance must stay unset"),
-    (["task=inpaint", "source=checkpoint", "checkpoint=x.pt"], "needs source=oracle"),
 ])
 def test_bad_inverse_options_fail_before_sampling(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
@@ -117,3 +118,52 @@ def test_inverse_multirun_is_tabulated_by_the_report(tmp_path):
     assert len(rows) == 2
     for m in metrics:  # the BW / floor of each run appears in its row
         assert any(f"| {m['bw_ratio']:.3g} (floor" in r for r in rows), m["bw_ratio"]
+
+
+def _train_tiny(run_dir, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from sde_gen.training import train
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = compose("config", overrides=["train.steps=2", "train.checkpoint_every=2", "train.eval_every=1000",
+                                           "train.eval_samples=64", "device=cpu", "train.progress=false",
+                                           "train.plots=false", *overrides])
+    GlobalHydra.instance().clear()
+    train(cfg, str(run_dir))
+
+
+def test_checkpoint_on_oracle_data_is_measured_against_its_posterior(tmp_path):
+    """A network trained (briefly) on ring2d: the dataset's oracle gives the exact posterior."""
+    _train_tiny(tmp_path / "train", "model.hidden=16", "model.depth=1", "model.time_embed_dim=8")
+    out = tmp_path / "sample"
+    sample_main(["source=checkpoint", f"checkpoint={tmp_path / 'train'}", "task=inpaint", "inverse.method=repaint",
+                 "sampler.nfe=21", "num_samples=100", f"hydra.run.dir={out}", *SMALL])
+    metrics, x, obs = _load(out)
+    y32 = obs["y"].to(torch.float32).double().numpy()  # float32 samples: the known coordinate is y in float32
+    np.testing.assert_array_equal(x[:, 0], np.full(100, y32[0]))
+    assert metrics["known_max_abs_error"] < 1e-6 and metrics["distance_to"] == "exact posterior"
+    assert np.isfinite(metrics["sw2_ratio"]) and 0 <= metrics["mode_weight_error"] <= 1
+    assert metrics["nfe_spent"] == 21
+
+
+@pytest.mark.slow  # trains a (tiny) U-Net: about 15 s on the shared 2-core machine
+def test_checkpoint_images_without_oracle(tmp_path):
+    """Digits (8x8): the observation is a test image; no posterior, so residual metrics only."""
+    _train_tiny(tmp_path / "train", "experiment=digits", "model.channels=8", "train.batch_size=32")
+    out = tmp_path / "sample"
+    sample_main(["source=checkpoint", f"checkpoint={tmp_path / 'train'}", "task=inpaint", "inverse.mask=random",
+                 "inverse.method=dps", "sampler.nfe=6", "num_samples=8", "plot=true", f"hydra.run.dir={out}",
+                 *[o for o in SMALL if o != "plot=false"]])
+    metrics, x, obs = _load(out)
+    mask = obs["mask"]
+    assert x.shape == (8, *mask.shape) and obs["x_true"].shape == (1, *mask.shape)
+    known = torch.from_numpy(x)[:, mask]
+    torch.testing.assert_close(known, obs["y"].expand_as(known), rtol=0, atol=1e-6)  # float32 samples
+    assert "sw2" not in metrics and "bures_wasserstein" not in metrics
+    assert metrics["residual_max"] < 1e-4 and (out / "samples.png").exists()
+    with pytest.raises(ValueError, match="exact_conditional needs the exact posterior"):
+        sample_main(["source=checkpoint", f"checkpoint={tmp_path / 'train'}", "task=inpaint",
+                     "inverse.method=exact_conditional", f"hydra.run.dir={tmp_path / 'bad'}", *SMALL])
+    assert not (tmp_path / "bad" / "samples.pt").exists()

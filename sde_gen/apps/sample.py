@@ -39,11 +39,14 @@ Every option that needs the source (a label in [0, C), a class-conditional check
 classifier with the data's C classes trained under the same SDE) is checked after loading it and
 before any sampling; a bad value is one error line, exit code 2.
 
-Inverse problems (`task=inpaint|colorize|linear`, `inverse.*`; `sde_gen.inverse`, oracle sources):
-a true x_0 is drawn from the oracle (`inverse.observation_seed`) and observed, y = A x_0 + e; the
-sampler (a grid sampler) runs with the conditioning method `inverse.method` on the unconditional
-exact score. Besides samples.pt it writes observation.pt ({"y", "x_true", "A", "noise_std", and
-"mask" for inpainting}); samples.png shows the samples next to exact posterior samples; metrics.json
+Inverse problems (`task=inpaint|colorize|linear`, `inverse.*`; `sde_gen.inverse`): a true x_0 is
+drawn from the oracle (`inverse.observation_seed`; for a checkpoint without an oracle, the test
+example of that index) and observed, y = A x_0 + e; the sampler (a grid sampler) runs with the
+conditioning method `inverse.method` on the unconditional score (the oracle's exact score or the
+checkpoint's network). Besides samples.pt it writes observation.pt ({"y", "x_true", "A",
+"noise_std", and "mask" for inpainting}); samples.png shows the samples next to exact posterior
+samples (vectors: the unknown coordinates), or for images a grid whose first two images are the
+observation A^+ y and the true image; where the data have an oracle, metrics.json
 adds `inverse` (task, method, measurement, known count, noise_std) and the distance to the exact
 posterior `GaussianMixture.condition` under the keys of unconditional runs (`bures_wasserstein`,
 `bw_floor_mean`, `bw_ratio` for a Gaussian; `sw2`, `sw2_floor_mean`, `sw2_ratio` and the
@@ -392,11 +395,19 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
     """task=inpaint|colorize|linear: sample p(x | y) with a conditioning method and compare with
     the exact posterior (see the module docstring)."""
     inv, oracle, sde, event_shape = app.inverse, src.oracle, src.sde, src.event_shape
+    if oracle is None and inv.method == "exact_conditional":
+        raise ValueError(f"inverse.method=exact_conditional needs the exact posterior, which only oracle data have; "
+                         f"{src.problem} has none (allowed: replacement, repaint, dps)")
     obs_gen = torch.Generator().manual_seed(inv.observation_seed)  # on the CPU: the same y on every device
     meas = _measurement(app, event_shape, obs_gen)
-    x_true = oracle.sample(1, obs_gen, device="cpu", dtype=torch.float64).reshape(1, *event_shape)
+    if oracle is not None:
+        x_true = oracle.sample(1, obs_gen, device="cpu", dtype=torch.float64).reshape(1, *event_shape)
+    elif torch.is_tensor(src.reference) and src.reference.shape[0] > 0:
+        x_true = src.reference[inv.observation_seed % src.reference.shape[0]][None].to("cpu", torch.float64)
+    else:
+        raise ValueError(f"task={app.task} needs data to observe: {src.problem} has neither an oracle nor test data")
     y = meas.observe(x_true, obs_gen)[0]
-    posterior = oracle.condition(meas, y.to(oracle.means.device)).to(device)
+    posterior = None if oracle is None else oracle.condition(meas, y.to(oracle.means.device)).to(device)
     condition = build_condition(inv.method, meas, y, oracle=oracle)
     sampler = instantiate(cfg.sampler, "sampler", check_finite=app.check_finite, condition=condition)
     if hasattr(sampler, "check_sde"):
@@ -451,6 +462,7 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
         if meas.noise_std == 0:
             known = meas.known_from_observation(y_dev.to(torch.float64)[None])
             metrics["known_max_abs_error"] = float((meas.split(finite)[0] - known).abs().max())
+    if n >= 2 and posterior is not None:
         exact = lambda k, g: posterior.sample(k, g, device=device, dtype=torch.float64)  # noqa: E731
         floor_gen = torch.Generator(device).manual_seed(app.metrics_seed)
         if oracle.num_components == 1:
@@ -472,13 +484,17 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
     metrics["finite"] = n == app.num_samples
     metrics["config"] = to_plain(_app_section(cfg))
     if app.plot and n > 0:
-        ref = posterior.sample(min(app.num_samples, 5000), torch.Generator(device).manual_seed(app.metrics_seed + 2),
-                               device=device, dtype=torch.float64).reshape(-1, *event_shape)
         title = f"{src.problem} | {app.task} {inv.method} | {sampler_name} NFE {metrics['nfe_spent']:g}"
-        shown, ref_shown = finite.reshape(-1, *event_shape), ref
+        ref = None if posterior is None else posterior.sample(
+            min(app.num_samples, 5000), torch.Generator(device).manual_seed(app.metrics_seed + 2), device=device,
+            dtype=torch.float64)
         if len(event_shape) == 1:  # vectors: the unknown coordinates (the known ones are y itself)
-            shown, ref_shown = meas.split(finite)[1], meas.split(ref)[1]
+            shown, ref_shown = meas.split(finite)[1], None if ref is None else meas.split(ref)[1]
             title += " | unknown coordinates"
+        else:  # images: the observation (A^+ y, unknown part 0) and the truth, then the samples
+            seen = meas.replace_known(torch.zeros_like(x_true), meas.known_from_observation(y[None]))
+            shown, ref_shown = torch.cat([seen, x_true, finite.reshape(-1, *event_shape)[:62].cpu()]), None
+            title += " | first: observation, second: truth"
         save_picture(os.path.join(out_dir, "samples.png"), shown, ref_shown, title)
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     log.info("metrics: %s", {k: metrics[k] for k in metrics if k.endswith("_ratio") or k.startswith("residual")})
