@@ -4,6 +4,8 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
     SDEs:      SDE, VPSDE, SubVPSDE, VESDE, SDES, build_sde
     oracles:   GaussianMixture, PRESETS, make_preset, ExactConditionalScore
     guidance:  classifier_free, classifier_guided, GuidedScore
+    inverse problems: LinearMeasurement, Inpainting, Colorization, Replacement, RePaint, DPS,
+               ExactConditional, CONDITIONS, build_condition
     sampling:  sample, SAMPLERS, SampleResult
     training:  dsm_loss, DenoisingScoreMatching, ScoreModel, MLP, UNet, build_score_model, DATASETS,
                build_dataset, train, load_trained, Trained
@@ -15,6 +17,17 @@ The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 from .checkpoint import Trained, load_classifier, load_trained
 from .data import DATASETS, build_dataset
 from .guidance import GuidedScore, classifier_free, classifier_guided
+from .inverse import (
+    CONDITIONS,
+    DPS,
+    Colorization,
+    ExactConditional,
+    Inpainting,
+    LinearMeasurement,
+    RePaint,
+    Replacement,
+    build_condition,
+)
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, evaluate_dataset, log_likelihood
 from .losses import DenoisingScoreMatching, NoiseConditionalCrossEntropy, dsm_loss
 from .nets import MLP, NoiseConditionalClassifier, ScoreModel, UNet, build_score_model
@@ -40,6 +53,15 @@ __all__ = [
     "classifier_free",
     "classifier_guided",
     "GuidedScore",
+    "LinearMeasurement",
+    "Inpainting",
+    "Colorization",
+    "Replacement",
+    "RePaint",
+    "DPS",
+    "ExactConditional",
+    "CONDITIONS",
+    "build_condition",
     "sample",
     "SAMPLERS",
     "SampleResult",

@@ -11,11 +11,20 @@ from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from ._validation import check_choice, check_finite, check_nonnegative, check_positive, check_positive_int
+from ._validation import (
+    check_choice,
+    check_finite,
+    check_in_open_interval,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+)
 from .config import check_target_names
+from .inverse import CONDITIONS, MASKS
 from .oracles import PRESETS
 
-__all__ = ["LikelihoodOptionsConf", "EvalConf", "GuidanceConf", "SampleAppConf", "register_app_schemas", "GUIDANCE_KINDS"]
+__all__ = ["LikelihoodOptionsConf", "EvalConf", "GuidanceConf", "InverseConf", "SampleAppConf", "register_app_schemas",
+           "GUIDANCE_KINDS", "TASKS"]
 
 #: where an app's score comes from: an oracle's exact score, or a training checkpoint's network
 SOURCES = ("oracle", "checkpoint")
@@ -151,6 +160,38 @@ class GuidanceConf:
                              f"got guidance.scale={self.scale!r} with guidance.kind=none")
 
 
+#: what sde-gen-sample does: plain sampling, or an inverse problem (see `InverseConf`)
+TASKS = ("sample", "inpaint", "colorize", "linear")
+
+
+@dataclasses.dataclass
+class InverseConf:
+    """The `inverse:` node of sde-gen-sample for task=inpaint|colorize|linear (see `sde_gen.inverse`).
+
+    Attributes:
+        method: the conditioning method: replacement, repaint, dps or exact_conditional.
+        mask: inpainting mask preset (`sde_gen.inverse.mask_preset`): half, random or box.
+        missing: the fraction of unknown entries for mask=random and mask=box, in (0, 1).
+        noise_std: sigma_y of y = A x + e (>= 0).
+        num_observations: m for task=linear (a random projection; null: D // 2).
+        observation_seed: seed of the true x_0, the observation noise, the random mask and A.
+    """
+
+    method: str = "repaint"
+    mask: str = "half"
+    missing: float = 0.7
+    noise_std: float = 0.0
+    num_observations: Optional[int] = None
+    observation_seed: int = 1
+
+    def __post_init__(self):
+        check_choice("inverse.method", self.method, CONDITIONS)
+        check_choice("inverse.mask", self.mask, MASKS)
+        check_in_open_interval("inverse.missing", self.missing, 0.0, 1.0)
+        check_nonnegative("inverse.noise_std", self.noise_std)
+        if self.num_observations is not None:
+            check_positive_int("inverse.num_observations", self.num_observations)
+
 
 @dataclasses.dataclass
 class SampleAppConf:
@@ -185,6 +226,11 @@ class SampleAppConf:
         classifier: a classifier run (its folder or a checkpoint file) for guidance.kind=classifier;
             required with source=checkpoint, optional with source=oracle (the exact classifier is
             used when null).
+        task: "sample" (default), or an inverse problem solved with the unconditional score and
+            measured against the exact posterior where the data have one (oracle problems, and
+            checkpoints trained on them): "inpaint" (mask preset), "colorize" (gray image known;
+            data with 3 colour channels) or "linear" (random projection).
+        inverse: `InverseConf` (method, mask, missing, noise_std, num_observations, observation_seed).
 
     The checks that need the source (a label in [0, C), a class-conditional checkpoint for
     cfg or a label without guidance, a classifier with the data's C classes and the sampling
@@ -209,10 +255,18 @@ class SampleAppConf:
     label: Any = None
     guidance: GuidanceConf = dataclasses.field(default_factory=GuidanceConf)
     classifier: Optional[str] = None
+    task: str = "sample"
+    inverse: InverseConf = dataclasses.field(default_factory=InverseConf)
 
     def __post_init__(self):
         _check_source(self)
         _check_label(self.label)
+        check_choice("task", self.task, TASKS)
+        if self.task != "sample":
+            if self.label is not None or self.guidance.kind != "none":
+                raise ValueError(f"task={self.task} samples p(x | y) for an observation y: label and guidance must stay "
+                                 f"unset (label=null, guidance.kind=none); got label={self.label!r}, "
+                                 f"guidance.kind={self.guidance.kind}")
         kind = self.guidance.kind
         if self.classifier is not None and kind != "classifier":
             raise ValueError(f"classifier is used only with guidance.kind=classifier; got classifier={self.classifier!r} "

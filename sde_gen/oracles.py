@@ -59,6 +59,14 @@ def _as_float64(name: str, value) -> torch.Tensor:
     return out
 
 
+def _gaussian_log_density(resid: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """log N(resid; 0, cov) for (K, m) residuals and (K, m, m) positive-definite covariances, (K,)."""
+    L = torch.linalg.cholesky(cov)
+    v = torch.linalg.solve_triangular(L, resid[..., None], upper=False)[..., 0]
+    half_logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    return -0.5 * (v ** 2).sum(-1) - half_logdet - 0.5 * resid.shape[-1] * _LOG_2PI
+
+
 class GaussianMixture(nn.Module):
     """A mixture of K Gaussians in D dimensions with exact perturbed scores for any affine SDE.
 
@@ -208,6 +216,95 @@ class GaussianMixture(nn.Module):
             scaled = torch.einsum("nde,ne->nd", self.eigvecs.to(device)[labels], scaled)
         x = (self.means.to(device)[labels] + scaled).to(dtype)
         return (x, labels) if return_labels else x
+
+    # ---- inverse problems: exact posteriors (sde_gen.inverse) ----
+    def condition(self, measurement, y) -> "GaussianMixture":
+        """The exact posterior p_0(x | y) for y = A x + e, e ~ N(0, sigma_y^2 I), as a mixture.
+
+        Each component N(mu_k, S_k) is conditioned on y and re-weighted by its marginal likelihood
+        (Bishop 2006, eq. 2.113-2.117): w_k' ~ w_k N(y; A mu_k, A S_k A^T + sigma_y^2 I).
+
+        * sigma_y > 0: the Kalman update, gain G_k = S_k A^T (A S_k A^T + sigma_y^2 I)^-1, mean
+          mu_k + G_k (y - A mu_k), covariance in Joseph form (I - G_k A) S_k (I - G_k A)^T +
+          sigma_y^2 G_k G_k^T, which is positive semi-definite by construction.
+        * sigma_y = 0: in the measurement's basis (c_k, c_u) the known part is fixed, c_k = c_k(y),
+          and c_u | c_k is Gaussian with the Schur complement S_uu - S_uk S_kk^-1 S_ku as covariance.
+          The posterior is then *singular*: its covariances are stored by eigen-decomposition with
+          eigenvalue exactly 0 along the r known directions (eigenvectors V_k) and the Schur
+          complement's eigenvalues along V_u. Sampling puts every sample's known part at c_k(y)
+          exactly; the perturbed density at t > 0 (eigenvalues a^2 lambda + s^2 >= s^2 > 0), hence
+          `score(x, t, sde)`, `score_fn(sde)`, `log_prob(x, t, sde)`, is exact; the data density
+          (`sde=None`) does not exist (log_prob gives -inf or nan there).
+
+        Args:
+            measurement: a `sde_gen.inverse.LinearMeasurement` (or `Inpainting`, `Colorization`)
+                whose data dimension is this mixture's D.
+            y: one observation, shape (m,) (or (1, m)).
+
+        Returns:
+            A `GaussianMixture` (full covariances, float64) with the same class map.
+
+        Raises:
+            ValueError: a measurement of another data dimension (A's columns != D), y of the
+                wrong shape or with a non-finite entry, or y impossible under every component.
+        """
+        D = self.dim
+        if measurement.dim != D:
+            raise ValueError(f"measurement: A must have D = {D} columns (this mixture's dimension); got {measurement.dim}")
+        y = measurement.check_observation(y)
+        if y.shape[0] != 1:
+            raise ValueError(f"y must be one observation of shape ({measurement.num_observations},); got {tuple(y.shape)}")
+        kw = dict(dtype=torch.float64, device=self.means.device)
+        y = y[0].to(**kw)
+        mu, S = self.means, self.covariances()  # (K, D), (K, D, D)
+        K = self.num_components
+        s2 = float(measurement.noise_std) ** 2
+        if s2 > 0:
+            A = measurement.matrix().to(**kw)  # (m, D)
+            AS = A @ S  # (K, m, D)
+            G = AS @ A.T + s2 * torch.eye(A.shape[0], **kw)  # (K, m, m) covariance of y
+            resid = y - mu @ A.T  # (K, m)
+            gain_T = torch.linalg.solve(G, AS)  # (K, m, D) = G^-1 A S = gain^T
+            mean = mu + torch.einsum("kmd,km->kd", gain_T, resid)
+            I_GA = torch.eye(D, **kw) - gain_T.transpose(-1, -2) @ A
+            cov = I_GA @ S @ I_GA.transpose(-1, -2) + s2 * gain_T.transpose(-1, -2) @ gain_T
+            eigvals, eigvecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(-1, -2)))
+            eigvals = eigvals.clamp_min(0.0)
+            log_lik = _gaussian_log_density(resid, G)
+        else:
+            Vk, Vu = (v.to(**kw) for v in measurement.basis())  # (D, r), (D, D - r)
+            ck = measurement.known_from_observation(y[None])[0].to(**kw)  # (r,)
+            S_kk = Vk.T @ S @ Vk  # (K, r, r)
+            S_uk = Vu.T @ S @ Vk  # (K, D - r, r)
+            S_uu = Vu.T @ S @ Vu
+            diff = ck - mu @ Vk  # (K, r)
+            L = torch.linalg.cholesky(S_kk)
+            W = torch.linalg.solve_triangular(L, S_uk.transpose(-1, -2), upper=False)  # L^-1 S_ku
+            v = torch.linalg.solve_triangular(L, diff[..., None], upper=False)  # L^-1 (c_k - m_k)
+            mean_u = mu @ Vu + (W.transpose(-1, -2) @ v)[..., 0]
+            schur = S_uu - W.transpose(-1, -2) @ W
+            lam_u, U_u = torch.linalg.eigh(0.5 * (schur + schur.transpose(-1, -2)))
+            r = Vk.shape[1]
+            mean = ck @ Vk.T + mean_u @ Vu.T
+            eigvals = torch.cat([torch.zeros(K, r, **kw), lam_u.clamp_min(0.0)], dim=1)
+            eigvecs = torch.cat([Vk.expand(K, D, r), Vu @ U_u], dim=2)
+            # N(y; A mu, A S A^T) = N(c_k; V_k^T mu, S_kk) / |det(A V_k)|: the constant cancels
+            log_lik = -0.5 * (v[..., 0] ** 2).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1) \
+                - 0.5 * r * _LOG_2PI
+        log_w = torch.log(self.weights) + log_lik
+        if not bool(torch.isfinite(log_w).any()):
+            raise ValueError("y has probability 0 under every component of the mixture; no posterior exists")
+        return GaussianMixture._from_spectrum(torch.softmax(log_w, 0), mean, eigvals, eigvecs, self.classes)
+
+    @classmethod
+    def _from_spectrum(cls, weights, means, eigvals, eigvecs, classes) -> "GaussianMixture":
+        """A mixture with covariances U diag(eigvals) U^T given by their spectra, eigenvalues >= 0
+        allowed (the constructor demands > 0): built with unit placeholders, then the spectrum set."""
+        out = cls(weights, means, torch.ones_like(means), classes)
+        out.diagonal = False
+        out.eigvals = eigvals.to(torch.float64)
+        out.eigvecs = eigvecs.to(torch.float64)
+        return out
 
     # ---- densities and scores ----
     def _params(self, x: torch.Tensor):

@@ -39,6 +39,22 @@ Every option that needs the source (a label in [0, C), a class-conditional check
 classifier with the data's C classes trained under the same SDE) is checked after loading it and
 before any sampling; a bad value is one error line, exit code 2.
 
+Inverse problems (`task=inpaint|colorize|linear`, `inverse.*`; `sde_gen.inverse`): a true x_0 is
+drawn from the oracle (`inverse.observation_seed`; for a checkpoint without an oracle, the test
+example of that index) and observed, y = A x_0 + e; the sampler (a grid sampler) runs with the
+conditioning method `inverse.method` on the unconditional score (the oracle's exact score or the
+checkpoint's network). Besides samples.pt it writes observation.pt ({"y", "x_true", "A",
+"noise_std", and "mask" for inpainting}); samples.png shows the samples next to exact posterior
+samples (vectors: the unknown coordinates), or for images a grid whose first two images are the
+observation A^+ y and the true image; where the data have an oracle, metrics.json
+adds `inverse` (task, method, measurement, known count, noise_std) and the distance to the exact
+posterior `GaussianMixture.condition` under the keys of unconditional runs (`bures_wasserstein`,
+`bw_floor_mean`, `bw_ratio` for a Gaussian; `sw2`, `sw2_floor_mean`, `sw2_ratio` and the
+mode-weight error for mixtures; `distance_to` says the target is the posterior), so `sde-gen-report`
+tabulates them; and the observation residual ||y - A x|| (mean,
+max, RMS per observed coordinate) and, for noise-free observations, the largest deviation of the
+known part from the observation.
+
 Quality against the exact target and the timing split: `sde_gen.evaluation`.
 
 Run `sde-gen-sample --help` for the options; `sde-gen-report DIR` aggregates a multirun.
@@ -60,8 +76,9 @@ from ..config import instantiate, resolve_device, to_plain, validate
 from ..config_apps import SampleAppConf
 from ..evaluation import class_metrics, oracle_metrics, timed_sample
 from ..guidance import classifier_free, classifier_guided
+from ..inverse import Colorization, Inpainting, LinearMeasurement, build_condition, mask_preset
 from ..io import atomic_path, atomic_write_text
-from ..metrics import sliced_wasserstein
+from ..metrics import gaussian_w2_to_target, noise_floor, sliced_wasserstein
 from ..oracles import make_preset
 from ..plots import save_picture
 from ._hydra import hydra_app
@@ -221,6 +238,8 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     sampler_name = choices.get("sampler") or getattr(sampler, "name", type(sampler).__name__)
 
     src = _oracle_source(app, cfg, device, choices) if app.source == "oracle" else _checkpoint_source(app, device)
+    if app.task != "sample":
+        return _run_inverse(app, cfg, src, device, dtype, out_dir, sampler_name)
     sde, score_fn, event_shape, oracle, reference = src.sde, src.score_fn, src.event_shape, src.oracle, src.reference
     problem, sde_name = src.problem, src.sde_name
     if hasattr(sampler, "check_sde"):
@@ -351,6 +370,134 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     if "class_metrics" in metrics:
         summary.update({k: metrics["class_metrics"][k] for k in ("class_purity", "sw2_ratio_max") if k in metrics["class_metrics"]})
     log.info("metrics: %s", summary)
+    return metrics
+
+
+def _measurement(app: SampleAppConf, event_shape: Tuple[int, ...], generator: torch.Generator) -> LinearMeasurement:
+    """The measurement of `app.task` for data of `event_shape` (every check before any sampling)."""
+    inv, D = app.inverse, int(torch.Size(event_shape).numel())
+    if app.task == "inpaint":
+        return Inpainting(mask_preset(inv.mask, event_shape, inv.missing, generator), noise_std=inv.noise_std)
+    if app.task == "colorize":
+        if len(event_shape) < 2 or event_shape[0] != 3:
+            raise ValueError(f"task=colorize needs data with 3 colour channels first, event shape (3, H, W); "
+                             f"{app.problem} has event shape {tuple(event_shape)} (allowed tasks for it: inpaint, linear)")
+        return Colorization(event_shape, noise_std=inv.noise_std)
+    m = inv.num_observations if inv.num_observations is not None else max(D // 2, 1)
+    if m > D and inv.noise_std == 0:
+        raise ValueError(f"inverse.num_observations must be <= D = {D} for a noise-free task=linear (A must have full "
+                         f"row rank); got {m}")
+    return LinearMeasurement.random_projection(D, m, inv.noise_std, generator)
+
+
+def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtype, out_dir: str,
+                 sampler_name: str) -> Dict[str, Any]:
+    """task=inpaint|colorize|linear: sample p(x | y) with a conditioning method and compare with
+    the exact posterior (see the module docstring)."""
+    inv, oracle, sde, event_shape = app.inverse, src.oracle, src.sde, src.event_shape
+    if oracle is None and inv.method == "exact_conditional":
+        raise ValueError(f"inverse.method=exact_conditional needs the exact posterior, which only oracle data have; "
+                         f"{src.problem} has none (allowed: replacement, repaint, dps)")
+    obs_gen = torch.Generator().manual_seed(inv.observation_seed)  # on the CPU: the same y on every device
+    meas = _measurement(app, event_shape, obs_gen)
+    if oracle is not None:
+        x_true = oracle.sample(1, obs_gen, device="cpu", dtype=torch.float64).reshape(1, *event_shape)
+    elif torch.is_tensor(src.reference) and src.reference.shape[0] > 0:
+        x_true = src.reference[inv.observation_seed % src.reference.shape[0]][None].to("cpu", torch.float64)
+    else:
+        raise ValueError(f"task={app.task} needs data to observe: {src.problem} has neither an oracle nor test data")
+    y = meas.observe(x_true, obs_gen)[0]
+    posterior = None if oracle is None else oracle.condition(meas, y.to(oracle.means.device)).to(device)
+    condition = build_condition(inv.method, meas, y, oracle=oracle)
+    sampler = instantiate(cfg.sampler, "sampler", check_finite=app.check_finite, condition=condition)
+    if hasattr(sampler, "check_sde"):
+        sampler.check_sde(sde)
+    log.info("%s with %s (%r) on %s: %r", app.task, inv.method, sampler, src.problem, meas)
+
+    generator = torch.Generator(device).manual_seed(app.seed)
+    batch = app.num_samples if app.batch_size == 0 else min(app.batch_size, app.num_samples)
+    chunks, nfe_per_batch, steps, done = [], [], None, 0
+    timing = {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
+    while done < app.num_samples:
+        b = min(batch, app.num_samples - done)
+        result, tm = timed_sample(sampler, sde, src.score_fn, shape=(b, *event_shape), generator=generator,
+                                  device=device, dtype=dtype)
+        for k in timing:
+            timing[k] += tm[k]
+        nfe_per_batch.append(result.nfe)
+        steps = result.num_steps
+        chunks.append(result.samples)
+        done += b
+    samples = torch.cat(chunks)
+
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_path(os.path.join(out_dir, "samples.pt")) as tmp:
+        torch.save(samples.detach().cpu(), tmp)
+    observation = {"y": y, "x_true": x_true, "A": meas.matrix(), "noise_std": meas.noise_std}
+    if isinstance(meas, Inpainting):
+        observation["mask"] = meas.mask
+    with atomic_path(os.path.join(out_dir, "observation.pt")) as tmp:
+        torch.save(observation, tmp)
+
+    flat = samples.detach().flatten(1).to(torch.float64)
+    finite = flat[torch.isfinite(flat).all(1)]
+    n = int(finite.shape[0])
+    y_dev = y.to(device)
+    metrics: Dict[str, Any] = {
+        "source": app.source, "problem": src.problem, "sde": src.sde_name, "sampler": sampler_name,
+        "task": app.task,
+        "inverse": {"method": inv.method, "measurement": repr(meas), "num_observations": meas.num_observations,
+                    "num_known": meas.num_known, "dim": meas.dim, "noise_std": meas.noise_std,
+                    "mask": inv.mask if app.task == "inpaint" else None, "observation_seed": inv.observation_seed},
+        "nfe_requested": int(sampler.nfe), "nfe_spent": sum(nfe_per_batch) / len(nfe_per_batch),
+        "num_steps": steps, "num_samples": app.num_samples, "num_finite": n, "seed": app.seed,
+        "device": str(device), "dtype": app.dtype, "time_total_s": timing["total_s"],
+        "time_score_s": timing["score_s"], "time_sampler_s": timing["sampler_s"],
+    }
+    if n >= 2:
+        residual = meas.residual(finite, y_dev.to(torch.float64))
+        metrics["residual_mean"] = float(residual.mean())
+        metrics["residual_max"] = float(residual.max())
+        metrics["residual_rms_per_observation"] = float(residual.pow(2).mean().div(meas.num_observations).sqrt())
+        if meas.noise_std == 0:
+            known = meas.known_from_observation(y_dev.to(torch.float64)[None])
+            metrics["known_max_abs_error"] = float((meas.split(finite)[0] - known).abs().max())
+    if n >= 2 and posterior is not None:
+        exact = lambda k, g: posterior.sample(k, g, device=device, dtype=torch.float64)  # noqa: E731
+        floor_gen = torch.Generator(device).manual_seed(app.metrics_seed)
+        if oracle.num_components == 1:
+            dist = lambda a, b: gaussian_w2_to_target(a, posterior)  # noqa: E731
+            name, short = "bures_wasserstein", "bw"
+        else:
+            dist = lambda a, b: sliced_wasserstein(  # noqa: E731
+                a, b, app.num_projections, torch.Generator(device).manual_seed(app.metrics_seed))
+            name = short = "sw2"
+            labels = oracle.component_log_posterior(finite).argmax(1)  # p(k | x, y) = p(k | x): y depends on x only
+            freq = torch.bincount(labels, minlength=oracle.num_components).to(torch.float64) / n
+            metrics["mode_weight_error"] = float(0.5 * (freq - posterior.weights).abs().sum())
+        value = float(dist(finite, exact(n, floor_gen)))
+        floor = noise_floor(exact, n, dist, replicates=app.noise_floor_replicates, generator=floor_gen)
+        # the keys of the unconditional runs (so sde-gen-report tabulates both), measured against the posterior
+        metrics.update({"distance_to": "exact posterior", name: value, f"{short}_floor_mean": floor["mean"],
+                        f"{short}_floor_std": floor["std"], f"{short}_ratio": value / floor["mean"],
+                        "noise_floor_replicates": app.noise_floor_replicates})
+    metrics["finite"] = n == app.num_samples
+    metrics["config"] = to_plain(_app_section(cfg))
+    if app.plot and n > 0:
+        title = f"{src.problem} | {app.task} {inv.method} | {sampler_name} NFE {metrics['nfe_spent']:g}"
+        ref = None if posterior is None else posterior.sample(
+            min(app.num_samples, 5000), torch.Generator(device).manual_seed(app.metrics_seed + 2), device=device,
+            dtype=torch.float64)
+        if len(event_shape) == 1:  # vectors: the unknown coordinates (the known ones are y itself)
+            shown, ref_shown = meas.split(finite)[1], None if ref is None else meas.split(ref)[1]
+            title += " | unknown coordinates"
+        else:  # images: the observation (A^+ y, unknown part 0) and the truth, then the samples
+            seen = meas.replace_known(torch.zeros_like(x_true), meas.known_from_observation(y[None]))
+            shown, ref_shown = torch.cat([seen, x_true, finite.reshape(-1, *event_shape)[:62].cpu()]), None
+            title += " | first: observation, second: truth"
+        save_picture(os.path.join(out_dir, "samples.png"), shown, ref_shown, title)
+    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    log.info("metrics: %s", {k: metrics[k] for k in metrics if k.endswith("_ratio") or k.startswith("residual")})
     return metrics
 
 

@@ -16,6 +16,11 @@ Final denoising (Tweedie's formula, Efron 2011; used by Song et al. 2021, Jolico
 al. 2021): x_0 = (x + s(t)^2 score(x, t)) / a(t) at t = t_min, one extra score evaluation that removes
 the residual noise of level s(t_min).
 
+Conditioning hook (inverse problems, `sde_gen.inverse`): a grid sampler given `condition=...` calls
+`condition.wrap_score` once (so the NFE counts the wrapped calls), `condition.start` on x_T,
+`condition.after_step` after every solver step, follows `condition.path` (RePaint's jumps back up the
+grid) and calls `condition.finish` after the final denoising. Without a condition nothing changes.
+
 A sampler is a keyword dataclass: a subclass declares only its own options as fields, checks them in
 `__post_init__` and then calls `super().__post_init__()`, which checks the base options and the budget.
 """
@@ -111,6 +116,8 @@ class Sampler(ABC):
         t_min: last time of the grid (None: `sde.eps`).
         check_finite: track rows that become non-finite (device-side, one host read after the
             loop) and report their number in `SampleResult.num_nonfinite` and a logged warning.
+        condition: a conditioning method of `sde_gen.inverse` (`Replacement`, `RePaint`, `DPS`,
+            `ExactConditional`), grid samplers only; None: unconditional sampling.
 
     Class facts a subclass sets (per-instance facts are properties of the subclass):
         name: registry key.
@@ -119,6 +126,7 @@ class Sampler(ABC):
         stochastic: whether the sampler injects noise.
         order: convergence order (strong order for ODE solvers, weak order for SDE solvers).
         default_grid: the grid used when `grid` is None.
+        supports_condition: whether the sampler runs the conditioning hook (grid samplers).
     """
 
     name: ClassVar[str] = ""
@@ -127,6 +135,7 @@ class Sampler(ABC):
     stochastic: ClassVar[bool] = True
     order: ClassVar[float] = 1.0
     default_grid: ClassVar[str] = "uniform"
+    supports_condition: ClassVar[bool] = False
 
     nfe: int = 100
     _: KW_ONLY
@@ -135,6 +144,7 @@ class Sampler(ABC):
     rho: float = 7.0
     t_min: Optional[float] = None
     check_finite: bool = False
+    condition: Optional[Any] = None
 
     def __post_init__(self):
         self.nfe = check_positive_int("nfe", self.nfe)
@@ -143,11 +153,23 @@ class Sampler(ABC):
         self.rho = check_positive("rho", self.rho)
         self.t_min = None if self.t_min is None else check_positive("t_min", self.t_min)
         check_bool("check_finite", self.check_finite)
+        self._check_condition()
         if self.num_steps < self.min_steps:
             need = 1
-            while self.steps_for(need - self.denoise) < self.min_steps:
+            while self._grid_steps(need - self.denoise) < self.min_steps:
                 need += 1
             raise ValueError(f"nfe must be >= {need} for sampler {self.name!r} (denoise={self.denoise}); got {self.nfe}")
+
+    def _check_condition(self) -> None:
+        """`condition` is None or a conditioning method, and this sampler runs the hook."""
+        if self.condition is None:
+            return
+        if not all(callable(getattr(self.condition, hook, None)) for hook in ("wrap_score", "start", "after_step", "finish")):
+            raise ValueError("condition must be a conditioning method of sde_gen.inverse (Replacement, RePaint, DPS, "
+                             f"ExactConditional; see build_condition) or None; got {self.condition!r}")
+        if not self.supports_condition:
+            raise ValueError(f"condition works with the grid samplers (allowed: euler_maruyama, reverse_diffusion, "
+                             f"ancestral, ddim, heun, dpm_solver, pc, langevin); got sampler {self.name!r}")
 
     # ---- budget and grid ----
     def steps_for(self, evals: int) -> int:
@@ -158,7 +180,12 @@ class Sampler(ABC):
     def num_steps(self) -> int:
         """Steps the budget buys once the denoising evaluation is set aside (an upper bound for
         samplers that choose their own steps)."""
-        return self.steps_for(self.nfe - self.denoise)
+        return self._grid_steps(self.nfe - self.denoise)
+
+    def _grid_steps(self, evals: int) -> int:
+        """Grid steps `evals` buy: `steps_for`, divided among a condition's passes (RePaint)."""
+        steps = self.steps_for(evals)
+        return steps if self.condition is None else self.condition.grid_steps(steps)
 
     def time_grid(self, sde: SDE, device=None) -> torch.Tensor:
         """The float64 time grid (num_steps + 1,) from T down to t_min, on `device`."""
@@ -221,16 +248,22 @@ class Sampler(ABC):
         self.check_sde(sde)
         if (shape is None) == (x_T is None):
             raise ValueError("give exactly one of shape (to start from the prior) or x_T")
-        score = CountingScore(score_fn, track_nonfinite=self.check_finite)
+        cond = self.condition
+        score = CountingScore(score_fn if cond is None else cond.wrap_score(sde, score_fn),
+                              track_nonfinite=self.check_finite)
         with torch.no_grad():
             x = sde.prior_sample(shape, generator, device, dtype) if x_T is None else x_T
+            ts = self.time_grid(sde, device=x.device)
+            if cond is not None:
+                x = cond.start(sde, x, ts[0].expand(x.shape[0]), generator)
             if self.check_finite:
                 score.flag_nonfinite(x)
-            ts = self.time_grid(sde, device=x.device)
             x, steps = self.solve(sde, score, x, ts, generator, callback)
             if self.denoise:
                 t_last = ts[-1].expand(x.shape[0])
                 x = x0_from_score(sde, x, t_last, score(x, t_last))
+            if cond is not None:
+                x = cond.finish(sde, x)
         num_nonfinite = None
         if self.check_finite:
             score.flag_nonfinite(x)
@@ -245,6 +278,8 @@ class Sampler(ABC):
 @dataclass(eq=False)
 class GridSampler(Sampler):
     """A sampler that steps along its time grid: the loop is here, a subclass writes `step`."""
+
+    supports_condition: ClassVar[bool] = True
 
     def init_state(self, sde: SDE, x: torch.Tensor, ts: torch.Tensor, evals: int) -> Dict[str, Any]:
         """Per-run state: coefficient tables over the grid, multistep memory (default: empty).
@@ -287,8 +322,21 @@ class GridSampler(Sampler):
     def solve(self, sde, score, x, ts, generator, callback):
         N, B = ts.numel() - 1, x.shape[0]
         state = self.init_state(sde, x, ts, evals=self.nfe - self.denoise)
-        for i in range(N):
-            x = self.step(sde, score, x, i, ts[i].expand(B), ts[i + 1].expand(B), generator, state)
+        cond = self.condition
+        if cond is None:
+            for i in range(N):
+                x = self.step(sde, score, x, i, ts[i].expand(B), ts[i + 1].expand(B), generator, state)
+                if callback is not None:
+                    callback(i, ts[i + 1], x)
+            return x, N
+        steps = 0
+        for i, j in cond.path(N):  # j = i + 1: a solver step; j < i: a jump back up the grid
+            if j < i:
+                x = cond.jump(sde, x, ts[i].expand(B), ts[j].expand(B), generator)
+                continue
+            x = self.step(sde, score, x, i, ts[i].expand(B), ts[j].expand(B), generator, state)
+            x = cond.after_step(sde, x, ts[j].expand(B), generator)
+            steps += 1
             if callback is not None:
-                callback(i, ts[i + 1], x)
-        return x, N
+                callback(i, ts[j], x)
+        return x, steps
