@@ -168,8 +168,10 @@ class Sampler(ABC):
             raise ValueError("condition must be a conditioning method of sde_gen.inverse (Replacement, RePaint, DPS, "
                              f"ExactConditional; see build_condition) or None; got {self.condition!r}")
         if not self.supports_condition:
-            raise ValueError(f"condition works with the grid samplers (allowed: euler_maruyama, reverse_diffusion, "
-                             f"ancestral, ddim, heun, dpm_solver, pc, langevin); got sampler {self.name!r}")
+            from . import SAMPLERS  # the registry imports this module: look it up when needed
+
+            allowed = ", ".join(name for name, cls in SAMPLERS.items() if cls.supports_condition)
+            raise ValueError(f"condition works with the grid samplers (allowed: {allowed}); got sampler {self.name!r}")
 
     # ---- budget and grid ----
     def steps_for(self, evals: int) -> int:
