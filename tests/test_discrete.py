@@ -191,6 +191,20 @@ def test_oracle_sampling_matches_its_law(stat_seed):
         assert float(dd.marginal_tv(big.sample(20000, g), big)) < 0.03
 
 
+def test_pairwise_tv_equals_the_full_tv_on_two_positions_and_sees_lost_correlations():
+    g = torch.Generator().manual_seed(5)
+    o = dd.make_categorical_preset("tiny")
+    x = o.sample(3000, g)
+    assert torch.allclose(dd.pairwise_tv(x, o), dd.total_variation(x, o), atol=1e-12)  # L = 2: one pair
+    big = dd.make_categorical_preset("seq16")
+    exact = big.sample(4000, g)
+    # positions drawn independently from the exact marginals: marginals right, pairs wrong
+    shuffled = torch.stack([col[torch.randperm(4000, generator=g)] for col in exact.T], 1)
+    assert float(dd.marginal_tv(shuffled, big)) == pytest.approx(float(dd.marginal_tv(exact, big)), abs=1e-12)
+    assert float(dd.pairwise_tv(shuffled, big)) > 2 * float(dd.pairwise_tv(exact, big))
+    assert float(dd.mode_weight_tv(exact, big)) < 0.05
+
+
 # ---------------------------------------------------------------- ELBO on a tiny state space
 def _table_model(K, S, L, T, seed):
     """A fixed, non-exact model: logits looked up in a random table indexed by (t, x_t^l, l)."""
@@ -285,6 +299,33 @@ def test_elbo_is_tight_for_a_point_mass_under_the_absorbing_process():
     assert res.nfe == 12
     assert torch.equal(res.nats, torch.zeros(5, dtype=torch.float64))
     assert float(o.log_prob(x0[:1])) == 0.0
+
+
+def _expected_nelbo_by_enumeration(p, o):
+    """E_{x_0 ~ data} of the exact -ELBO of the exact denoiser: every x_t of every step enumerated."""
+    S, L = p.num_states, o.num_positions
+    states = torch.cartesian_prod(*[torch.arange(S)] * L)
+    den, total = o.denoiser(p), 0.0
+    for x0, w0 in zip(o.enumerate(), o.log_prob(o.enumerate()).exp()):
+        nelbo = float(dd.prior_kl(p, x0[None]))
+        for t in range(1, p.T + 1):
+            Qbar = _product(p, 0, t)
+            q = Qbar[x0[0], states[:, 0]] * Qbar[x0[1], states[:, 1]]
+            ok = q > 0
+            tt = torch.full((int(ok.sum()),), t)
+            nelbo += float((q[ok] * dd.vb_term(p, den(states[ok], tt), x0.expand(len(tt), L), states[ok], tt)).sum())
+        total += float(w0) * nelbo
+    return total
+
+
+@pytest.mark.parametrize("name", PROCESS_NAMES)
+def test_exact_denoiser_elbo_is_above_the_entropy_and_closes_as_T_grows(name):
+    o = dd.make_categorical_preset("tiny")
+    p0 = o.log_prob(o.enumerate()).exp()
+    H = float(-(p0 * p0.log()).sum())
+    gaps = [_expected_nelbo_by_enumeration(_process(name, K=3, T=T), o) - H for T in (4, 16)]
+    assert gaps[0] > gaps[1] > 0  # a bound that tightens (the per-position reverse gets exact as T grows)
+    assert gaps[1] < 0.3 * gaps[0]
 
 
 @pytest.mark.statistical

@@ -7,10 +7,10 @@ Use as `import sde_gen.discrete as dd`:
     loss/ELBO: hybrid_loss, vb_term, prior_kl, nelbo, ELBOResult
     samplers:  D3PMAncestral, MaskGIT, DISCRETE_SAMPLERS, build_discrete_sampler, sample_discrete
     oracle:    CategoricalMixture, CATEGORICAL_PRESETS, make_categorical_preset, HIDDEN_PRESET
-    metrics:   total_variation, marginal_tv, mode_weight_tv, exact_noise_floor
+    metrics:   total_variation, marginal_tv, pairwise_tv, mode_weight_tv, exact_noise_floor
 """
 from .losses import ELBOResult, hybrid_loss, nelbo, prior_kl, vb_term
-from .metrics import exact_noise_floor, marginal_tv, mode_weight_tv, total_variation
+from .metrics import exact_noise_floor, marginal_tv, mode_weight_tv, pairwise_tv, total_variation
 from .oracle import CATEGORICAL_PRESETS, HIDDEN_PRESET, CategoricalMixture, make_categorical_preset
 from .processes import (
     PROCESSES,
@@ -56,6 +56,7 @@ __all__ = [
     "HIDDEN_PRESET",
     "total_variation",
     "marginal_tv",
+    "pairwise_tv",
     "mode_weight_tv",
     "exact_noise_floor",
 ]
