@@ -39,8 +39,15 @@ def check_model_output(out: torch.Tensor, x: torch.Tensor, num_classes: int) -> 
 
 
 def _kl(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """sum over the last axis of q log(q / p), with 0 log 0 = 0 (float64)."""
-    return (torch.xlogy(q, q) - torch.xlogy(q, p)).sum(-1)
+    """sum over the last axis of q log(q / p), with 0 log(0 / p) = 0 (float64).
+
+    Entries with q = 0 (e.g. the states a revealed absorbing token cannot reach, where p = 0 too) add
+    nothing to the value and nothing to the gradient (xlogy would give 0/0 = NaN there); p is clamped
+    at 1e-300, so q > 0 with p = 0 costs about 690 nats instead of inf.
+    """
+    pos = q > 0
+    terms = q * (torch.where(pos, q, 1.0).log() - p.clamp_min(1e-300).log())
+    return torch.where(pos, terms, torch.zeros_like(terms)).sum(-1)
 
 
 def prior_kl(process: DiscreteProcess, x0: torch.Tensor) -> torch.Tensor:

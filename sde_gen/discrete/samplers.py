@@ -179,14 +179,21 @@ class MaskGIT(DiscreteSampler):
         if N > L:
             raise ValueError(f"nfe must be <= the number of positions L = {L} for sampler 'maskgit'; got {N}")
         r = torch.arange(N + 1, dtype=torch.float64) / N
-        masked_after = torch.floor(self.gamma(r[1:]) * L).long().to(dev)  # (N,) target counts
+        masked_after = torch.floor(self.gamma(r[1:]) * L).long()  # (N,) target counts
         masked_after[-1] = 0
-        ts = process.time_for_mask_ratio(self.gamma(r[:-1])).to(dev)  # the step whose mask rate matches
-        t_next = ts[1:].tolist() + [0]  # for the callback only; read once, before the loop
+        # for the callback only (the step matching the target count), on the host, before the loop
+        t_next = [min(t, process.T - 1) if c > 0 else 0 for t, c in
+                  zip(process.time_for_mask_ratio(masked_after.to(torch.float64) / L).tolist(), masked_after.tolist())]
+        masked_after = masked_after.to(dev)
         gen_dev = generator.device if generator is not None else dev
         for i in range(N):
             masked = flat == m
-            logits = model(flat.reshape(x.shape), ts[i].expand(B)).reshape(B, L, -1)
+            # the model sees the step whose mask probability is the row's masked fraction; a row with a
+            # revealed token is impossible at abar_T = 0, so such rows get at most T - 1
+            ratio = masked.to(torch.float64).mean(1)
+            t = process.time_for_mask_ratio(ratio)
+            t = torch.where(ratio < 1, t.clamp(max=max(process.T - 1, 1)), t)
+            logits = model(flat.reshape(x.shape), t).reshape(B, L, -1)
             logp = torch.log_softmax(logits.to(torch.float64) / self.temperature, -1)
             drawn = sample_categorical(logp.exp(), generator)
             conf = torch.gather(logp, 2, drawn[..., None])[..., 0]
