@@ -67,7 +67,7 @@ def mode_weight_tv(samples: torch.Tensor, oracle: CategoricalMixture) -> torch.T
     """TV between the weights and the empirical frequencies of the most responsible component: 0-d float64."""
     x = check_tokens(samples, oracle.num_classes, "samples")
     x = x.reshape(x.shape[0], -1)
-    log_r = oracle.weights.to(x.device).log() + oracle._component_log_lik(x, oracle.probs)
+    log_r = oracle.weights.to(x.device).log() + oracle.component_log_likelihood(x, oracle.probs)
     freq = torch.bincount(log_r.argmax(1), minlength=oracle.num_components).to(torch.float64) / x.shape[0]
     return 0.5 * (freq - oracle.weights.to(x.device)).abs().sum()
 

@@ -62,8 +62,8 @@ class CategoricalMixture(nn.Module):
         return self.probs.shape[2]
 
     # ---- the law ----
-    def _component_log_lik(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """(n, C): sum_l log probs[c, l, x^l]."""
+    def component_log_likelihood(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """(n, C): log prod_l probs[c, l, x^l] for x (n, L) long ids (unchecked; `probs` (C, L, S))."""
         n, L = x.shape
         C, _, S = probs.shape
         logp = probs.to(x.device).log()  # (C, L, S)
@@ -73,7 +73,7 @@ class CategoricalMixture(nn.Module):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) for x (n, L) long ids: (n,) float64."""
         x = check_tokens(x, self.num_classes, "x")
-        return torch.logsumexp(self.weights.to(x.device).log() + self._component_log_lik(x, self.probs), dim=1)
+        return torch.logsumexp(self.weights.to(x.device).log() + self.component_log_likelihood(x, self.probs), dim=1)
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, device=None, return_labels: bool = False):
         """n exact draws: (n, L) long (and the (n,) component labels)."""
@@ -101,6 +101,8 @@ class CategoricalMixture(nn.Module):
     def noised(self, process: DiscreteProcess, t: int) -> "CategoricalMixture":
         """q_t as a mixture over the process's S states (exact for every t in [0, T])."""
         self._check_process(process)
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= process.T:
+            raise ValueError(f"t must be an integer step in [0, T = {process.T}]; got {t!r}")
         Qbar = process.cumulative_matrix(torch.tensor([t], device=process.betas.device))[0][: self.num_classes]
         return CategoricalMixture(self.weights, self.probs.to(Qbar.device) @ Qbar)
 

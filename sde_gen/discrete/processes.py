@@ -56,6 +56,7 @@ __all__ = [
     "build_process",
     "check_tokens",
     "posterior_probs",
+    "sample_categorical",
 ]
 
 SCHEDULES = ("cosine", "linear", "mutual_information")
@@ -220,16 +221,6 @@ class DiscreteProcess(nn.Module, ABC):
         if self.mask_index is not None:
             return check_tokens(x0, self.num_states, name, mask_index=self.mask_index)
         return check_tokens(x0, self.num_classes, name)
-
-    def check_times(self, t: torch.Tensor, B: int, low: int = 1, name: str = "t") -> torch.Tensor:
-        """t as a (B,) long tensor of steps in [low, T], else a ValueError naming `name`."""
-        if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.shape != (B,):
-            raise ValueError(f"{name} must be a (B,) = ({B},) integer tensor of steps in [{low}, {self.T}]; got "
-                             f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__} "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else ''}")
-        if int(t.min()) < low or int(t.max()) > self.T:
-            raise ValueError(f"{name} must hold steps in [{low}, {self.T}]; got [{int(t.min())}, {int(t.max())}]")
-        return t.long()
 
     def q_probs(self, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """q(x_t | x_0) = row x_0 of Qbar_t: (B, *event, S) float64 for x0 (B, *event), t (B,)."""
