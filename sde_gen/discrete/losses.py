@@ -81,7 +81,7 @@ def hybrid_loss(process: DiscreteProcess, model: Model, x0: torch.Tensor, genera
     """D3PM's hybrid loss L_vb + lambda * CE at one uniform step t per sample (D3PM eq. 6).
 
     Both terms are averaged over positions (so the scale does not grow with L) and over the batch;
-    T times the mean of the L_vb part plus L_T is an unbiased estimate of the negative ELBO.
+    T L times the batch mean of the L_vb part, plus L_T, is an unbiased estimate of the mean negative ELBO.
 
     Args:
         process: the forward process. model: `model(x_t, t) -> (B, *event, K)` logits.
