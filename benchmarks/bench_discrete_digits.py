@@ -95,7 +95,7 @@ def main(argv=None):
         fig, axes = plt.subplots(1, len(grids), figsize=(3 * len(grids), 3.3))
         for ax, (title, x) in zip(list(axes) if len(grids) > 1 else [axes], grids):
             img = x[:64].reshape(8, 8, 8, 8).permute(0, 2, 1, 3).reshape(64, 64)
-            ax.imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=16)
+            ax.imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=16, interpolation="nearest")
             ax.set_title(title, fontsize=7)
             ax.axis("off")
         fig.tight_layout()
