@@ -182,13 +182,13 @@ def test_oracle_noised_law_and_denoiser_equal_brute_force_bayes(name):
 def test_oracle_sampling_matches_its_law(stat_seed):
     g = torch.Generator().manual_seed(stat_seed(3))
     o = dd.make_categorical_preset("tiny")
-    floor = dd.exact_noise_floor(dd.total_variation, o, 20000, replicates=8, generator=g)
+    floor = dd.exact_noise_floor(dd.total_variation, o, 10000, replicates=6, generator=g)
     assert floor["mean"] < 0.02
-    x = o.sample(20000, g)
+    x = o.sample(10000, g)
     assert float(dd.total_variation(x, o)) < floor["mean"] + 5 * floor["std"]
     for name in dd.CATEGORICAL_PRESETS:
         big = dd.make_categorical_preset(name)
-        assert float(dd.marginal_tv(big.sample(20000, g), big)) < 0.03
+        assert float(dd.marginal_tv(big.sample(10000, g), big)) < 0.03
 
 
 def test_pairwise_tv_equals_the_full_tv_on_two_positions_and_sees_lost_correlations():
@@ -408,10 +408,10 @@ def test_ancestral_with_the_exact_denoiser_on_a_product_law_is_exact_on_any_sub_
 def test_ancestral_with_the_exact_denoiser_reproduces_a_correlated_law(name, stat_seed):
     g = torch.Generator().manual_seed(stat_seed(11))
     o = dd.make_categorical_preset("tiny")
-    p = _process(name, K=3, T=64)
-    n = 20000
+    p = _process(name, K=3, T=48)
+    n = 10000
     floor = dd.exact_noise_floor(dd.total_variation, o, n, replicates=8, generator=g)
-    fine = float(dd.total_variation(dd.sample_discrete(p, o.denoiser(p), (n, 2), nfe=64, generator=g).samples, o))
+    fine = float(dd.total_variation(dd.sample_discrete(p, o.denoiser(p), (n, 2), nfe=48, generator=g).samples, o))
     coarse = float(dd.total_variation(dd.sample_discrete(p, o.denoiser(p), (n, 2), nfe=1, generator=g).samples, o))
     # every step of the fine grid moves few positions, so the per-position reverse is (almost) the joint one
     assert fine < floor["mean"] + 5 * floor["std"]
