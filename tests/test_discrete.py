@@ -12,6 +12,12 @@ import sde_gen.discrete as dd
 PROCESS_NAMES = list(dd.PROCESSES)
 
 
+def _within_floor(floor):
+    """The largest TV an exact sampler plausibly scores: the floor's mean plus 5 spreads, the spread estimated
+    from few replicates and therefore taken at least a quarter of the mean (TV of n draws has a CV near 0.3)."""
+    return floor["mean"] + 5 * max(floor["std"], 0.25 * floor["mean"])
+
+
 def _process(name, K=3, T=6, **kw):
     return dd.build_process(name, K, num_timesteps=T, **kw)
 
@@ -185,7 +191,7 @@ def test_oracle_sampling_matches_its_law(stat_seed):
     floor = dd.exact_noise_floor(dd.total_variation, o, 10000, replicates=6, generator=g)
     assert floor["mean"] < 0.02
     x = o.sample(10000, g)
-    assert float(dd.total_variation(x, o)) < floor["mean"] + 5 * floor["std"]
+    assert float(dd.total_variation(x, o)) < _within_floor(floor)
     for name in dd.CATEGORICAL_PRESETS:
         big = dd.make_categorical_preset(name)
         assert float(dd.marginal_tv(big.sample(10000, g), big)) < 0.03
@@ -400,7 +406,7 @@ def test_ancestral_with_the_exact_denoiser_on_a_product_law_is_exact_on_any_sub_
     floor = dd.exact_noise_floor(dd.total_variation, o, n, replicates=8, generator=g)
     for nfe in (1, 3, 40):
         res = dd.sample_discrete(p, o.denoiser(p), (n, 2), nfe=nfe, generator=g)
-        assert float(dd.total_variation(res.samples, o)) < floor["mean"] + 5 * floor["std"], nfe
+        assert float(dd.total_variation(res.samples, o)) < _within_floor(floor), nfe
 
 
 @pytest.mark.statistical
@@ -414,7 +420,7 @@ def test_ancestral_with_the_exact_denoiser_reproduces_a_correlated_law(name, sta
     fine = float(dd.total_variation(dd.sample_discrete(p, o.denoiser(p), (n, 2), nfe=48, generator=g).samples, o))
     coarse = float(dd.total_variation(dd.sample_discrete(p, o.denoiser(p), (n, 2), nfe=1, generator=g).samples, o))
     # every step of the fine grid moves few positions, so the per-position reverse is (almost) the joint one
-    assert fine < floor["mean"] + 5 * floor["std"]
+    assert fine < _within_floor(floor)
     # one step samples the positions independently: the correlation is lost, far above the floor
     assert coarse > 10 * floor["mean"]
 
@@ -431,7 +437,7 @@ def test_maskgit_random_order_one_token_per_step_is_exact_and_error_falls_with_s
         res = dd.sample_discrete(p, o.denoiser(p), (n, 4), sampler="maskgit", nfe=nfe, choice_temperature=1e6, generator=g)
         assert res.nfe == nfe and not (res.samples == p.mask_index).any()
         tv[nfe] = float(dd.total_variation(res.samples, o))
-    assert tv[4] < floor["mean"] + 5 * floor["std"]  # a random-order chain rule: exact
+    assert tv[4] < _within_floor(floor)  # a random-order chain rule: exact
     assert tv[1] > tv[2] > tv[4]
     greedy = dd.sample_discrete(p, o.denoiser(p), (n, 4), sampler="maskgit", nfe=4, generator=g)
     assert float(dd.total_variation(greedy.samples, o)) > tv[4]  # confidence order is biased (mode-seeking)
