@@ -1,7 +1,7 @@
 """sde_gen: score-based generative modelling through SDEs, checked against exact scores.
 
 Public API (explicit re-exports; nothing relies on side-effect imports):
-    SDEs:      SDE, VPSDE, SubVPSDE, VESDE, SDES, build_sde
+    SDEs:      SDE, VPSDE, SubVPSDE, VESDE, EDMSDE, SDES, build_sde
     oracles:   GaussianMixture, PRESETS, make_preset, ExactConditionalScore
     guidance:  classifier_free, classifier_guided, GuidedScore
     sampling:  sample, SAMPLERS, SampleResult
@@ -20,7 +20,7 @@ from .losses import DenoisingScoreMatching, NoiseConditionalCrossEntropy, dsm_lo
 from .nets import MLP, NoiseConditionalClassifier, ScoreModel, UNet, build_score_model
 from .oracles import PRESETS, ExactConditionalScore, GaussianMixture, make_preset
 from .samplers import SAMPLERS, SampleResult, sample
-from .sdes import SDE, SDES, SubVPSDE, VESDE, VPSDE, build_sde
+from .sdes import SDE, SDES, EDMSDE, SubVPSDE, VESDE, VPSDE, build_sde
 from .training import train
 from .utils import append_dims, batch_sum
 
@@ -31,6 +31,7 @@ __all__ = [
     "VPSDE",
     "SubVPSDE",
     "VESDE",
+    "EDMSDE",
     "SDES",
     "build_sde",
     "GaussianMixture",
