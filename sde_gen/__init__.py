@@ -8,14 +8,16 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
     training:  dsm_loss, DenoisingScoreMatching, ScoreModel, MLP, UNet, build_score_model, DATASETS,
                build_dataset, train, load_trained, Trained
     conditional: NoiseConditionalClassifier, NoiseConditionalCrossEntropy, load_classifier
-    likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult
+    likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult,
+               elbo, ELBOResult, estimate_gamma, GammaTable
     helpers:   append_dims, batch_sum
 The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 """
+from .analytic import GammaTable, estimate_gamma
 from .checkpoint import Trained, load_classifier, load_trained
 from .data import DATASETS, build_dataset
 from .guidance import GuidedScore, classifier_free, classifier_guided
-from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, evaluate_dataset, log_likelihood
+from .likelihood import BitsPerDimResult, ELBOResult, LikelihoodResult, bits_per_dim, elbo, evaluate_dataset, log_likelihood
 from .losses import DenoisingScoreMatching, NoiseConditionalCrossEntropy, dsm_loss
 from .nets import MLP, NoiseConditionalClassifier, ScoreModel, UNet, build_score_model
 from .oracles import PRESETS, ExactConditionalScore, GaussianMixture, make_preset
@@ -63,6 +65,10 @@ __all__ = [
     "evaluate_dataset",
     "LikelihoodResult",
     "BitsPerDimResult",
+    "elbo",
+    "ELBOResult",
+    "estimate_gamma",
+    "GammaTable",
     "append_dims",
     "batch_sum",
 ]
