@@ -200,3 +200,21 @@ def test_probability_flow_likelihood_is_exact_under_the_edm_sde():
                          prior_logp=gauss.perturbed(sde, sde.T).log_prob)
     exact = gauss.perturbed(sde, sde.eps).log_prob(x)
     assert (res.logp - exact).abs().max() / 16 < 1e-4, (res.logp - exact)
+
+
+def test_model_node_parameterization_builds_the_edm_score_model():
+    from omegaconf import OmegaConf
+
+    from sde_gen.config import ConfigError, register_configs
+    from sde_gen.nets import build_score_model
+
+    register_configs()
+    node = OmegaConf.create({"_target_": "sde_gen.nets.mlp.MLP", "hidden": 16, "depth": 1, "parameterization": "edm"})
+    model = build_score_model(node, EDMSDE(), (3,), data_std=0.7)
+    assert model.parameterization == "edm" and model.data_std == 0.7
+    x, t = torch.randn(4, 3), torch.full((4,), 1.0)
+    assert model(x, t).shape == x.shape
+    assert build_score_model(OmegaConf.create({"_target_": "sde_gen.nets.mlp.MLP", "hidden": 16, "depth": 1}),
+                             EDMSDE(), (3,)).parameterization == "score"
+    with pytest.raises(ConfigError, match="model.parameterization must be one of"):
+        build_score_model(OmegaConf.merge(node, {"parameterization": "v"}), EDMSDE(), (3,))
