@@ -268,3 +268,18 @@ def test_elbo_serves_images_and_float32_like_vectors(dtype, stat_seed):
         ref = elbo(sde, score, x.to(f64), 8, variance=variance, gamma=gamma, generator=torch.Generator().manual_seed(stat_seed(7)))
         se = math.hypot(float(vec.elbo.std()), float(ref.elbo.std())) / math.sqrt(64)
         assert torch.isfinite(vec.elbo).all() and abs(float(vec.elbo.mean() - ref.elbo.mean())) < 5 * se
+
+
+def test_gamma_and_analytic_variance_follow_the_inputs_device_not_the_default():
+    # (elbo and the samplers go through time_grid -> SDE.check_t_min, which builds its probe on the
+    # default device, so they are not run under the meta default here)
+    from ._mutation_support import foreign_default_device
+
+    sde = VPSDE()
+    x = ORACLE.sample(8, torch.Generator().manual_seed(0), dtype=f64)
+    ts = time_grid(sde, 4)
+    with foreign_default_device():
+        table = estimate_gamma(ORACLE.score_fn(sde), sde, x, ts, generator=torch.Generator().manual_seed(1))
+        var = analytic_variance(sde, ts[:-1], ts[1:], table(ts[:-1]))
+        g = table(ts)
+    assert var.device.type == g.device.type == "cpu" and torch.isfinite(var).all() and (var > 0).all()
