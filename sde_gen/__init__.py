@@ -1,7 +1,7 @@
 """sde_gen: score-based generative modelling through SDEs, checked against exact scores.
 
 Public API (explicit re-exports; nothing relies on side-effect imports):
-    SDEs:      SDE, VPSDE, SubVPSDE, VESDE, SDES, build_sde
+    SDEs:      SDE, VPSDE, SubVPSDE, VESDE, EDMSDE, SDES, build_sde
     oracles:   GaussianMixture, PRESETS, make_preset, ExactConditionalScore
     guidance:  classifier_free, classifier_guided, GuidedScore
     inverse problems: LinearMeasurement, Inpainting, Colorization, Replacement, RePaint, DPS,
@@ -10,10 +10,12 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
     training:  dsm_loss, DenoisingScoreMatching, ScoreModel, MLP, UNet, build_score_model, DATASETS,
                build_dataset, train, load_trained, Trained
     conditional: NoiseConditionalClassifier, NoiseConditionalCrossEntropy, load_classifier
-    likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult
+    likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult,
+               elbo, ELBOResult, estimate_gamma, GammaTable
     helpers:   append_dims, batch_sum
 The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 """
+from .analytic import GammaTable, estimate_gamma
 from .checkpoint import Trained, load_classifier, load_trained
 from .data import DATASETS, build_dataset
 from .guidance import GuidedScore, classifier_free, classifier_guided
@@ -28,12 +30,12 @@ from .inverse import (
     Replacement,
     build_condition,
 )
-from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, evaluate_dataset, log_likelihood
+from .likelihood import BitsPerDimResult, ELBOResult, LikelihoodResult, bits_per_dim, elbo, evaluate_dataset, log_likelihood
 from .losses import DenoisingScoreMatching, NoiseConditionalCrossEntropy, dsm_loss
 from .nets import MLP, NoiseConditionalClassifier, ScoreModel, UNet, build_score_model
 from .oracles import PRESETS, ExactConditionalScore, GaussianMixture, make_preset
 from .samplers import SAMPLERS, SampleResult, sample
-from .sdes import SDE, SDES, SubVPSDE, VESDE, VPSDE, build_sde
+from .sdes import SDE, SDES, EDMSDE, SubVPSDE, VESDE, VPSDE, build_sde
 from .training import train
 from .utils import append_dims, batch_sum
 
@@ -44,6 +46,7 @@ __all__ = [
     "VPSDE",
     "SubVPSDE",
     "VESDE",
+    "EDMSDE",
     "SDES",
     "build_sde",
     "GaussianMixture",
@@ -84,6 +87,10 @@ __all__ = [
     "evaluate_dataset",
     "LikelihoodResult",
     "BitsPerDimResult",
+    "elbo",
+    "ELBOResult",
+    "estimate_gamma",
+    "GammaTable",
     "append_dims",
     "batch_sum",
 ]

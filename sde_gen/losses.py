@@ -7,7 +7,18 @@ since grad log p(x_t | x_0) = -z / s(t). Weightings lambda(t):
     "sigma2"      lambda = s(t)^2 (Song et al. 2021 default; equals the noise-prediction loss),
     "likelihood"  lambda = g(t)^2 (Song, Durkan et al. 2021, "Maximum likelihood training of
                   score-based diffusion models", Thm. 1: the loss bounds the negative log-likelihood),
-    "none"        lambda = 1.
+    "none"        lambda = 1,
+    "edm"         lambda = s(t)^2 (sigma^2 + sigma_data^2) / sigma_data^2 with sigma = s(t) / a(t): the
+                  EDM weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on ||D(x~; sigma) - x_0||^2
+                  (Karras et al. 2022, Table 1 and eq. 8), rewritten for the score residual, since
+                  || score + z / s ||^2 = ||D - x_0||^2 / (sigma s)^2. With `ScoreModel(parameterization="edm")`
+                  the loss is 1/2 || F - F_target ||^2, the preconditioned network's unit-variance target.
+
+Training times ("time_distribution"):
+    "uniform"     t ~ U(eps, T) (Song et al. 2021),
+    "log_normal"  ln sigma ~ N(P_mean, P_std^2) with sigma = s(t) / a(t) (Karras et al. 2022, Table 1;
+                  P_mean = -1.2, P_std = 1.2), i.e. t = lambda^{-1}(-ln sigma), clamped to [eps, T]
+                  (the SDE has no noise level beyond its time range).
 
 Importance sampling for the likelihood weighting: for any SDE with affine marginals,
 d lambda_snr/dt = -g(t)^2 / (2 s(t)^2) where lambda_snr(t) = log(a(t) / s(t)), so drawing the
@@ -35,23 +46,35 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ._validation import check_choice
+from ._validation import check_choice, check_finite, check_positive
 from .sdes import SDE
 from .utils import append_dims
 
-__all__ = ["WEIGHTINGS", "REDUCTIONS", "sample_time", "dsm_loss", "DenoisingScoreMatching", "drop_labels",
+__all__ = ["WEIGHTINGS", "REDUCTIONS", "TIME_DISTRIBUTIONS", "sample_time", "dsm_loss", "DenoisingScoreMatching", "drop_labels",
            "NoiseConditionalCrossEntropy", "LOSSES"]
 
-WEIGHTINGS = ("sigma2", "likelihood", "none")
+WEIGHTINGS = ("sigma2", "likelihood", "none", "edm")
+TIME_DISTRIBUTIONS = ("uniform", "log_normal")
 REDUCTIONS = ("mean", "sum")
 
 
-def _check_options(weighting: str, importance_sampling: bool, reduction: str) -> None:
+def _check_options(weighting: str, importance_sampling: bool, reduction: str,
+                   time_distribution: str = "uniform", p_std: float = 1.2, sigma_data: float = 0.5,
+                   p_mean: float = -1.2) -> None:
     check_choice("weighting", weighting, WEIGHTINGS)
+    check_finite("p_mean", p_mean)
     check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("time_distribution", time_distribution, TIME_DISTRIBUTIONS)
+    check_positive("p_std", p_std)
+    check_positive("sigma_data", sigma_data)
     if importance_sampling and weighting != "likelihood":
         raise ValueError(
             f"importance_sampling=True needs weighting='likelihood'; got weighting={weighting!r}"
+        )
+    if importance_sampling and time_distribution != "uniform":
+        raise ValueError(
+            "importance_sampling=True draws its own times and needs time_distribution='uniform'; "
+            f"got time_distribution={time_distribution!r}"
         )
 
 
@@ -62,6 +85,9 @@ def sample_time(
     generator: Optional[torch.Generator] = None,
     device=None,
     dtype: torch.dtype = torch.float32,
+    distribution: str = "uniform",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
 ):
     """Draw training times.
 
@@ -70,13 +96,24 @@ def sample_time(
         batch_size: B.
         importance_sampling: draw t with density proportional to g(t)^2 / s(t)^2 instead of U(eps, T).
         generator, device, dtype: of the result; device None follows the generator.
+        distribution: "uniform" (t ~ U(eps, T)) or "log_normal" (ln sigma ~ N(p_mean, p_std^2),
+            sigma = s(t) / a(t), Karras et al. 2022; t clamped to [eps, T]).
+        p_mean, p_std: the log-normal's parameters (only for "log_normal").
 
     Returns:
         `(t, weight)`, each of shape (B,): the times and the importance weight 1 / (p(t) (T - eps))
-        relative to uniform sampling (ones when `importance_sampling` is False).
+        relative to uniform sampling (ones unless `importance_sampling`: the log-normal draw is
+        a different training distribution, not an importance sample of the uniform one).
     """
     if device is None and generator is not None:
         device = generator.device
+    check_choice("time_distribution", distribution, TIME_DISTRIBUTIONS)
+    if distribution == "log_normal":
+        if importance_sampling:
+            raise ValueError("importance_sampling=True needs time_distribution='uniform'; got 'log_normal'")
+        n = torch.randn(batch_size, generator=generator, device=device, dtype=torch.float64)
+        t = sde.time_at_half_log_snr(-(p_mean + p_std * n)).clamp(sde.eps, sde.T)
+        return t.to(dtype), torch.ones(batch_size, device=device, dtype=dtype)
     u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
     if not importance_sampling:
         t = sde.eps + (sde.T - sde.eps) * u
@@ -101,6 +138,10 @@ def dsm_loss(
     t: Optional[torch.Tensor] = None,
     noise: Optional[torch.Tensor] = None,
     y: Optional[torch.Tensor] = None,
+    time_distribution: str = "uniform",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    sigma_data: float = 0.5,
 ) -> torch.Tensor:
     """Per-sample denoising score-matching loss.
 
@@ -115,6 +156,8 @@ def dsm_loss(
         t, noise: fix the times (B,) and the noise (like x0) instead of drawing them.
         y: (B,) long class labels passed to `score_fn` (conditional training); None calls
             `score_fn(x, t)` exactly as an unconditional model expects.
+        time_distribution, p_mean, p_std: how t is drawn (`sample_time`'s `distribution`).
+        sigma_data: the data's standard deviation in the "edm" weighting.
 
     Returns:
         (B,) losses 1/2 lambda(t) || score + z / s(t) ||^2, reduced over the event dimensions and
@@ -122,19 +165,24 @@ def dsm_loss(
 
     Raises:
         ValueError: an unknown `weighting` or `reduction`, or importance sampling without the
-            likelihood weighting (checked on every call; `DenoisingScoreMatching` checks once).
+            likelihood weighting, an unknown `time_distribution`, a non-positive `p_std` or
+            `sigma_data` (checked on every call; `DenoisingScoreMatching` checks once).
     """
-    _check_options(weighting, importance_sampling, reduction)
-    return _dsm(score_fn, sde, x0, weighting, importance_sampling, reduction, generator, t, noise, y)
+    _check_options(weighting, importance_sampling, reduction, time_distribution, p_std, sigma_data, p_mean)
+    return _dsm(score_fn, sde, x0, weighting, importance_sampling, reduction, generator, t, noise, y,
+                time_distribution, p_mean, p_std, sigma_data)
 
 
 def _dsm(score_fn, sde: SDE, x0: torch.Tensor, weighting: str, importance_sampling: bool, reduction: str,
          generator: Optional[torch.Generator], t: Optional[torch.Tensor] = None,
-         noise: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+         noise: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
+         time_distribution: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2,
+         sigma_data: float = 0.5) -> torch.Tensor:
     """`dsm_loss` with options already checked (the per-step path of `DenoisingScoreMatching`)."""
     B = x0.shape[0]
     if t is None:
-        t, iw = sample_time(sde, B, importance_sampling, generator, device=x0.device, dtype=x0.dtype)
+        t, iw = sample_time(sde, B, importance_sampling, generator, device=x0.device, dtype=x0.dtype,
+                            distribution=time_distribution, p_mean=p_mean, p_std=p_std)
     else:
         iw = torch.ones(B, device=x0.device, dtype=x0.dtype)
     if noise is None:
@@ -151,6 +199,10 @@ def _dsm(score_fn, sde: SDE, x0: torch.Tensor, weighting: str, importance_sampli
         lam_over_s2 = torch.ones_like(std)
     elif weighting == "likelihood":
         lam_over_s2 = (sde.diffusion(t) ** 2 / sde.marginal_var(t)).to(x0.dtype)
+    elif weighting == "edm":
+        # lambda / s^2 = sigma^2 lambda_EDM(sigma) = (sigma^2 + sigma_data^2) / sigma_data^2, sigma = s / a
+        a, s = sde.marginal_coeffs(t)
+        lam_over_s2 = (1.0 + (s / a) ** 2 / sigma_data ** 2).to(x0.dtype)
     else:
         lam_over_s2 = 1.0 / std ** 2
     return 0.5 * lam_over_s2 * sq * iw
@@ -167,6 +219,9 @@ class DenoisingScoreMatching(nn.Module):
         weighting: "sigma2", "likelihood" or "none" (module docstring).
         importance_sampling: draw t proportionally to g^2 / s^2 (needs weighting="likelihood").
         reduction: "mean" or "sum" over the event dimensions.
+        time_distribution: "uniform" or "log_normal" (module docstring).
+        p_mean, p_std: ln sigma ~ N(p_mean, p_std^2) for "log_normal" (Karras et al. 2022: -1.2, 1.2).
+        sigma_data: the data's standard deviation in the "edm" weighting (Karras et al. 2022: 0.5).
 
     Call: `loss(score_fn, sde, x0 (B, *event), generator, y=None)` -> scalar; `y` (B,) labels
     are passed on to `score_fn(x_t, t, y)` (conditional training).
@@ -175,18 +230,26 @@ class DenoisingScoreMatching(nn.Module):
     #: what the training loop builds for this loss: a score model (`sde_gen.nets.build_score_model`)
     trains = "score"
 
-    def __init__(self, weighting: str = "sigma2", importance_sampling: bool = False, reduction: str = "mean"):
+    def __init__(self, weighting: str = "sigma2", importance_sampling: bool = False, reduction: str = "mean",
+                 time_distribution: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2,
+                 sigma_data: float = 0.5):
         super().__init__()
-        _check_options(weighting, importance_sampling, reduction)
+        _check_options(weighting, importance_sampling, reduction, time_distribution, p_std, sigma_data, p_mean)
         self.weighting, self.reduction = weighting, reduction
         self.importance_sampling = bool(importance_sampling)
+        self.time_distribution = time_distribution
+        self.p_mean, self.p_std, self.sigma_data = float(p_mean), float(p_std), float(sigma_data)
 
     def forward(self, score_fn, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
                 y: Optional[torch.Tensor] = None):
-        return _dsm(score_fn, sde, x0, self.weighting, self.importance_sampling, self.reduction, generator, y=y).mean()
+        return _dsm(score_fn, sde, x0, self.weighting, self.importance_sampling, self.reduction, generator, y=y,
+                    time_distribution=self.time_distribution, p_mean=self.p_mean, p_std=self.p_std,
+                    sigma_data=self.sigma_data).mean()
 
     def extra_repr(self) -> str:
-        return f"weighting={self.weighting!r}, importance_sampling={self.importance_sampling}, reduction={self.reduction!r}"
+        return (f"weighting={self.weighting!r}, importance_sampling={self.importance_sampling}, reduction={self.reduction!r}, "
+                f"time_distribution={self.time_distribution!r}, p_mean={self.p_mean}, p_std={self.p_std}, "
+                f"sigma_data={self.sigma_data}")
 
 
 def drop_labels(y: torch.Tensor, p: float, num_classes: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -67,6 +67,8 @@ def _lambda_over_s2(sde, weighting, t):
         return torch.ones_like(t)
     if weighting == "likelihood":
         return sde.diffusion(t) ** 2 / var
+    if weighting == "edm":  # (sigma^2 + sigma_data^2) / sigma_data^2, sigma = s / a, the loss's default sigma_data = 0.5
+        return 1.0 + var / sde.mean_coeff(t) ** 2 / 0.5 ** 2
     return 1.0 / var
 
 

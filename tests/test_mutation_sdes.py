@@ -99,7 +99,7 @@ def test_T_and_eps_reach_the_base_class(cls):
 def test_build_sde_by_name():
     assert type(build_sde("ve", sigma_max=10.0)) is VESDE and build_sde("ve", sigma_max=10.0).sigma_max == 10.0
     assert type(build_sde("subvp")) is SubVPSDE
-    with pytest.raises(ValueError, match=r"^sde must be one of \['vp', 'subvp', 've'\]; got 'vpp'$"):
+    with pytest.raises(ValueError, match=r"^sde must be one of \['vp', 'subvp', 've', 'edm'\]; got 'vpp'$"):
         build_sde("vpp")
 
 

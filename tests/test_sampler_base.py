@@ -13,7 +13,7 @@ from sde_gen.metrics import gaussian_w2_to_target
 from sde_gen.samplers import SAMPLERS, CountingScore, GridSampler, build_sampler, sample, time_grid
 from sde_gen.utils import append_dims
 
-from .conftest import ALL_SDES, DEVICES, SDE_IDS
+from .conftest import ALL_SDES, DEVICES, SDE_IDS, grid_for
 
 f64 = torch.float64
 
@@ -91,7 +91,8 @@ def test_euler_maruyama_converges_on_gaussian(sde):
     gm = make_preset("gaussian16d")
     errs = []
     for nfe in (10, 40, 160):
-        x = sample(sde, gm.score_fn(sde), (4000, 16), nfe=nfe, generator=torch.Generator().manual_seed(0), dtype=f64).samples
+        x = sample(sde, gm.score_fn(sde), (4000, 16), nfe=nfe, generator=torch.Generator().manual_seed(0), dtype=f64,
+                   **grid_for(sde)).samples
         errs.append(float(gaussian_w2_to_target(x, gm)))
     assert errs[0] > errs[1] > errs[2]
     floor = float(gaussian_w2_to_target(gm.sample(4000, torch.Generator().manual_seed(1), dtype=f64), gm))

@@ -16,7 +16,7 @@ from sde_gen.metrics import bures_wasserstein, gaussian_w2_to_target, mode_weigh
 from sde_gen.samplers import SAMPLERS, build_sampler, sample, time_grid
 from sde_gen.samplers.pf_ode import METHODS
 
-from .conftest import ALL_SDES, SDE_IDS, ALL_SDES_T, SDE_T_IDS
+from .conftest import ALL_SDES, SDE_IDS, ALL_SDES_T, SDE_T_IDS, grid_for
 
 f64 = torch.float64
 GAUSS = make_preset("gaussian16d")
@@ -77,11 +77,16 @@ def test_pathwise_convergence_order(sde, name, opts, nfes, order):
         # the drift is only C^0 in t there, so a 4th-order method on a grid that straddles the
         # kink measures ~1-2. That is the schedule's doing, not the solver's.
         pytest.skip("capped cosine schedule is not smooth enough for a 4th-order rate")
+    if grid_for(sde) and opts.get("method") == "midpoint":
+        # on the EDM flow of Gaussian data, dx/dt = t (x - m) / (t^2 + lambda) per eigen-direction, the
+        # midpoint rule's error falls at rate 3.0 (measured on the log-SNR and Karras grids):
+        # faster than its order 2, which this test cannot then confirm
+        pytest.skip("the midpoint rule superconverges (rate 3) on the EDM flow of Gaussian data")
     x_T = sde.prior_sample((64, 16), torch.Generator().manual_seed(0), dtype=f64)
     ref = exact_pf_ode(sde, GAUSS, x_T, sde.T, sde.eps)
     errs = []
     for nfe in nfes:
-        res = build_sampler(name, nfe=nfe, denoise=False, **opts)(sde, GAUSS.score_fn(sde), x_T=x_T)
+        res = build_sampler(name, nfe=nfe, denoise=False, **{**grid_for(sde), **opts})(sde, GAUSS.score_fn(sde), x_T=x_T)
         assert res.nfe == nfe
         errs.append(float((res.samples - ref).norm(dim=1).mean()))
     assert errs[0] > errs[1] > errs[2]
@@ -197,7 +202,7 @@ def test_converges_on_gaussian16d(sde, name, opts, nfes, gauss_floor):
     x_T = sde.prior_sample((N_GAUSS, 16), torch.Generator().manual_seed(0), dtype=f64)
     errs = []
     for nfe in nfes:
-        res = sample(sde, GAUSS.score_fn(sde), x_T=x_T, sampler=name, nfe=nfe, generator=torch.Generator().manual_seed(1), **opts)
+        res = sample(sde, GAUSS.score_fn(sde), x_T=x_T, sampler=name, nfe=nfe, generator=torch.Generator().manual_seed(1), **{**grid_for(sde), **opts})
         errs.append(float(gaussian_w2_to_target(res.samples, GAUSS)))
     floor, spread = gauss_floor["mean"], gauss_floor["std"]
     if len(errs) > 1:
@@ -232,7 +237,7 @@ def test_reaches_noise_floor_on_ring(sde, name, opts, nfe, ring_floor):
     replicates, and every deterministic sampler maps the same 1000 starting points (one draw)."""
     sw_floor, mw_floor = ring_floor
     x = sample(sde, RING.score_fn(sde), (N_RING, 2), sampler=name, nfe=nfe,
-               generator=torch.Generator().manual_seed(11), dtype=f64, **opts).samples
+               generator=torch.Generator().manual_seed(11), dtype=f64, **{**grid_for(sde), **opts}).samples
     ref = RING.sample(N_RING, torch.Generator().manual_seed(12), dtype=f64)
     sw = float(sliced_wasserstein(x, ref, 200, torch.Generator().manual_seed(0)))
     mw = float(mode_weight_error(x, RING))
@@ -246,7 +251,7 @@ def test_ddim_eta0_is_deterministic_and_inverts_its_trajectory(sde):
     x_T = sde.prior_sample((32, 16), torch.Generator().manual_seed(3), dtype=f64)
     errs = []
     for nfe in (25, 100, 400):
-        smp = build_sampler("ddim", nfe=nfe, eta=0.0, denoise=False)
+        smp = build_sampler("ddim", nfe=nfe, eta=0.0, denoise=False, **grid_for(sde))
         a = smp(sde, GAUSS.score_fn(sde), x_T=x_T, generator=torch.Generator().manual_seed(0)).samples
         if nfe == 25:
             b = smp(sde, GAUSS.score_fn(sde), x_T=x_T, generator=torch.Generator().manual_seed(1)).samples

@@ -17,7 +17,7 @@ from sde_gen import VESDE, VPSDE, make_preset
 from sde_gen.metrics import bures_wasserstein, gaussian_w2_to_target, mode_weight_error, noise_floor, sliced_wasserstein
 from sde_gen.samplers import SAMPLERS, LangevinCorrector, build_sampler, langevin_correct, sample, time_grid
 
-from .conftest import ALL_SDES, SDE_IDS
+from .conftest import ALL_SDES, SDE_IDS, grid_for
 
 f64 = torch.float64
 GAUSS = make_preset("gaussian16d")
@@ -78,7 +78,7 @@ def exact_law(sde, sampler, num_steps, variance="posterior"):
     the final Tweedie step at t_min is x -> (x + s^2 score) / a.
     """
     m_e = Q.T @ MU  # data mean in the eigenbasis
-    ts = time_grid(sde, num_steps, "uniform")
+    ts = time_grid(sde, num_steps, grid_for(sde).get("grid", "uniform"))
     a_all, s_all = sde.marginal_coeffs(ts)
     f_all, g_all = sde.drift_coeff(ts), sde.diffusion(ts)
     mean, var = a_all[0] * m_e, a_all[0] ** 2 * LAM + s_all[0] ** 2  # the exact p_T

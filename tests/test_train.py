@@ -199,7 +199,7 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx, tmp_pa
 @pytest.mark.parametrize("experiment", [None] + _group_options("experiment"))
 def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experiment):
     over = ([f"experiment={experiment}"] if experiment else []) + TINY + ["train.steps=2", "train.plots=true"]
-    if experiment in ("digits", "conditional_digits", "classifier_digits"):  # keep the U-Net tiny
+    if experiment in ("digits", "conditional_digits", "classifier_digits", "edm_digits"):  # keep the U-Net tiny
         over = [o for o in over if not o.startswith("model.")] + ["model.channels=8"]
     out = train(_compose(*over), str(tmp_path))
     assert out["step"] == 2
@@ -222,7 +222,7 @@ def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experi
         ("train.grad_clip=0", "grad_clip"), ("train.ema_decay=1.0", "ema_decay"),
         ("train.checkpoint_every=0", "checkpoint_every"), ("train.eval_every=0", "eval_every"),
         ("train.max_bad_steps=0", "max_bad_steps"),
-        ("loss.weighting=l2", r"loss: weighting must be one of \['sigma2', 'likelihood', 'none'\]; got 'l2'"),
+        ("loss.weighting=l2", r"loss: weighting must be one of \['sigma2', 'likelihood', 'none', 'edm'\]; got 'l2'"),
         ("loss.importance_sampling=true", "loss: importance_sampling"), ("loss.reduction=avg", "loss: reduction"),
         ("logger=tensorboard logger.log_dir=", "logger: log_dir"),
         ("sde.eps=2", "eps"), ("model.hidden=0", "hidden"), ("sampler.nfe=0", "nfe"),

@@ -9,6 +9,7 @@ trusted explicitly, either for the whole process (`register_backbone`) or for on
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import re
@@ -16,10 +17,10 @@ from typing import Any, Dict, Iterable, Sequence
 
 from torch import nn
 
-from ..config import ConfigError, check_target_names, instantiate, register_target, target_names
+from ..config import ConfigError, check_target_names, instantiate, schema_for, schema_name, target_names
 from .classifier import MLPClassifier, NoiseConditionalClassifier, UNetClassifier
 from .mlp import MLP
-from .score_model import ScoreModel
+from .score_model import PARAMETERIZATIONS, ScoreModel
 from .unet import UNet
 
 __all__ = ["BACKBONES", "CLASSIFIERS", "SHAPE_ARGS", "LABEL_ARG", "register_backbone", "build_score_model",
@@ -34,12 +35,19 @@ CLASSIFIERS: Dict[str, type] = {"classifier_mlp": MLPClassifier, "classifier_une
 SHAPE_ARGS = ("dim", "in_channels", "image_size")
 #: the class-count argument; its schema field also takes "auto" (the data's count, filled in by training)
 LABEL_ARG = "num_classes"
+#: the key of a `model:` node that picks `ScoreModel`'s output parameterisation, not a backbone option
+PARAMETERIZATION_KEY = "parameterization"
 
 
 def register_model_schema(name: str, cls: type) -> None:
-    """Store `/model_<name>_schema`: the constructor's options without the shape arguments, and
-    `num_classes` untyped so that it may also be "auto"."""
-    register_target("model", name, cls, exclude=SHAPE_ARGS, untyped=(LABEL_ARG,))
+    """Store `/model_<name>_schema`: the constructor's options without the shape arguments,
+    `num_classes` untyped so that it may also be "auto", and `parameterization` ("score" or "edm",
+    `ScoreModel`'s; taken off before the backbone is built)."""
+    from hydra.core.config_store import ConfigStore
+
+    base = schema_for(cls, exclude=SHAPE_ARGS, untyped=(LABEL_ARG,))
+    schema = dataclasses.make_dataclass(base.__name__, [(PARAMETERIZATION_KEY, str, "score")], bases=(base,))
+    ConfigStore.instance().store(name=schema_name("model", name), node=schema)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -120,6 +128,8 @@ def _build_backbone(model_cfg, cls: type, event_shape: Sequence[int], num_classe
                 f"model: {cls.__name__} needs image data (C, H, W); the data have event shape {tuple(event_shape)}"
             )
         extra["in_channels"], extra["image_size"] = event_shape[0], event_shape[-1]
+    if PARAMETERIZATION_KEY in model_cfg:
+        model_cfg = {k: v for k, v in model_cfg.items() if k != PARAMETERIZATION_KEY}
     if model_cfg.get(LABEL_ARG) == "auto":
         if num_classes is None:
             raise ConfigError(f"model.{LABEL_ARG}=auto takes the data's class count, which was not given "
@@ -162,7 +172,7 @@ def build_score_model(
             (e.g. "sde_gen.nets.mlp.MLP"), or one listed in `trusted_targets`.
         sde: the forward SDE (gives the score parameterisation its std(t)).
         event_shape: the shape of one data point, e.g. (2,) or (1, 8, 8).
-        data_std: the data's standard deviation (input scaling of the parameterisation).
+        data_std: the data's standard deviation (sigma_data of the parameterisation).
         trusted_targets: further `_target_` strings of your own to import and build.
         num_classes: the data's class count, used when the node says `num_classes: auto`
             (a conditional model, see `sde_gen.nets.TimeEmbedding`).
@@ -173,4 +183,8 @@ def build_score_model(
     """
     trusted = check_target_names("trusted_targets", trusted_targets)
     cls = _backbone_class(model_cfg.get("_target_"), trusted)
-    return ScoreModel(_build_backbone(model_cfg, cls, event_shape, num_classes), sde, data_std=data_std)
+    parameterization = model_cfg.get(PARAMETERIZATION_KEY, "score")
+    if parameterization not in PARAMETERIZATIONS:
+        raise ConfigError(f"model.{PARAMETERIZATION_KEY} must be one of {list(PARAMETERIZATIONS)}; got {parameterization!r}")
+    return ScoreModel(_build_backbone(model_cfg, cls, event_shape, num_classes), sde, data_std=data_std,
+                      parameterization=parameterization)

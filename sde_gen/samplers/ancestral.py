@@ -16,20 +16,24 @@ eq. 47's NCSN counterpart). The same construction gives the sub-VP chain.
 Reverse variance (Ho et al. 2020, Sec. 3.2, the two extreme choices):
     "posterior"  sigma^2 = (1 - abar_{t-1}) / (1 - abar_t) beta_t, i.e. v_{t|s} s(s)^2 / s(t)^2
     "beta"       sigma^2 = beta_t, i.e. v_{t|s} (the forward transition variance)
+    "analytic"   the KL-optimal sigma^2 = lambda^2 + c_0^2 (s_t / a_t)^2 (1 - s_t^2 Gamma_t), clipped
+                 (Bao et al. 2022, Analytic-DPM, Thm. 1-2; `sde_gen.analytic`), from `gamma`
 Weak order 1, one score evaluation per step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
 from .._validation import check_choice
+from ..analytic import analytic_variance
 from ..parameterization import x0_from_score
 from ..utils import append_dims
 from .base import GridSampler
 
-VARIANCES = ("posterior", "beta")
+VARIANCES = ("posterior", "beta", "analytic")
 
 
 @dataclass(eq=False, kw_only=True)
@@ -37,7 +41,10 @@ class Ancestral(GridSampler):
     """Ancestral sampling of the grid's exact discrete chain (DDPM for VP); every SDE.
 
     Args:
-        variance: "posterior" (the DDPM posterior variance) or "beta" (the transition variance).
+        variance: "posterior" (the DDPM posterior variance), "beta" (the transition variance) or
+            "analytic" (Analytic-DPM's optimum; needs `gamma`).
+        gamma: for "analytic", Gamma_t = E||score||^2 / d as a function of (N,) float64 times
+            (`sde_gen.estimate_gamma` on this sampler's grid, or a closed form).
         (and the `Sampler` options nfe, denoise, grid, rho, t_min, check_finite)
     """
 
@@ -48,15 +55,28 @@ class Ancestral(GridSampler):
     default_grid = "uniform"
 
     variance: str = "posterior"
+    gamma: Optional[Callable] = None
 
     def __post_init__(self):
         check_choice("variance", self.variance, VARIANCES)
+        if self.variance == "analytic" and not callable(self.gamma):
+            raise ValueError("gamma must be a callable t -> Gamma_t (e.g. sde_gen.estimate_gamma(...)) for "
+                             f"variance='analytic'; got {self.gamma!r}")
         super().__post_init__()
+
+    def init_state(self, sde, x, ts, evals=None):
+        if self.variance != "analytic":
+            return {}
+        # the per-step standard deviations, once per run in float64 (no host sync inside the loop)
+        t, u = ts[:-1], ts[1:]
+        return {"std": analytic_variance(sde, t, u, self.gamma(t).to(ts)).sqrt().to(x.dtype)}
 
     def step(self, sde, score, x, i, t, t_next, generator, state):
         x0_hat = x0_from_score(sde, x, t, score(x, t))
         mean, std = sde.posterior(x, x0_hat, t_next, t)
         if self.variance == "beta":
             std = sde.transition_coeffs(t_next, t)[1].sqrt().to(x.dtype)
+        elif self.variance == "analytic":
+            std = state["std"][i].expand(x.shape[0])
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return mean + append_dims(std, x.ndim) * z

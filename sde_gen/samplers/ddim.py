@@ -7,6 +7,10 @@ and x0_hat = (x_t - s(t) eps_hat) / a(t) (Tweedie):
     x_u = a(u) x0_hat + sqrt(s(u)^2 - sigma^2) eps_hat + sigma z,   z ~ N(0, I),
     sigma = eta * std of q(x_u | x_t, x_0)   (`sde.posterior`; the paper's eq. 16 for VP).
 
+With `variance="analytic"` (and eta > 0) the noise is Analytic-DPM's KL-optimal sigma^2 = lambda^2 +
+c_0^2 (s_t / a_t)^2 (1 - s_t^2 Gamma_t) for the same mean, lambda = eta * posterior std, c_0 = a_u -
+dir_coef a_t / s_t (Bao et al. 2022, Thm. 1-2; `sde_gen.analytic`).
+
 eta = 0 is the deterministic DDIM sampler, a first-order discretisation of the probability-flow ODE
 (Song et al. 2021a, Sec. 4.3) whose update is invertible: run from t_min up to T (`invert`) it maps
 data to noise. eta = 1 gives sqrt(s_u^2 - sigma^2) = a_{t|u} s_u^2 / s_t, so x_u's mean is
@@ -16,10 +20,12 @@ i.e. DDPM ancestral sampling (Ho et al. 2020, eq. 6-7) on the same grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
-from .._validation import check_in_closed_interval
+from .._validation import check_choice, check_in_closed_interval
+from ..analytic import analytic_variance
 from .base import CountingScore, GridSampler
 
 
@@ -29,6 +35,8 @@ class DDIM(GridSampler):
 
     Args:
         eta: 0 = deterministic DDIM, 1 = DDPM ancestral sampling; in between interpolates.
+        variance: "eta" (sigma = eta * posterior std) or "analytic" (Analytic-DPM, needs eta > 0 and `gamma`).
+        gamma: for "analytic", Gamma_t = E||score||^2 / d as a function of (N,) float64 times.
         (and the `Sampler` options; one evaluation per step)
     """
 
@@ -38,9 +46,15 @@ class DDIM(GridSampler):
     default_grid = "uniform"
 
     eta: float = 0.0
+    variance: str = "eta"
+    gamma: Optional[Callable] = None
 
     def __post_init__(self):
         self.eta = check_in_closed_interval("eta", self.eta, 0.0, 1.0)
+        check_choice("variance", self.variance, ("eta", "analytic"))
+        if self.variance == "analytic" and (self.eta == 0 or not callable(self.gamma)):
+            raise ValueError("variance='analytic' needs eta in (0, 1] and gamma a callable t -> Gamma_t "
+                             f"(e.g. sde_gen.estimate_gamma(...)); got eta={self.eta!r}, gamma={self.gamma!r}")
         super().__post_init__()
 
     @property
@@ -65,6 +79,8 @@ class DDIM(GridSampler):
             sigma = torch.zeros_like(t)
         # sqrt(1 - alpha_{t-1} - sigma_t^2) of eq. 12, in a form that cannot go negative
         dir_coef = torch.sqrt((s_u ** 2 - sigma ** 2).clamp_min(0))
+        if self.variance == "analytic":  # the same mean, the KL-optimal noise (Bao et al. 2022)
+            sigma = analytic_variance(sde, t, u, self.gamma(t).to(t), eta=self.eta).sqrt()
         return {k: v.to(x.dtype) for k, v in dict(a_t=a_t, s_t=s_t, a_u=a_u, dir_coef=dir_coef, sigma=sigma).items()}
 
     def step(self, sde, score, x, i, t, t_next, generator, state):

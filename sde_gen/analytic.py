@@ -1,0 +1,138 @@
+"""Analytic-DPM: the KL-optimal reverse variance of a Gaussian reverse chain, from the score's
+expected squared norm (Bao, Li, Zhu & Zhang 2022, "Analytic-DPM", Thm. 1 and 2).
+
+For a step t -> u < t of the family q(x_u | x_t, x_0) = N(c_t x_t + c_0 x_0, lambda^2 I) (the DDPM
+posterior for eta = 1, DDIM's eq. 16 family for eta < 1), the Gaussian reverse kernel
+p(x_u | x_t) = N(mu(x_t), sigma^2 I) that minimises KL(q || p) matches moments:
+
+    mu*     = c_t x_t + c_0 E[x_0 | x_t],        E[x_0 | x_t] = (x_t + s_t^2 score) / a_t   (Tweedie),
+    sigma*^2 = lambda^2 + c_0^2 E tr Cov[x_0 | x_t] / d
+             = lambda^2 + c_0^2 (s_t / a_t)^2 (1 - s_t^2 Gamma_t),     Gamma_t = E ||score(x_t)||^2 / d,
+
+using E||x_0 - E[x_0|x_t]||^2 = (s_t / a_t)^2 (d - s_t^2 E||score||^2) (since E[z | x_t] = -s_t score).
+For the VP chain this is Bao et al.'s eq. (7) with alpha_bar_n = a_t^2, beta_bar_n = s_t^2. With an
+estimated score the bracket can leave [0, 1]; Thm. 2's bounds lambda^2 <= sigma^2 <= lambda^2 +
+c_0^2 (s_t / a_t)^2 are enforced by clipping it to [0, 1] (`clip=True`). Gamma_t is estimated once per
+model and grid by Monte Carlo over data (`estimate_gamma`, Bao et al. Alg. 1).
+
+The decoder step t_min -> 0 is the case u = 0: lambda = 0, c_0 = 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from ._validation import check_positive_int
+from .sdes import SDE
+from .utils import batch_sum, event_numel
+
+__all__ = ["GammaTable", "estimate_gamma", "analytic_variance", "step_coefficients"]
+
+
+@dataclass(frozen=True)
+class GammaTable:
+    """Gamma_t = E ||score(x_t, t)||^2 / d on a set of times, callable on any times by interpolation.
+
+    Attributes:
+        t: (N,) increasing float64 times.
+        gamma: (N,) float64 values at `t`.
+
+    Calling `table(t)` with (M,) times returns (M,) values, linearly interpolated in log t
+    (clamped to the end values outside [t[0], t[-1]]); at the stored times it returns them exactly.
+    """
+
+    t: torch.Tensor
+    gamma: torch.Tensor
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        ts, gs = self.t.to(t.device), self.gamma.to(t.device)
+        q = t.to(torch.float64).clamp(float(self.t[0]), float(self.t[-1]))
+        if ts.numel() == 1:
+            return gs.expand(q.shape).clone()
+        idx = torch.searchsorted(ts, q).clamp(1, ts.numel() - 1)
+        lo, hi = ts[idx - 1], ts[idx]
+        w = ((torch.log(q) - torch.log(lo)) / (torch.log(hi) - torch.log(lo))).clamp(0.0, 1.0)
+        return gs[idx - 1] + w * (gs[idx] - gs[idx - 1])
+
+
+def estimate_gamma(
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: SDE,
+    data: torch.Tensor,
+    t_grid: torch.Tensor,
+    num_repeats: int = 1,
+    batch_size: int = 4096,
+    generator: Optional[torch.Generator] = None,
+) -> GammaTable:
+    """Monte-Carlo estimate of Gamma_t = E_{x_0, z} ||score(a(t) x_0 + s(t) z, t)||^2 / d (Bao et al. 2022, Alg. 1).
+
+    Args:
+        score_fn: `score_fn(x, t)` (a trained model or an oracle's exact score).
+        sde: the forward SDE.
+        data: (M, *event) data points x_0 (e.g. a training batch).
+        t_grid: (N,) times (any order), e.g. a sampler's or `elbo`'s grid.
+        num_repeats: noise draws per data point and time (M * num_repeats samples per time).
+        batch_size: score evaluations per call.
+        generator: randomness of z.
+
+    Returns:
+        a `GammaTable` over the sorted times: M * num_repeats * N score evaluations, done once per
+        model and grid and reused by `elbo` and the samplers.
+    """
+    num_repeats = check_positive_int("num_repeats", num_repeats)
+    batch_size = check_positive_int("batch_size", batch_size)
+    ts = torch.sort(t_grid.to(torch.float64).flatten()).values
+    x_all = data.repeat_interleave(num_repeats, dim=0) if num_repeats > 1 else data
+    d = event_numel(data)
+    out = torch.empty_like(ts)
+    with torch.no_grad():
+        for j, t_val in enumerate(ts.tolist()):
+            total = torch.zeros((), dtype=torch.float64, device=data.device)
+            for x0 in torch.split(x_all, batch_size):
+                t = torch.full((x0.shape[0],), t_val, dtype=x0.dtype, device=x0.device)
+                z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+                score = score_fn(sde.perturb(x0, t, z), t)
+                total = total + batch_sum(score.to(torch.float64) ** 2).sum()
+            out[j] = total / (x_all.shape[0] * d)
+    return GammaTable(ts.cpu(), out.cpu())
+
+
+def step_coefficients(sde: SDE, t: torch.Tensor, u: torch.Tensor, eta: float = 1.0) -> Tuple[torch.Tensor, ...]:
+    """(c_t, c_0, lambda^2) of q(x_u | x_t, x_0) = N(c_t x_t + c_0 x_0, lambda^2 I), u < t, all like `t`.
+
+    eta = 1: the posterior of the Markov chain (`SDE.posterior`): c_t = a_{t|u} s_u^2 / s_t^2,
+    c_0 = a_u v_{t|u} / s_t^2, lambda^2 = v_{t|u} s_u^2 / s_t^2. eta in [0, 1): DDIM's family (Song,
+    Meng & Ermon 2021, eq. 7) with lambda = eta * (the posterior std): c_t = sqrt(s_u^2 - lambda^2) / s_t,
+    c_0 = a_u - c_t a_t. u = 0 (the decoder) gives c_t = 0, c_0 = 1, lambda = 0.
+    """
+    ratio, v = sde.transition_coeffs(u, t)
+    var_t, var_u = sde.marginal_var(t), sde.marginal_var(u)
+    a_t, a_u = sde.mean_coeff(t), sde.mean_coeff(u)
+    lam2 = v * var_u / var_t
+    if eta == 1.0:
+        return ratio * var_u / var_t, a_u * v / var_t, lam2
+    lam2 = eta ** 2 * lam2
+    c_t = torch.sqrt((var_u - lam2).clamp_min(0.0) / var_t)
+    return c_t, a_u - c_t * a_t, lam2
+
+
+def analytic_variance(
+    sde: SDE, t: torch.Tensor, u: torch.Tensor, gamma: torch.Tensor, eta: float = 1.0, clip: bool = True
+) -> torch.Tensor:
+    """The KL-optimal reverse variance sigma*^2 of the step t -> u (module docstring), shape like `t`.
+
+    Args:
+        sde: the forward SDE. t, u: (N,) times with u < t (u = 0 allowed: the decoder).
+        gamma: (N,) Gamma_t = E||score(x_t, t)||^2 / d (`estimate_gamma`, or a closed form).
+        eta: 1 for the DDPM chain, < 1 for DDIM's family.
+        clip: clip 1 - s_t^2 Gamma_t to [0, 1] (Bao et al. 2022, Thm. 2); without it an estimated
+            Gamma can give a variance below lambda^2 or even a negative one.
+    """
+    _, c_0, lam2 = step_coefficients(sde, t, u, eta)
+    a_t, s_t = sde.marginal_coeffs(t)
+    bracket = 1.0 - s_t ** 2 * gamma.to(t.dtype)
+    if clip:
+        bracket = bracket.clamp(0.0, 1.0)
+    return lam2 + c_0 ** 2 * (s_t / a_t) ** 2 * bracket

@@ -1,0 +1,151 @@
+"""The evidence lower bound of the discrete reverse chain on a time grid (Ho et al. 2020, eq. 5;
+Sohl-Dickstein et al. 2015), for every affine SDE and every reverse-variance choice.
+
+On the grid t_0 = t_min < t_1 < ... < t_K = T the forward chain is exact (`SDE.transition_coeffs`)
+and the reverse model is Gaussian, p(x_{t_{k-1}} | x_{t_k}) = N(c_t x_t + c_0 x0_hat, sigma_k^2 I) with
+x0_hat = (x_t + s_t^2 score(x_t, t)) / a_t (Tweedie) and (c_t, c_0) those of the posterior
+q(x_{t_{k-1}} | x_{t_k}, x_0) (`SDE.posterior`). For continuous data the chain ends in a Gaussian decoder
+p(x_0 | x_{t_min}) = N(x0_hat, sigma_0^2 I). Then
+
+    log p(x_0) >= ELBO = -(L_T + sum_{k=1}^K L_{k-1} + L_0),
+    L_T     = KL(q(x_T | x_0) || N(0, prior_std^2 I)),
+    L_{k-1} = E_q KL(q(x_{t_{k-1}} | x_{t_k}, x_0) || p(x_{t_{k-1}} | x_{t_k}))
+            = E_q [ d/2 (lambda^2 / sigma^2 - 1 + log(sigma^2 / lambda^2)) + c_0^2 ||x_0 - x0_hat||^2 / (2 sigma^2) ],
+    L_0     = E_q [ -log N(x_0; x0_hat(x_{t_min}), sigma_0^2 I) ].
+
+Reverse variances sigma_k^2:
+    "beta"       v_{t_k | t_{k-1}}, the forward transition variance (DDPM's sigma^2 = beta_t),
+    "posterior"  lambda_k^2, the posterior variance (DDPM's sigma^2 = beta_tilde_t),
+    "analytic"   Bao et al. 2022's KL-optimum from Gamma_t (`sde_gen.analytic`), clipped to Thm. 2's interval.
+The decoder's posterior variance is 0, so both fixed choices use its upper end, the forward noise of the
+scaled variable sigma_0^2 = (s(t_min) / a(t_min))^2 (what "beta" gives at the step t_min -> 0);
+"analytic" uses its optimum (s / a)^2 (1 - s^2 Gamma_{t_min}).
+
+Each expectation over x_{t_k} ~ q(. | x_0) is estimated with one draw per data point and step (an
+unbiased estimate of the ELBO); K score evaluations per data point.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .._validation import check_choice, check_positive_int
+from ..analytic import analytic_variance, step_coefficients
+from ..parameterization import x0_from_score
+from ..samplers.grids import GRIDS, time_grid
+from ..sdes import SDE
+from ..utils import append_dims, batch_sum, event_numel
+
+__all__ = ["ELBO_VARIANCES", "ELBOResult", "elbo"]
+
+ELBO_VARIANCES = ("beta", "posterior", "analytic")
+
+
+@dataclass
+class ELBOResult:
+    """What `elbo` returns; every tensor has shape (B,) in float64, in nats unless named otherwise.
+
+    Attributes:
+        elbo: the per-sample bound on log p(x_0).
+        bits_per_dim: -elbo / (d log 2).
+        prior_term: L_T.
+        diffusion_term: sum_k L_{k-1} over the K steps.
+        decoder_term: L_0.
+        num_steps: K.
+        variance: the reverse-variance choice.
+    """
+
+    elbo: torch.Tensor
+    bits_per_dim: torch.Tensor
+    prior_term: torch.Tensor
+    diffusion_term: torch.Tensor
+    decoder_term: torch.Tensor
+    num_steps: int
+    variance: str
+
+
+def _reverse_variances(sde: SDE, ts: torch.Tensor, variance: str, gamma) -> torch.Tensor:
+    """sigma_k^2 for the steps ts[k + 1] -> ts[k] of the increasing grid ts (K + 1,), then the
+    decoder's sigma_0^2 at index K: shape (K + 1,), float64."""
+    t, u = ts[1:], ts[:-1]
+    t_all = torch.cat([t, ts[:1]])
+    u_all = torch.cat([u, torch.zeros_like(ts[:1])])
+    if variance == "analytic":
+        return analytic_variance(sde, t_all, u_all, gamma(t_all).to(torch.float64))
+    a0, s0 = sde.marginal_coeffs(ts[:1])
+    dec = (s0 / a0) ** 2
+    if variance == "beta":
+        return torch.cat([sde.transition_coeffs(u, t)[1], dec])
+    return torch.cat([step_coefficients(sde, t, u)[2], dec])
+
+
+def elbo(
+    sde: SDE,
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    num_steps: int,
+    variance: str = "posterior",
+    gamma: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    grid: str = "uniform",
+    t_min: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
+) -> ELBOResult:
+    """The discrete-chain ELBO of data `x` (module docstring), one unbiased draw per sample.
+
+    Args:
+        sde: the forward SDE. score_fn: `score_fn(x, t)` (a model or an oracle's exact score).
+        x: (B, *event) continuous data x_0.
+        num_steps: K, the number of reverse steps (K + 1 grid times from t_min to T).
+        variance: "beta", "posterior" or "analytic".
+        gamma: for "analytic", Gamma_t = E||score||^2 / d as a function of (N,) float64 times,
+            e.g. the `GammaTable` of `sde_gen.estimate_gamma` on this grid, or a closed form.
+        grid: the time grid ("uniform", "log_snr", "karras"; `samplers.grids.time_grid`).
+        t_min: the last time (None: `sde.eps`).
+        generator: randomness of the draws x_{t_k} ~ q(. | x_0).
+
+    Returns:
+        an `ELBOResult`.
+
+    Raises:
+        ValueError naming `variance`, `num_steps`, `grid`, `t_min` or `gamma` before any work.
+    """
+    check_choice("variance", variance, ELBO_VARIANCES)
+    num_steps = check_positive_int("num_steps", num_steps)
+    check_choice("grid", grid, GRIDS)
+    if variance == "analytic" and not callable(gamma):
+        raise ValueError("gamma must be a callable t -> Gamma_t (e.g. sde_gen.estimate_gamma(...)) for "
+                         f"variance='analytic'; got {gamma!r}")
+    ts = time_grid(sde, num_steps, kind=grid, t_min=t_min, device=x.device).flip(0)  # increasing
+    sig2 = _reverse_variances(sde, ts, variance, gamma)
+    c_t, c_0, lam2 = step_coefficients(sde, ts[1:], ts[:-1])
+    d, B, nd = event_numel(x), x.shape[0], x.ndim
+    f64 = dict(dtype=torch.float64, device=x.device)
+
+    def draw_and_denoise(t_val: torch.Tensor):
+        t = t_val.to(x.dtype).expand(B).clone()
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_t = sde.perturb(x, t, z)
+        x0_hat = x0_from_score(sde, x_t, t, score_fn(x_t, t))
+        return batch_sum((x - x0_hat).to(torch.float64) ** 2)  # ||x_0 - x0_hat||^2, (B,)
+
+    with torch.no_grad():
+        # L_T: KL(N(a_T x_0, s_T^2 I) || N(0, p^2 I))
+        a_T, s_T = (c.to(torch.float64) for c in sde.marginal_coeffs(ts[-1:]))
+        p2 = sde.prior_std ** 2
+        x64 = x.to(torch.float64)
+        prior = 0.5 * (d * s_T ** 2 / p2 + a_T ** 2 * batch_sum(x64 ** 2) / p2 - d + d * torch.log(p2 / s_T ** 2))
+        diffusion = torch.zeros(B, **f64)
+        for k in range(num_steps):  # the step ts[k + 1] -> ts[k]
+            sq = draw_and_denoise(ts[k + 1])
+            ratio = lam2[k] / sig2[k]
+            diffusion = diffusion + 0.5 * d * (ratio - 1 - torch.log(ratio)) + c_0[k] ** 2 * sq / (2 * sig2[k])
+        sq0 = draw_and_denoise(ts[0])
+        decoder = 0.5 * d * torch.log(2 * math.pi * sig2[-1]) + sq0 / (2 * sig2[-1])
+    total = prior + diffusion + decoder
+    return ELBOResult(
+        elbo=-total, bits_per_dim=total / (d * math.log(2.0)), prior_term=prior, diffusion_term=diffusion,
+        decoder_term=decoder, num_steps=num_steps, variance=variance,
+    )
