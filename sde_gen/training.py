@@ -367,6 +367,12 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     if tc.precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.precision=fp16 needs a CUDA device (its GradScaler is CUDA-only); device is {device.type!r}; "
                           "on the CPU use train.precision=bf16 or fp32")
+    if tc.compile:
+        from torch._dynamo import list_backends
+
+        backends = list_backends(exclude_tags=())
+        if tc.compile_backend not in backends:
+            raise ConfigError(f"train.compile_backend={tc.compile_backend!r} is not a torch.compile backend; allowed: {backends}")
     world = launched_world_size()
     try:
         local_batch = shard_batch_size(tc.batch_size, world)
@@ -420,8 +426,14 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     eager_model = train_model
+    compile_pending = tc.compile
     if tc.compile:
-        train_model = torch.compile(train_model, backend=tc.compile_backend)
+        try:
+            train_model = torch.compile(train_model, backend=tc.compile_backend)
+        except Exception as err:  # noqa: BLE001 - an unsupported platform: run eager, say so once
+            log.warning("train.compile: torch.compile is not available here (%s: %s); training runs eager",
+                        type(err).__name__, err)
+            compile_pending = False
     config_plain = to_plain(cfg)
 
     ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -531,8 +543,6 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         return loss
-
-    compile_pending = tc.compile
     t_log = t0 = time.perf_counter()
     steps_in_rate, save_due = 0, False
     model.train()

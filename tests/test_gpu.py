@@ -6,15 +6,18 @@ without CUDA."""
 import logging
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from sde_gen.checkpoint import load_checkpoint
 from sde_gen.config import CONF_DIR, ConfigError, register_configs
+from sde_gen.data import CIFAR10, ImageFolder
 from sde_gen.distributed import shard_batch_size
 from sde_gen.losses import DenoisingScoreMatching, NoiseConditionalCrossEntropy
 from sde_gen.sdes import VPSDE
@@ -86,6 +89,9 @@ def test_fp16_on_cpu_and_bad_precision_fail_at_start_up(hydra_ctx, tmp_path):
     assert not (tmp_path / "a").exists()  # before any work
     with pytest.raises(ConfigError, match=r"precision must be one of \['fp32', 'bf16', 'fp16'\]"):
         train(_compose(*TINY, "train.steps=2", "train.precision=fp8"), str(tmp_path / "b"))
+    with pytest.raises(ConfigError, match=r"train.compile_backend='nope' is not a torch.compile backend; allowed: \[.*'inductor'"):
+        train(_compose(*TINY, "train.steps=2", "train.compile=true", "train.compile_backend=nope"), str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()
 
 
 def test_compiled_training_equals_eager(hydra_ctx, tmp_path):
@@ -287,3 +293,126 @@ def test_two_process_run_resumes_on_one_process(hydra_ctx, tmp_path):
     a, b = _weights(straight), _weights(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the image input pipeline
+def _cifar_arrays(rng, n=3):
+    out = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        out[name] = (rng.integers(0, 256, size=(n, 3, 32, 32)).astype(np.uint8), rng.integers(0, 10, size=n))
+    return out
+
+
+def _write_cifar_py(folder, arrays):
+    folder.mkdir(parents=True)
+    for name, (img, lab) in arrays.items():
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in lab],
+                 b"data": img.reshape(len(lab), -1), b"filenames": [f"{i}.png".encode() for i in range(len(lab))]}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)  # the protocol of the original (Python 2) files
+
+
+def test_cifar10_python_layout_read_from_synthetic_pickles(tmp_path):
+    arrays = _cifar_arrays(np.random.default_rng(0))
+    _write_cifar_py(tmp_path / "cifar-10-batches-py", arrays)
+    data = CIFAR10(str(tmp_path))
+    assert data.layout == "cifar-10-batches-py" and data.event_shape == (3, 32, 32) and data.train.shape[0] == 15
+    np.testing.assert_array_equal(data.test_pixels.numpy(), arrays["test_batch"][0])
+    np.testing.assert_array_equal(data.test_labels.numpy(), arrays["test_batch"][1])
+    np.testing.assert_array_equal(data.train_pixels[6:9].numpy(), arrays["data_batch_3"][0])
+    np.testing.assert_array_equal(data.train_labels[6:9].numpy(), arrays["data_batch_3"][1])
+    # the same files in the binary layout give the same dataset
+    binary = tmp_path / "bin" / "cifar-10-batches-bin"
+    binary.mkdir(parents=True)
+    for name, (img, lab) in arrays.items():
+        rec = np.concatenate([lab[:, None], img.reshape(len(lab), -1)], axis=1).astype(np.uint8)
+        (binary / f"{name}.bin").write_bytes(rec.tobytes())
+    other = CIFAR10(str(tmp_path / "bin"))
+    assert other.layout == "cifar-10-batches-bin" and torch.equal(other.train, data.train)
+    # a missing batch is named
+    os.remove(tmp_path / "cifar-10-batches-py" / "data_batch_4")
+    with pytest.raises(FileNotFoundError, match="data_batch_4"):
+        CIFAR10(str(tmp_path))
+
+
+def test_cifar10_pickle_that_names_other_code_is_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar_py(folder, _cifar_arrays(np.random.default_rng(0)))
+    with open(folder / "data_batch_2", "wb") as fh:
+        pickle.dump({b"data": os.getcwd, b"labels": []}, fh, protocol=2)  # names posix.getcwd
+    with pytest.raises(ValueError, match=r"data_batch_2 is not a CIFAR-10 python batch \(refused: the file names"):
+        CIFAR10(str(tmp_path))
+
+
+def test_missing_data_dir_and_unrecognised_layout_are_one_clear_error_each(tmp_path):
+    for cls in (CIFAR10, ImageFolder):
+        with pytest.raises(FileNotFoundError, match=r"data_dir='.*nowhere' does not exist"):
+            cls(str(tmp_path / "nowhere"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "readme.txt").write_text("not data")
+    with pytest.raises(ValueError, match=r"cifar10: data_dir=.* is in no recognised layout.*cifar-10-batches-py"):
+        CIFAR10(str(tmp_path / "junk"))
+    with pytest.raises(ValueError, match=r"image_folder: data_dir=.* is in no recognised layout: it needs class sub-folders"):
+        ImageFolder(str(tmp_path / "junk"))
+
+
+def _write_png(path, pixels):
+    """pixels (H, W, 3) uint8 -> a PNG, through matplotlib (the reader's own library)."""
+    from matplotlib import image as mpimg
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mpimg.imsave(str(path), pixels)
+
+
+def test_image_folder_reads_classes_from_sub_folders(tmp_path):
+    rng = np.random.default_rng(2)
+    truth = {}
+    for cls, count in (("cat", 3), ("dog", 2), ("emu", 4)):
+        for i in range(count):
+            px = rng.integers(0, 256, size=(5, 6, 3)).astype(np.uint8)
+            _write_png(tmp_path / cls / f"{i:03d}.png", px)
+            truth[(cls, i)] = px
+    (tmp_path / "empty").mkdir()  # a folder without images is no class
+    data = ImageFolder(str(tmp_path), test_fraction=0.3, seed=1)
+    assert data.classes == ["cat", "dog", "emu"] and data.num_classes == 3 and data.event_shape == (3, 5, 6)
+    assert data.train.shape[0] + data.test.shape[0] == 9 and data.num_bits == 8
+    # every image comes back with its pixels and its folder's label
+    expected = {(lab, px.transpose(2, 0, 1).tobytes()) for (cls, _), px in truth.items()
+                for lab in [data.classes.index(cls)]}
+    got = {(int(lab), px.numpy().tobytes()) for pxs, labs in ((data.train_pixels, data.train_labels),
+                                                           (data.test_pixels, data.test_labels))
+           for px, lab in zip(pxs, labs)}
+    assert got == expected
+    # images of another size are named
+    _write_png(tmp_path / "dog" / "zzz.png", rng.integers(0, 256, size=(7, 6, 3)).astype(np.uint8))
+    with pytest.raises(ValueError, match=r"zzz.png is \(3, 7, 6\).*all images must have one size"):
+        ImageFolder(str(tmp_path))
+
+
+def test_hflip_mirrors_about_half_the_batch_with_the_training_generator():
+    from sde_gen.data import ImageDataset
+
+    px = torch.arange(2 * 3 * 4, dtype=torch.long).reshape(2, 1, 3, 4) % 256
+    plain = ImageDataset(px, px, 256)
+    flipped = ImageDataset(px, px, 256, hflip=True)
+    x = plain.sample_batch(400, torch.Generator().manual_seed(4))
+    xf = flipped.sample_batch(400, torch.Generator().manual_seed(4))
+    # the same indices (drawn first), then each image as it is or mirrored left-right
+    same = (xf == x).flatten(1).all(1)
+    mirrored = (xf == x.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and not bool((same & mirrored).any())
+    assert 150 < int(mirrored.sum()) < 250  # Binomial(400, 1/2): mean 200, sd 10
+    # the flips come from the generator: the same seed, the same batch
+    assert torch.equal(xf, flipped.sample_batch(400, torch.Generator().manual_seed(4)))
+
+
+def test_cifar10_config_trains_from_synthetic_python_batches(hydra_ctx, tmp_path):
+    _write_cifar_py(tmp_path / "cifar" / "cifar-10-batches-py", _cifar_arrays(np.random.default_rng(3), n=4))
+    cfg = _compose("data=cifar10", f"data.data_dir={tmp_path / 'cifar'}", "model=unet",  "model.channels=8", "train.steps=2",
+                   "train.batch_size=4", "train.eval_every=100", "train.eval_samples=4", "train.eval_projections=4",
+                   "train.progress=false", "train.plots=false", "sampler.nfe=2", "device=cpu", "lr_scheduler.warmup=1")
+    assert cfg.data.hflip is True
+    out = train(cfg, str(tmp_path / "run"))
+    ck = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "ckpt_0000002.pt"))
+    # what sampling needs of the data is in the checkpoint (no data files needed to sample)
+    assert ck["event_shape"] == [3, 32, 32] and ck["data_std"] > 0 and out["step"] == 2
