@@ -38,6 +38,13 @@ Faults lose nothing:
   files of a killed save are removed; a resume whose `sde`, `data`, `model` or `seed` differ from
   the checkpoint's is refused naming the keys.
 
+Scale (docs/gpu.md): `train.precision=bf16|fp16` runs the forward pass and the loss under
+`torch.autocast` (weights, EMA and optimiser state float32; a GradScaler for fp16, CUDA only);
+`train.compile=true` trains through `torch.compile` (eager fallback, reported once); under
+`torchrun --nproc_per_node=N` each process computes its 1/N slice of the global batch, whose draws
+every process makes from the shared generator, and DistributedDataParallel averages the gradients
+(`sde_gen.distributed`): the weights equal one process's on the same global batch up to rounding.
+
 The Hydra app `sde-gen-train` (`sde_gen.apps.train`) calls `train(cfg, run_dir)`; outputs
 (checkpoints, pictures, and through the `logger:` node `metrics.csv`, `loss.csv`, `timing.csv`
 (steps/s, wall-clock dependent)) go to `run_dir`.

@@ -4,6 +4,7 @@ load), data-parallel training with torchrun (2 gloo processes == 1 process on th
 and the image input pipeline (cifar-10-batches-py, image folders, flips). GPU-only checks skip
 without CUDA."""
 import logging
+import math
 import os
 import pathlib
 import pickle
@@ -193,6 +194,16 @@ def test_checkpoints_without_cuda_states_still_load(monkeypatch):
     ts.load_state_dict(state)  # CUDA present now: the generators are left as they are
     assert [int(s[0]) for s in fake.states] == [1, 2]
     assert torch.equal(ts.generator.get_state(), state["rng"]["train"])
+
+
+@cuda
+def test_cuda_generator_states_round_trip_on_the_device():
+    ts = _state("cuda")
+    state = ts.state_dict()
+    assert len(state["rng"]["cuda_all"]) == torch.cuda.device_count()
+    first = torch.randn(4, device="cuda")  # the global CUDA generator (dropout's) moves on
+    ts.load_state_dict(state)
+    assert torch.equal(torch.randn(4, device="cuda"), first)
 
 
 def test_old_checkpoint_without_cuda_field_resumes_a_run(hydra_ctx, tmp_path):
@@ -410,9 +421,12 @@ def test_cifar10_config_trains_from_synthetic_python_batches(hydra_ctx, tmp_path
     _write_cifar_py(tmp_path / "cifar" / "cifar-10-batches-py", _cifar_arrays(np.random.default_rng(3), n=4))
     cfg = _compose("data=cifar10", f"data.data_dir={tmp_path / 'cifar'}", "model=unet",  "model.channels=8", "train.steps=2",
                    "train.batch_size=4", "train.eval_every=100", "train.eval_samples=4", "train.eval_projections=4",
-                   "train.progress=false", "train.plots=false", "sampler.nfe=2", "device=cpu", "lr_scheduler.warmup=1")
+                   "train.progress=false", "train.plots=false", "sampler.nfe=2", "device=cpu", "lr_scheduler.warmup=1",
+                   "train.precision=bf16", "train.log_every=1")
     assert cfg.data.hflip is True
     out = train(cfg, str(tmp_path / "run"))
     ck = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "ckpt_0000002.pt"))
     # what sampling needs of the data is in the checkpoint (no data files needed to sample)
     assert ck["event_shape"] == [3, 32, 32] and ck["data_std"] > 0 and out["step"] == 2
+    # the convolutional network under bf16 autocast on the CPU: finite losses, no skipped step
+    assert out["skipped_steps"] == 0 and all(math.isfinite(r["loss"]) for r in ck["metrics"]["loss"])
