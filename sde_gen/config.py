@@ -343,6 +343,16 @@ class TrainConf:
             (evaluation only) and `device` may differ.
         progress: show a tqdm progress bar.
         plots: save pictures in the run directory.
+        precision: "fp32" (default), "bf16" or "fp16": `torch.autocast` of that dtype around the
+            forward pass and the loss; the weights, their gradients, the EMA and the optimiser
+            state stay float32 (autocast casts copies), the loss is reduced in float32. "fp16"
+            adds a `torch.amp.GradScaler` and needs a CUDA device (refused on the CPU at start-up);
+            "bf16" runs on the CPU too.
+        compile: train through `torch.compile(model)`; when compilation fails on the first step the
+            run continues eager (reported once in the log). Checkpoints hold the plain network's
+            weights either way.
+        compile_backend: the `torch.compile` backend ("inductor", PyTorch's default; "aot_eager"
+            and "eager" trace without generating code, for debugging).
     """
 
     steps: int = 6000
@@ -362,6 +372,9 @@ class TrainConf:
     resume: Optional[str] = None
     progress: bool = True
     plots: bool = True
+    precision: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self):
         def need(ok: bool, field: str, rule: str):
@@ -374,6 +387,12 @@ class TrainConf:
         need(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0), "grad_clip", "> 0 or null")
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
         need(0 <= self.label_dropout < 1, "label_dropout", "in [0, 1) (0: no unconditional training)")
+        need(self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}")
+        need(bool(self.compile_backend), "compile_backend", "a torch.compile backend name such as 'inductor'")
+
+
+#: train.precision -> the autocast dtype (None: no autocast)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclasses.dataclass

@@ -41,7 +41,7 @@ whose gradient grad_x log p_phi(y | x, t) guides an unconditional score towards 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -177,14 +177,15 @@ def _dsm(score_fn, sde: SDE, x0: torch.Tensor, weighting: str, importance_sampli
          generator: Optional[torch.Generator], t: Optional[torch.Tensor] = None,
          noise: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
          time_distribution: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2,
-         sigma_data: float = 0.5) -> torch.Tensor:
-    """`dsm_loss` with options already checked (the per-step path of `DenoisingScoreMatching`)."""
+         sigma_data: float = 0.5, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`dsm_loss` with options already checked (the per-step path of `DenoisingScoreMatching`);
+    `weight` is the importance weight of given times `t` (ones when None)."""
     B = x0.shape[0]
     if t is None:
         t, iw = sample_time(sde, B, importance_sampling, generator, device=x0.device, dtype=x0.dtype,
                             distribution=time_distribution, p_mean=p_mean, p_std=p_std)
     else:
-        iw = torch.ones(B, device=x0.device, dtype=x0.dtype)
+        iw = torch.ones(B, device=x0.device, dtype=x0.dtype) if weight is None else weight
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = sde.perturb(x0, t, noise)
@@ -224,7 +225,10 @@ class DenoisingScoreMatching(nn.Module):
         sigma_data: the data's standard deviation in the "edm" weighting (Karras et al. 2022: 0.5).
 
     Call: `loss(score_fn, sde, x0 (B, *event), generator, y=None)` -> scalar; `y` (B,) labels
-    are passed on to `score_fn(x_t, t, y)` (conditional training).
+    are passed on to `score_fn(x_t, t, y)` (conditional training). `draw(sde, x0, generator)`
+    makes the random draws of one call (t, z and the importance weight) in the call's order, so
+    that distributed training can draw them for the global batch and give each process its slice
+    (`loss(..., **draws_slice)`): the same numbers as one process on the whole batch.
     """
 
     #: what the training loop builds for this loss: a score model (`sde_gen.nets.build_score_model`)
@@ -240,11 +244,18 @@ class DenoisingScoreMatching(nn.Module):
         self.time_distribution = time_distribution
         self.p_mean, self.p_std, self.sigma_data = float(p_mean), float(p_std), float(sigma_data)
 
+    def draw(self, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """The draws a call on `x0` makes, in its order: {"t": (B,), "noise": like x0, "weight": (B,)}."""
+        t, iw = sample_time(sde, x0.shape[0], self.importance_sampling, generator, device=x0.device, dtype=x0.dtype,
+                            distribution=self.time_distribution, p_mean=self.p_mean, p_std=self.p_std)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return {"t": t, "noise": noise, "weight": iw}
+
     def forward(self, score_fn, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
-                y: Optional[torch.Tensor] = None):
-        return _dsm(score_fn, sde, x0, self.weighting, self.importance_sampling, self.reduction, generator, y=y,
-                    time_distribution=self.time_distribution, p_mean=self.p_mean, p_std=self.p_std,
-                    sigma_data=self.sigma_data).mean()
+                y: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+                weight: Optional[torch.Tensor] = None):
+        return _dsm(score_fn, sde, x0, self.weighting, self.importance_sampling, self.reduction, generator, t, noise, y,
+                    self.time_distribution, self.p_mean, self.p_std, self.sigma_data, weight).mean()
 
     def extra_repr(self) -> str:
         return (f"weighting={self.weighting!r}, importance_sampling={self.importance_sampling}, reduction={self.reduction!r}, "
@@ -285,6 +296,11 @@ class NoiseConditionalCrossEntropy(nn.Module):
 
     #: what the training loop builds for this loss: a classifier (`sde_gen.nets.build_classifier`)
     trains = "classifier"
+
+    def draw(self, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """The draws a call on `x0` makes, in its order: {"t": (B,), "noise": like x0}."""
+        t, _ = sample_time(sde, x0.shape[0], False, generator, device=x0.device, dtype=x0.dtype)
+        return {"t": t, "noise": torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)}
 
     def forward(self, classifier, sde: SDE, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
                 y: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None,

@@ -38,6 +38,13 @@ Faults lose nothing:
   files of a killed save are removed; a resume whose `sde`, `data`, `model` or `seed` differ from
   the checkpoint's is refused naming the keys.
 
+Scale (docs/gpu.md): `train.precision=bf16|fp16` runs the forward pass and the loss under
+`torch.autocast` (weights, EMA and optimiser state float32; a GradScaler for fp16, CUDA only);
+`train.compile=true` trains through `torch.compile` (eager fallback, reported once); under
+`torchrun --nproc_per_node=N` each process computes its 1/N slice of the global batch, whose draws
+every process makes from the shared generator, and DistributedDataParallel averages the gradients
+(`sde_gen.distributed`): the weights equal one process's on the same global batch up to rounding.
+
 The Hydra app `sde-gen-train` (`sde_gen.apps.train`) calls `train(cfg, run_dir)`; outputs
 (checkpoints, pictures, and through the `logger:` node `metrics.csv`, `loss.csv`, `timing.csv`
 (steps/s, wall-clock dependent)) go to `run_dir`.
@@ -59,8 +66,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import (CheckpointError, check_checkpoint_dir, checkpoint_path, latest_checkpoint, load_checkpoint,
                          nonfinite_weights, prepare_checkpoint_dir, save_checkpoint)
-from .config import (ConfigError, OptimizerConf, TrainConf, instantiate, register_configs, resolve_device, to_plain,
-                     validate)
+from .config import (PRECISIONS, ConfigError, OptimizerConf, TrainConf, instantiate, register_configs, resolve_device,
+                     to_plain, validate)
+from .distributed import finish_distributed, init_distributed, launched_world_size, process_device, shard_batch_size
 from .io import atomic_write_text
 from .losses import drop_labels
 from .nets import build_classifier, build_score_model, model_kind
@@ -74,6 +82,19 @@ log = logging.getLogger(__name__)
 #: config keys a resumed run must share with its checkpoint; everything else (train.*, sampler.*,
 #: device) may change, e.g. a larger train.steps to extend a run
 RESUME_MUST_MATCH = ("sde", "data", "model", "seed")
+
+
+class _NullLogger:
+    """The logger of the processes other than rank 0 (which alone writes)."""
+
+    def log_train(self, *args) -> None:
+        pass
+
+    def log_eval(self, *args) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class TrainingDiverged(RuntimeError):
@@ -345,21 +366,51 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         TrainingInterrupted: SIGINT or SIGTERM; a checkpoint was saved at the step boundary.
         OSError: ENOSPC when a checkpoint does not fit on the disk (the previous one is intact).
     """
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     register_configs()
     _check_top_level(cfg)
     tc: TrainConf = validate(cfg.train, TrainConf, "train")
     validate(cfg.optimizer, OptimizerConf, "optimizer")
     device = resolve_device(cfg.device)
+    if tc.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision=fp16 needs a CUDA device (its GradScaler is CUDA-only); device is {device.type!r}; "
+                          "on the CPU use train.precision=bf16 or fp32")
+    if tc.compile:
+        from torch._dynamo import list_backends
+
+        backends = list_backends(exclude_tags=())
+        if tc.compile_backend not in backends:
+            raise ConfigError(f"train.compile_backend={tc.compile_backend!r} is not a torch.compile backend; allowed: {backends}")
+    world = launched_world_size()
+    try:
+        local_batch = shard_batch_size(tc.batch_size, world)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     seed = int(cfg.seed)
-    sde = instantiate(cfg.sde, "sde").to(device)
+    sde = instantiate(cfg.sde, "sde")
     data = instantiate(cfg.data, "data")
     sampler = instantiate(cfg.sampler, "sampler", check_finite=True)
     loss_fn = instantiate(cfg.loss, "loss")
     kind = model_kind(cfg.model)
     _check_loss_for(loss_fn, kind, cfg)
     cfg = _resolve_num_classes(cfg, data, kind)
+    if world > 1 and not hasattr(loss_fn, "draw"):
+        raise ConfigError(f"loss: {type(loss_fn).__name__} has no draw(sde, x0, generator) method, which training on "
+                          f"{world} processes needs to share the global batch's random draws")
+    dist_info = init_distributed(device)
+    try:
+        return _train(cfg, run_dir, tc, process_device(device, dist_info), dist_info, local_batch, seed, sde, data, sampler,
+                      loss_fn, kind)
+    finally:
+        finish_distributed(dist_info)
+
+
+def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, dist_info, local_batch: int, seed: int,
+           sde, data, sampler, loss_fn, kind: str) -> Dict[str, Any]:
+    """`train` after the start-up checks, on this process's device (a rank of a torchrun run or the only process)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    sde = sde.to(device)
+    main = dist_info.is_main
     num_classes = cfg.model.get("num_classes", None)  # None: unconditional score model
     data_std = data.data_std()
     torch.manual_seed(seed)  # network initialisation
@@ -371,8 +422,25 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
     optimizer = _build(cfg.optimizer, "optimizer", model.parameters())
     lr_scheduler = _build(cfg.lr_scheduler, "lr_scheduler", optimizer)
-    ts = TrainState(model, ema, optimizer, lr_scheduler, torch.Generator(device).manual_seed(seed))
-    logger = instantiate(cfg.logger, "logger", run_dir=run_dir)  # writes nothing before the first record
+    autocast_dtype = PRECISIONS[tc.precision]
+    scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
+    ts = TrainState(model, ema, optimizer, lr_scheduler, torch.Generator(device).manual_seed(seed), scaler=scaler)
+    # only rank 0 writes; the loggers write nothing before the first record
+    logger = instantiate(cfg.logger, "logger", run_dir=run_dir) if main else _NullLogger()
+    train_model = model
+    if dist_info.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    eager_model = train_model
+    compile_pending = tc.compile
+    if tc.compile:
+        try:
+            train_model = torch.compile(train_model, backend=tc.compile_backend)
+        except Exception as err:  # noqa: BLE001 - an unsupported platform: run eager, say so once
+            log.warning("train.compile: torch.compile is not available here (%s: %s); training runs eager",
+                        type(err).__name__, err)
+            compile_pending = False
     config_plain = to_plain(cfg)
 
     ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -400,14 +468,19 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         del state  # a CPU copy of every tensor: not kept for the whole run
         log.info("resumed from %s at step %d", resume_from, ts.step)
 
-    for stale in prepare_checkpoint_dir(ckpt_dir):
-        log.warning("removed %s, left by a checkpoint save that did not finish", stale)
-    atomic_write_text(os.path.join(run_dir, "config_resolved.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
-    floors = _noise_floors(data, tc.eval_samples, tc, seed) if kind == "score" else {}
+    if main:
+        for stale in prepare_checkpoint_dir(ckpt_dir):
+            log.warning("removed %s, left by a checkpoint save that did not finish", stale)
+        atomic_write_text(os.path.join(run_dir, "config_resolved.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+    floors = _noise_floors(data, tc.eval_samples, tc, seed) if kind == "score" and main else {}
     saved: Dict[str, Any] = {"step": None, "path": resume_from}
 
     def save():
         nonlocal save_due
+        if not main:
+            saved.update(step=ts.step)
+            save_due = False
+            return
         state = dict(ts.state_dict(), config=config_plain, event_shape=list(data.event_shape), data_std=data_std)
         bad = nonfinite_weights(state)
         if bad:
@@ -419,11 +492,15 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         save_due = False
 
     def write_logs():
+        if not main:
+            return
         logger.log_train(ts.loss_rows, ts.timing_rows)
         if tc.plots:
             plot_loss([[r["step"], r["loss"]] for r in ts.loss_rows], os.path.join(run_dir, "loss.png"))
 
     def run_eval():
+        if not main:
+            return
         ema.eval()
         if kind == "classifier":
             row = evaluate_classifier(ema.module, sde, data, tc, ts.step, seed, device)
@@ -449,8 +526,30 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=tc.steps, initial=ts.step, disable=not tc.progress, dynamic_ncols=True, desc="train")
+    bar = tqdm(total=tc.steps, initial=ts.step, disable=not (tc.progress and main), dynamic_ncols=True, desc="train")
     params = [p for p in model.parameters()]
+    rank_slice = slice(dist_info.rank * local_batch, (dist_info.rank + 1) * local_batch)
+
+    def forward_backward(net) -> torch.Tensor:
+        """Draw the step's global batch, compute this process's loss (under autocast) and its gradient."""
+        if num_classes is None:  # unconditional: the stream of draws is that of every earlier version
+            x0, y = data.sample_batch(tc.batch_size, ts.generator).to(device), None
+        else:  # the same x0 as above, then (score models) the dropout mask, then t and z
+            x0, y = data.sample_batch(tc.batch_size, ts.generator, return_labels=True)
+            x0, y = x0.to(device), y.to(device)
+            if kind == "score":
+                y = drop_labels(y, tc.label_dropout, num_classes, ts.generator)
+        draws = {}
+        if dist_info.active:  # the global batch's draws, then this process's slice
+            draws = {k: v[rank_slice] for k, v in loss_fn.draw(sde, x0, ts.generator).items()}
+            x0, y = x0[rank_slice], (None if y is None else y[rank_slice])
+        kwargs = dict(draws) if y is None else dict(draws, y=y)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = loss_fn(net, sde, x0, ts.generator, **kwargs)
+        loss = loss.float()  # reduced in float32 whatever the autocast dtype
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        return loss
     t_log = t0 = time.perf_counter()
     steps_in_rate, save_due = 0, False
     model.train()
@@ -458,29 +557,57 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         with _StopRequest() as stop:
             while ts.step < tc.steps:
                 lr = optimizer.param_groups[0]["lr"]  # set by the scheduler for this step
-                if num_classes is None:  # unconditional: the stream of draws is that of every earlier version
-                    x0 = data.sample_batch(tc.batch_size, ts.generator).to(device)
-                    loss = loss_fn(model, sde, x0, ts.generator)
-                else:  # the same x0 as above, then (score models) the dropout mask, then t and z
-                    x0, y = data.sample_batch(tc.batch_size, ts.generator, return_labels=True)
-                    x0, y = x0.to(device), y.to(device)
-                    if kind == "score":
-                        y = drop_labels(y, tc.label_dropout, num_classes, ts.generator)
-                    loss = loss_fn(model, sde, x0, ts.generator, y=y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if compile_pending:  # a failed compilation retries the step eager with the same draws
+                    rng_before = (ts.generator.get_state(), torch.get_rng_state())
+                    try:
+                        loss = forward_backward(train_model)
+                    except Exception as err:  # noqa: BLE001 - any compiler failure means: run eager
+                        log.warning("train.compile: torch.compile (backend %r) failed on the first step (%s: %s); "
+                                    "training continues eager", tc.compile_backend, type(err).__name__,
+                                    str(err).splitlines()[0][:200] if str(err) else "")
+                        train_model = eager_model
+                        ts.generator.set_state(rng_before[0])
+                        torch.set_rng_state(rng_before[1])
+                        loss = forward_backward(train_model)
+                    compile_pending = False
+                else:
+                    loss = forward_backward(train_model)
+                if dist_info.active:  # the global mean loss and any process's stop request, in one all-reduce
+                    import torch.distributed as dist
+
+                    shared = torch.stack([loss.detach().float(),
+                                          torch.tensor(float(stop.signum is not None), device=loss.device)])
+                    dist.all_reduce(shared)
+                    loss = shared[0] / dist_info.world_size
+                    if bool(shared[1] > 0) and stop.signum is None:
+                        stop.signum = signal.SIGTERM
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # clip and check the true gradients
                 if tc.grad_clip is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)  # the norm before clipping
                 else:
                     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                 # The skip must be decided before the optimiser step: one host sync of one bool per
                 # step, as torch.amp.GradScaler makes for its own skipped steps (free on the CPU).
-                if bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
-                    optimizer.step()
+                finite_loss = bool(torch.isfinite(loss.detach()))
+                if finite_loss and bool(torch.isfinite(grad_norm)):
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     ema.update_parameters(model)
-                    ts.loss_sum += loss.detach()
+                    ts.loss_sum += loss.detach().float()
                     ts.good, ts.bad_streak = ts.good + 1, 0
+                elif finite_loss and scaler is not None:
+                    # fp16 overflow of the scaled gradients: the scaler skips the step and lowers
+                    # its scale (its own, expected skips; not counted as divergence)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    ts.skipped += 1
                 else:
+                    if scaler is not None:
+                        scaler.update()
                     ts.skipped, ts.bad_streak = ts.skipped + 1, ts.bad_streak + 1
                 with warnings.catch_warnings():
                     # a skipped first step: the schedule counts steps, taken or not

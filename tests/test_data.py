@@ -10,7 +10,7 @@ import torch
 from sde_gen.data import CIFAR10, DATASETS, MNIST, Digits, build_dataset, read_idx
 from sde_gen.metrics import sliced_wasserstein
 
-FILE_BASED = {"mnist", "cifar10"}
+FILE_BASED = {"mnist", "cifar10", "image_folder"}
 
 
 @pytest.mark.parametrize("name", sorted(set(DATASETS) - FILE_BASED))

@@ -34,7 +34,7 @@ FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", flags=re.S | re.M)
 # the primary config of each Hydra console script (sde-gen-report is argparse)
 APP_CONFIGS = {"sde-gen-train": "config", "sde-gen-sample": "sample", "sde-gen-eval": "eval"}
 # programs other than ours that the docs may name
-EXTERNAL = {"pip", "pip3", "git", "cd", "export"}
+EXTERNAL = {"pip", "pip3", "git", "cd", "export", "torchrun"}
 
 
 def _blocks(lang):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .._validation import check_choice
 from .base import Dataset
-from .images import CIFAR10, MNIST, Digits, ImageDataset, read_cifar_batch, read_idx
+from .images import CIFAR10, MNIST, Digits, ImageDataset, ImageFolder, read_cifar_batch, read_cifar_pickle_batch, read_idx
 from .oracle import Gaussian16D, Mixture64D, OracleDataset, Ring2D
 from .toys import Checkerboard, Circles, SwissRoll, ToyDataset, TwoMoons
 
@@ -22,6 +22,7 @@ DATASETS = {
     "digits": Digits,
     "mnist": MNIST,
     "cifar10": CIFAR10,
+    "image_folder": ImageFolder,
 }
 
 
@@ -34,5 +35,5 @@ def build_dataset(name: str, **options) -> Dataset:
 __all__ = [
     "Dataset", "OracleDataset", "ToyDataset", "ImageDataset", "Ring2D", "Mixture64D", "Gaussian16D",
     "TwoMoons", "SwissRoll", "Checkerboard", "Circles", "Digits", "MNIST", "CIFAR10",
-    "DATASETS", "build_dataset", "read_idx", "read_cifar_batch",
+    "ImageFolder", "DATASETS", "build_dataset", "read_idx", "read_cifar_batch", "read_cifar_pickle_batch",
 ]

@@ -60,7 +60,7 @@ class Dataset(ABC):
         if self.num_classes is None:
             raise ValueError(
                 f"data: {self.name!r} has no class labels ({why}); labelled data: the oracle mixtures, "
-                "moons, checkerboard, circles, digits, mnist, cifar10"
+                "moons, checkerboard, circles, digits, mnist, cifar10, image_folder"
             )
         return self.num_classes
 

@@ -1,0 +1,111 @@
+"""Data-parallel training with `torchrun` (PyTorch DistributedDataParallel, Li et al. 2020).
+
+`torchrun --nproc_per_node=N -m sde_gen.train ...` starts N copies of the training app; each finds
+its rank in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and
+`init_distributed` joins the process group (NCCL on CUDA, gloo on the CPU). Nothing here starts
+processes: torchrun does.
+
+How one step is shared (`sde_gen.training.train`): every process holds the same training
+generator, draws the whole global batch (x0, labels, label dropout, t, z; `train.batch_size`
+examples) and keeps its slice of `batch_size / N` examples; DDP all-reduces (averages) the
+gradients, so every process takes the same optimiser step on the mean loss over the global batch,
+which is what one process computes on the whole batch. Hence:
+
+* exact in exact arithmetic: the weights, EMA and loss log of an N-process run equal those of a
+  single process with the same seed and global batch; in floating point they agree to the
+  rounding of the different summation order (tests/test_gpu.py measures it);
+* the EMA is updated on every process from identical weights, so it is identical across processes
+  (bit for bit: the same operations on the same numbers);
+* resume on the same or another N continues the same stream of draws (the generator is global);
+* the random draws cost N times what one process draws (cheap next to the network's forward and
+  backward pass), and only rank 0 logs, evaluates and writes checkpoints.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "launched_world_size", "shard_batch_size"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """The process's place in the run: `rank` of `world_size`, `local_rank` on its machine;
+    `initialized`: this module made the process group (and so must destroy it)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs, evaluates and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE set by torchrun (1 when the process was not started by a launcher)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError as err:
+        raise ValueError(f"WORLD_SIZE must be an integer (set by torchrun); got {os.environ['WORLD_SIZE']!r}") from err
+
+
+def shard_batch_size(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global batch.
+
+    Raises:
+        ValueError naming `train.batch_size` and the process count when the batch cannot be split
+        evenly, or when there are more processes than examples per step.
+    """
+    if world_size > batch_size:
+        raise ValueError(f"nproc_per_node (world size {world_size}) is larger than train.batch_size={batch_size}: every "
+                         f"process needs at least one example per step; use at most {batch_size} processes or a larger batch")
+    if batch_size % world_size:
+        raise ValueError(f"train.batch_size={batch_size} must be divisible by the number of processes ({world_size}); "
+                         f"allowed: a multiple of {world_size}")
+    return batch_size // world_size
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group started by torchrun (a no-op for a single process).
+
+    Args:
+        device: the configured device; on CUDA each process takes `cuda:LOCAL_RANK`.
+
+    Returns:
+        the `DistInfo`; call `finish_distributed(info)` at the end.
+    """
+    world = launched_world_size()
+    if world == 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    made = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        made = True
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, initialized=made)
+
+
+def process_device(device: torch.device, info: DistInfo) -> torch.device:
+    """The device of this process: `cuda:LOCAL_RANK` for CUDA runs under torchrun, else `device`."""
+    if not info.active or device.type != "cuda":
+        return device
+    dev = torch.device("cuda", info.local_rank)
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def finish_distributed(info: DistInfo) -> None:
+    """Leave the process group if `init_distributed` made it."""
+    if info.initialized and dist.is_initialized():
+        dist.destroy_process_group()
