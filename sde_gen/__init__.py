@@ -11,6 +11,7 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
                build_dataset, train, load_trained, Trained
     conditional: NoiseConditionalClassifier, NoiseConditionalCrossEntropy, load_classifier
     likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult
+    metrics:   frechet_distance, kid, classifier_features
     helpers:   append_dims, batch_sum
 The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 """
@@ -30,6 +31,7 @@ from .inverse import (
 )
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, evaluate_dataset, log_likelihood
 from .losses import DenoisingScoreMatching, NoiseConditionalCrossEntropy, dsm_loss
+from .metrics import classifier_features, frechet_distance, kid
 from .nets import MLP, NoiseConditionalClassifier, ScoreModel, UNet, build_score_model
 from .oracles import PRESETS, ExactConditionalScore, GaussianMixture, make_preset
 from .samplers import SAMPLERS, SampleResult, sample
@@ -84,6 +86,9 @@ __all__ = [
     "evaluate_dataset",
     "LikelihoodResult",
     "BitsPerDimResult",
+    "frechet_distance",
+    "kid",
+    "classifier_features",
     "append_dims",
     "batch_sum",
 ]
