@@ -231,6 +231,8 @@ class SampleAppConf:
             checkpoints trained on them): "inpaint" (mask preset), "colorize" (gray image known;
             data with 3 colour channels) or "linear" (random projection).
         inverse: `InverseConf` (method, mask, missing, noise_std, num_observations, observation_seed).
+        progress: a tqdm bar over the sampler's steps (per step, through the sampler's callback);
+            shown only when stderr is a terminal.
 
     The checks that need the source (a label in [0, C), a class-conditional checkpoint for
     cfg or a label without guidance, a classifier with the data's C classes and the sampling
@@ -257,6 +259,7 @@ class SampleAppConf:
     classifier: Optional[str] = None
     task: str = "sample"
     inverse: InverseConf = dataclasses.field(default_factory=InverseConf)
+    progress: bool = True
 
     def __post_init__(self):
         _check_source(self)

@@ -65,6 +65,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -222,6 +223,36 @@ def _guided_score(app: SampleAppConf, src: _Source, device) -> Tuple[Optional[Ca
     return (lambda y: classifier_free(src.conditional, y, s, num_classes=C)), C
 
 
+class _StepProgress:
+    """A tqdm bar advanced once per sampler step through the sampler's `callback(i, t_next, x)`.
+
+    The bar lives in the app, never in the library: the sampler only calls the callback. It is off
+    (a no-op that still counts) with `progress=false` or when stderr is not a terminal, so logs and
+    CI output stay clean. The callback touches no tensor, so it adds no host-device sync.
+    """
+
+    def __init__(self, enabled: bool, total: Optional[int], desc: str):
+        from tqdm import tqdm
+
+        self.steps = 0
+        self._bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=not enabled, leave=False)
+
+    def callback(self, i, t_next, x) -> None:
+        self.steps += 1
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress(app, sampler, num_batches: int) -> _StepProgress:
+    """The step bar of a run: total = steps per call x calls when the sampler has a fixed grid."""
+    per_call = getattr(sampler, "num_steps", None)
+    total = per_call * num_batches if isinstance(per_call, int) else None
+    enabled = bool(app.progress) and sys.stderr.isatty()
+    return _StepProgress(enabled, total, f"sample ({getattr(sampler, 'name', type(sampler).__name__)})")
+
+
 def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Sample according to `cfg` and write samples.pt, samples.png and metrics.json into `out_dir`.
 
@@ -254,13 +285,15 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     chunks, timing = [], {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
     nfe_per_batch, steps, num_nonfinite, batch_cost = [], None, 0, 1
     done = 0
+    bar = _progress(app, sampler, -(-app.num_samples // batch))
     while done < app.num_samples:
         b = min(batch, app.num_samples - done)
         score = score_fn
         if make_guided is not None:
             score = make_guided(labels[done:done + b])
             batch_cost = score.batch_cost
-        result, tm = timed_sample(sampler, sde, score, shape=(b, *event_shape), generator=generator, device=device, dtype=dtype)
+        result, tm = timed_sample(sampler, sde, score, shape=(b, *event_shape), generator=generator, device=device, dtype=dtype,
+                                  callback=bar.callback)
         for k in timing:
             timing[k] += tm[k]
         nfe_per_batch.append(result.nfe)
@@ -268,6 +301,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
         num_nonfinite += result.num_nonfinite or 0
         chunks.append(result.samples)
         done += b
+    bar.close()
     samples = torch.cat(chunks)
 
     os.makedirs(out_dir, exist_ok=True)
@@ -418,16 +452,18 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
     batch = app.num_samples if app.batch_size == 0 else min(app.batch_size, app.num_samples)
     chunks, nfe_per_batch, steps, done = [], [], None, 0
     timing = {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
+    bar = _progress(app, sampler, -(-app.num_samples // batch))
     while done < app.num_samples:
         b = min(batch, app.num_samples - done)
         result, tm = timed_sample(sampler, sde, src.score_fn, shape=(b, *event_shape), generator=generator,
-                                  device=device, dtype=dtype)
+                                  device=device, dtype=dtype, callback=bar.callback)
         for k in timing:
             timing[k] += tm[k]
         nfe_per_batch.append(result.nfe)
         steps = result.num_steps
         chunks.append(result.samples)
         done += b
+    bar.close()
     samples = torch.cat(chunks)
 
     os.makedirs(out_dir, exist_ok=True)
