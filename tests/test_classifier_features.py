@@ -64,3 +64,42 @@ class _NoFeatures(torch.nn.Module):
 
     def forward(self, x, t):
         return x.flatten(1)[:, :3]
+
+
+@pytest.mark.slow
+def test_classifier_frechet_distance_ranks_a_fitted_model_between_noise_and_data():
+    """On digits: held-out data < samples of a model fitted to the data < prior noise, in the
+    features of a small classifier trained here (a few hundred steps, ~30 s on 2 cores). The model
+    is a single Gaussian fitted by maximum likelihood to the training images, sampled through the
+    reverse process with its exact score: right mean and covariance, but no digit shapes."""
+    from sde_gen import GaussianMixture, build_dataset, sample
+    from sde_gen.losses import NoiseConditionalCrossEntropy
+
+    torch.manual_seed(0)
+    data, sde = build_dataset("digits"), VPSDE()
+    clf = NoiseConditionalClassifier(UNetClassifier(1, 8, 10, channels=16, channel_mult=(1, 2), attention_resolutions=()), sde)
+    opt, g, loss_fn = torch.optim.Adam(clf.parameters(), lr=2e-3), torch.Generator().manual_seed(0), NoiseConditionalCrossEntropy()
+    for _ in range(300):
+        x, y = data.sample_batch(64, g, return_labels=True)
+        t = sde.eps + (0.5 - sde.eps) * torch.rand(64, generator=g)  # small t matter most for t_min features
+        loss = loss_fn(clf, sde, x, g, y=y, t=t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc = (clf(data.test, torch.full((data.test.shape[0],), sde.eps)).argmax(1) == data.test_labels).float().mean()
+    assert acc > 0.8, acc
+
+    train = data.train.flatten(1).double()
+    fitted = GaussianMixture(torch.ones(1, dtype=torch.float64), train.mean(0, keepdim=True),
+                             (torch.cov(train.T) + 1e-3 * torch.eye(64, dtype=torch.float64))[None])
+    n = data.test.shape[0]  # equal set sizes, so the finite-sample bias of the distance is shared
+    ref = classifier_features(clf, data.train)
+    fd = lambda x: float(frechet_distance(ref, classifier_features(clf, x.float())))  # noqa: E731
+    d_data = fd(data.test)
+    for seed in range(3):
+        model = sample(sde, fitted.score_fn(sde), (n, 64), sampler="dpm_solver", nfe=20,
+                       generator=torch.Generator().manual_seed(seed)).samples.reshape(n, 1, 8, 8)
+        noise = sde.prior_sample((n, 1, 8, 8), torch.Generator().manual_seed(100 + seed))
+        d_model, d_noise = fd(model), fd(noise)
+        assert 2 * d_data < d_model < d_noise / 2, (d_data, d_model, d_noise)
