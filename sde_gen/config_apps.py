@@ -231,6 +231,10 @@ class SampleAppConf:
             checkpoints trained on them): "inpaint" (mask preset), "colorize" (gray image known;
             data with 3 colour channels) or "linear" (random projection).
         inverse: `InverseConf` (method, mask, missing, noise_std, num_observations, observation_seed).
+        feature_classifier: a classifier run (folder or ckpt file, e.g. `sde-gen-train
+            experiment=classifier_digits`) whose penultimate features score image checkpoints:
+            metrics.json gets classifier_fd (Frechet distance to the test set), its value between
+            two halves of the test set, and classifier_kid; source=checkpoint only.
         progress: a tqdm bar over the sampler's steps (per step, through the sampler's callback);
             shown only when stderr is a terminal.
 
@@ -259,6 +263,7 @@ class SampleAppConf:
     classifier: Optional[str] = None
     task: str = "sample"
     inverse: InverseConf = dataclasses.field(default_factory=InverseConf)
+    feature_classifier: Optional[str] = None
     progress: bool = True
 
     def __post_init__(self):

@@ -55,6 +55,13 @@ tabulates them; and the observation residual ||y - A x|| (mean,
 max, RMS per observed coordinate) and, for noise-free observations, the largest deviation of the
 known part from the observation.
 
+Image checkpoints with `feature_classifier=<classifier run>` (e.g. from `sde-gen-train
+experiment=classifier_digits`): metrics.json adds `classifier_fd` (`sde_gen.metrics.frechet_distance`
+between the samples and the test set in the classifier's penultimate features at t_min),
+`classifier_fd_test_halves` (the same between two halves of the test set: the finite-sample level)
+and `classifier_kid` / `classifier_kid_std` (`sde_gen.metrics.kid`). A tqdm bar follows the sampler
+step by step (`progress=true`, shown on a terminal only).
+
 Quality against the exact target and the timing split: `sde_gen.evaluation`.
 
 Run `sde-gen-sample --help` for the options; `sde-gen-report DIR` aggregates a multirun.
@@ -79,7 +86,7 @@ from ..evaluation import class_metrics, oracle_metrics, timed_sample
 from ..guidance import classifier_free, classifier_guided
 from ..inverse import Colorization, Inpainting, LinearMeasurement, build_condition, mask_preset
 from ..io import atomic_path, atomic_write_text
-from ..metrics import gaussian_w2_to_target, noise_floor, sliced_wasserstein
+from ..metrics import classifier_features, frechet_distance, gaussian_w2_to_target, kid, noise_floor, sliced_wasserstein
 from ..oracles import make_preset
 from ..plots import save_picture
 from ._hydra import hydra_app
@@ -149,6 +156,45 @@ def _load_classifier(path: str, device, ema: bool):
     if getattr(model, "num_classes", None) is None:
         model.num_classes = getattr(trained, "num_classes", None)
     return model, trained.sde.to(device)
+
+
+def _feature_classifier(app: SampleAppConf, src: "_Source", device):
+    """The classifier whose penultimate features score image quality (`feature_classifier=`), or None.
+
+    Checked before any sampling: it needs a checkpoint source with a test set to compare with, and
+    must read inputs of the data's shape.
+    """
+    if app.feature_classifier is None:
+        return None
+    reference = src.reference
+    if app.source != "checkpoint" or not torch.is_tensor(reference) or reference.ndim < 2:
+        raise ValueError("feature_classifier needs source=checkpoint with a data set that has a test set (the "
+                         f"distance compares the samples with it); got source={app.source}")
+    classifier, _ = _load_classifier(app.feature_classifier, device, ema=True)
+    try:
+        classifier_features(classifier, reference[:2].to(device))
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"feature_classifier: the classifier run {app.feature_classifier!r} cannot read data of "
+                         f"shape {tuple(reference.shape[1:])}: {err}") from None
+    return classifier
+
+
+def _feature_metrics(classifier, samples: torch.Tensor, test: torch.Tensor, seed: int, device) -> Dict[str, float]:
+    """Frechet distance and KID between samples and the test set in the classifier's features.
+
+    `classifier_fd_test_halves` is the same distance between two halves of the test set: what a
+    perfect model scores at this set size (the distance is biased upwards at finite N).
+    """
+    f_s = classifier_features(classifier, samples)
+    f_t = classifier_features(classifier, test)
+    out = {"classifier_fd": float(frechet_distance(f_t, f_s)), "classifier_fd_features": int(f_s.shape[1])}
+    half = f_t.shape[0] // 2
+    if half >= 2:
+        out["classifier_fd_test_halves"] = float(frechet_distance(f_t[:half], f_t[half:2 * half]))
+    size = min(f_s.shape[0], f_t.shape[0], 1000)
+    mean, std = kid(f_t, f_s, subsets=10, subset_size=size, generator=torch.Generator().manual_seed(seed))
+    out.update(classifier_kid=float(mean), classifier_kid_std=float(std))
+    return out
 
 
 def _same_noise(a, b, device) -> bool:
@@ -276,6 +322,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     if hasattr(sampler, "check_sde"):
         sampler.check_sde(sde)
     make_guided, num_classes = _guided_score(app, src, device)
+    feature_clf = _feature_classifier(app, src, device)
     # the requested class of every row, built once for the whole run; each batch takes its slice
     labels = None if make_guided is None else class_labels(app.label, num_classes, app.num_samples, device)
     log.info("sampling %d x %s with %r on %s (%s, %s)", app.num_samples, event_shape, sampler, problem, sde_name, device)
@@ -354,6 +401,8 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     if num_finite < app.num_samples:
         log.warning("%d of %d samples have non-finite coordinates; metrics and picture use the %d finite ones",
                     app.num_samples - num_finite, app.num_samples, num_finite)
+    if feature_clf is not None and num_finite >= 2:
+        metrics.update(_feature_metrics(feature_clf, finite, reference.to(device), app.metrics_seed, device))
     ref_labels = None
     if oracle is not None and labels is not None:
         # requested classes: quality per class against the exact class-conditional laws (the
