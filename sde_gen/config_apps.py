@@ -275,6 +275,8 @@ class SampleAppConf:
                 raise ValueError(f"task={self.task} samples p(x | y) for an observation y: label and guidance must stay "
                                  f"unset (label=null, guidance.kind=none); got label={self.label!r}, "
                                  f"guidance.kind={self.guidance.kind}")
+        if self.feature_classifier is not None and self.task != "sample":
+            raise ValueError(f"feature_classifier scores unconditional samples (task=sample); got task={self.task}")
         kind = self.guidance.kind
         if self.classifier is not None and kind != "classifier":
             raise ValueError(f"classifier is used only with guidance.kind=classifier; got classifier={self.classifier!r} "

@@ -55,3 +55,10 @@ def test_feature_classifier_needs_a_checkpoint_with_a_test_set(runs, tmp_path, m
     assert err.value.code == 2
     assert "feature_classifier needs source=checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "samples.pt").exists()
+
+
+def test_feature_classifier_is_refused_for_inverse_tasks(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        sample_main(["problem=gaussian16d", "task=inpaint", "feature_classifier=somewhere", "device=cpu",
+                     f"hydra.run.dir={tmp_path}"])
+    assert err.value.code == 2 and "feature_classifier scores unconditional samples" in capsys.readouterr().err
