@@ -12,6 +12,7 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
     conditional: NoiseConditionalClassifier, NoiseConditionalCrossEntropy, load_classifier
     likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult,
                elbo, ELBOResult, estimate_gamma, GammaTable
+    metrics:   frechet_distance, kid, classifier_features
     helpers:   append_dims, batch_sum
 The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 """
@@ -32,6 +33,7 @@ from .inverse import (
 )
 from .likelihood import BitsPerDimResult, ELBOResult, LikelihoodResult, bits_per_dim, elbo, evaluate_dataset, log_likelihood
 from .losses import DenoisingScoreMatching, NoiseConditionalCrossEntropy, dsm_loss
+from .metrics import classifier_features, frechet_distance, kid
 from .nets import MLP, NoiseConditionalClassifier, ScoreModel, UNet, build_score_model
 from .oracles import PRESETS, ExactConditionalScore, GaussianMixture, make_preset
 from .samplers import SAMPLERS, SampleResult, sample
@@ -91,6 +93,9 @@ __all__ = [
     "ELBOResult",
     "estimate_gamma",
     "GammaTable",
+    "frechet_distance",
+    "kid",
+    "classifier_features",
     "append_dims",
     "batch_sum",
 ]

@@ -231,6 +231,12 @@ class SampleAppConf:
             checkpoints trained on them): "inpaint" (mask preset), "colorize" (gray image known;
             data with 3 colour channels) or "linear" (random projection).
         inverse: `InverseConf` (method, mask, missing, noise_std, num_observations, observation_seed).
+        feature_classifier: a classifier run (folder or ckpt file, e.g. `sde-gen-train
+            experiment=classifier_digits`) whose penultimate features score image checkpoints:
+            metrics.json gets classifier_fd (Frechet distance to the test set), its value between
+            two halves of the test set, and classifier_kid; source=checkpoint only.
+        progress: a tqdm bar over the sampler's steps (per step, through the sampler's callback);
+            shown only when stderr is a terminal.
 
     The checks that need the source (a label in [0, C), a class-conditional checkpoint for
     cfg or a label without guidance, a classifier with the data's C classes and the sampling
@@ -257,6 +263,8 @@ class SampleAppConf:
     classifier: Optional[str] = None
     task: str = "sample"
     inverse: InverseConf = dataclasses.field(default_factory=InverseConf)
+    feature_classifier: Optional[str] = None
+    progress: bool = True
 
     def __post_init__(self):
         _check_source(self)
@@ -267,6 +275,8 @@ class SampleAppConf:
                 raise ValueError(f"task={self.task} samples p(x | y) for an observation y: label and guidance must stay "
                                  f"unset (label=null, guidance.kind=none); got label={self.label!r}, "
                                  f"guidance.kind={self.guidance.kind}")
+        if self.feature_classifier is not None and self.task != "sample":
+            raise ValueError(f"feature_classifier scores unconditional samples (task=sample); got task={self.task}")
         kind = self.guidance.kind
         if self.classifier is not None and kind != "classifier":
             raise ValueError(f"classifier is used only with guidance.kind=classifier; got classifier={self.classifier!r} "

@@ -87,8 +87,9 @@ def timed_sample(
     generator: Optional[torch.Generator] = None,
     device=None,
     dtype: Optional[torch.dtype] = None,
+    callback=None,
 ) -> Tuple[Any, Dict[str, float]]:
-    """Run `sampler` once and time it.
+    """Run `sampler` once and time it (`callback(i, t_next, x)` is passed on to the sampler).
 
     Returns:
         `(SampleResult, timing)` with timing = {"total_s", "score_s", "sampler_s", "score_calls"};
@@ -98,7 +99,8 @@ def timed_sample(
     timed = TimedScore(score_fn, dev)
     _sync(dev)
     t0 = time.perf_counter()
-    result = sampler(sde, timed, shape=shape, x_T=x_T, generator=generator, device=device, dtype=dtype)
+    result = sampler(sde, timed, shape=shape, x_T=x_T, generator=generator, device=device, dtype=dtype,
+                     callback=callback)
     _sync(dev)
     total = time.perf_counter() - t0
     score_s = timed.seconds()

@@ -55,6 +55,13 @@ tabulates them; and the observation residual ||y - A x|| (mean,
 max, RMS per observed coordinate) and, for noise-free observations, the largest deviation of the
 known part from the observation.
 
+Image checkpoints with `feature_classifier=<classifier run>` (e.g. from `sde-gen-train
+experiment=classifier_digits`): metrics.json adds `classifier_fd` (`sde_gen.metrics.frechet_distance`
+between the samples and the test set in the classifier's penultimate features at t_min),
+`classifier_fd_test_halves` (the same between two halves of the test set: the finite-sample level)
+and `classifier_kid` / `classifier_kid_std` (`sde_gen.metrics.kid`). A tqdm bar follows the sampler
+step by step (`progress=true`, shown on a terminal only).
+
 Quality against the exact target and the timing split: `sde_gen.evaluation`.
 
 Run `sde-gen-sample --help` for the options; `sde-gen-report DIR` aggregates a multirun.
@@ -65,6 +72,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -78,7 +86,7 @@ from ..evaluation import class_metrics, oracle_metrics, timed_sample
 from ..guidance import classifier_free, classifier_guided
 from ..inverse import Colorization, Inpainting, LinearMeasurement, build_condition, mask_preset
 from ..io import atomic_path, atomic_write_text
-from ..metrics import gaussian_w2_to_target, noise_floor, sliced_wasserstein
+from ..metrics import classifier_features, frechet_distance, gaussian_w2_to_target, kid, noise_floor, sliced_wasserstein
 from ..oracles import make_preset
 from ..plots import save_picture
 from ._hydra import hydra_app
@@ -148,6 +156,45 @@ def _load_classifier(path: str, device, ema: bool):
     if getattr(model, "num_classes", None) is None:
         model.num_classes = getattr(trained, "num_classes", None)
     return model, trained.sde.to(device)
+
+
+def _feature_classifier(app: SampleAppConf, src: "_Source", device):
+    """The classifier whose penultimate features score image quality (`feature_classifier=`), or None.
+
+    Checked before any sampling: it needs a checkpoint source with a test set to compare with, and
+    must read inputs of the data's shape.
+    """
+    if app.feature_classifier is None:
+        return None
+    reference = src.reference
+    if app.source != "checkpoint" or not torch.is_tensor(reference) or reference.ndim < 2:
+        raise ValueError("feature_classifier needs source=checkpoint with a data set that has a test set (the "
+                         f"distance compares the samples with it); got source={app.source}")
+    classifier, _ = _load_classifier(app.feature_classifier, device, ema=True)
+    try:
+        classifier_features(classifier, reference[:2].to(device))
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"feature_classifier: the classifier run {app.feature_classifier!r} cannot read data of "
+                         f"shape {tuple(reference.shape[1:])}: {err}") from None
+    return classifier
+
+
+def _feature_metrics(classifier, samples: torch.Tensor, test: torch.Tensor, seed: int, device) -> Dict[str, float]:
+    """Frechet distance and KID between samples and the test set in the classifier's features.
+
+    `classifier_fd_test_halves` is the same distance between two halves of the test set: what a
+    perfect model scores at this set size (the distance is biased upwards at finite N).
+    """
+    f_s = classifier_features(classifier, samples)
+    f_t = classifier_features(classifier, test)
+    out = {"classifier_fd": float(frechet_distance(f_t, f_s)), "classifier_fd_features": int(f_s.shape[1])}
+    half = f_t.shape[0] // 2
+    if half >= 2:
+        out["classifier_fd_test_halves"] = float(frechet_distance(f_t[:half], f_t[half:2 * half]))
+    size = min(f_s.shape[0], f_t.shape[0], 1000)
+    mean, std = kid(f_t, f_s, subsets=10, subset_size=size, generator=torch.Generator().manual_seed(seed))
+    out.update(classifier_kid=float(mean), classifier_kid_std=float(std))
+    return out
 
 
 def _same_noise(a, b, device) -> bool:
@@ -222,6 +269,36 @@ def _guided_score(app: SampleAppConf, src: _Source, device) -> Tuple[Optional[Ca
     return (lambda y: classifier_free(src.conditional, y, s, num_classes=C)), C
 
 
+class _StepProgress:
+    """A tqdm bar advanced once per sampler step through the sampler's `callback(i, t_next, x)`.
+
+    The bar lives in the app, never in the library: the sampler only calls the callback. It is off
+    (a no-op that still counts) with `progress=false` or when stderr is not a terminal, so logs and
+    CI output stay clean. The callback touches no tensor, so it adds no host-device sync.
+    """
+
+    def __init__(self, enabled: bool, total: Optional[int], desc: str):
+        from tqdm import tqdm
+
+        self.steps = 0
+        self._bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=not enabled, leave=False)
+
+    def callback(self, i, t_next, x) -> None:
+        self.steps += 1
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress(app, sampler, num_batches: int) -> _StepProgress:
+    """The step bar of a run: total = steps per call x calls when the sampler has a fixed grid."""
+    per_call = getattr(sampler, "num_steps", None)
+    total = per_call * num_batches if isinstance(per_call, int) else None
+    enabled = bool(app.progress) and sys.stderr.isatty()
+    return _StepProgress(enabled, total, f"sample ({getattr(sampler, 'name', type(sampler).__name__)})")
+
+
 def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Sample according to `cfg` and write samples.pt, samples.png and metrics.json into `out_dir`.
 
@@ -245,6 +322,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     if hasattr(sampler, "check_sde"):
         sampler.check_sde(sde)
     make_guided, num_classes = _guided_score(app, src, device)
+    feature_clf = _feature_classifier(app, src, device)
     # the requested class of every row, built once for the whole run; each batch takes its slice
     labels = None if make_guided is None else class_labels(app.label, num_classes, app.num_samples, device)
     log.info("sampling %d x %s with %r on %s (%s, %s)", app.num_samples, event_shape, sampler, problem, sde_name, device)
@@ -254,13 +332,15 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     chunks, timing = [], {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
     nfe_per_batch, steps, num_nonfinite, batch_cost = [], None, 0, 1
     done = 0
+    bar = _progress(app, sampler, -(-app.num_samples // batch))
     while done < app.num_samples:
         b = min(batch, app.num_samples - done)
         score = score_fn
         if make_guided is not None:
             score = make_guided(labels[done:done + b])
             batch_cost = score.batch_cost
-        result, tm = timed_sample(sampler, sde, score, shape=(b, *event_shape), generator=generator, device=device, dtype=dtype)
+        result, tm = timed_sample(sampler, sde, score, shape=(b, *event_shape), generator=generator, device=device, dtype=dtype,
+                                  callback=bar.callback)
         for k in timing:
             timing[k] += tm[k]
         nfe_per_batch.append(result.nfe)
@@ -268,6 +348,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
         num_nonfinite += result.num_nonfinite or 0
         chunks.append(result.samples)
         done += b
+    bar.close()
     samples = torch.cat(chunks)
 
     os.makedirs(out_dir, exist_ok=True)
@@ -320,6 +401,8 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     if num_finite < app.num_samples:
         log.warning("%d of %d samples have non-finite coordinates; metrics and picture use the %d finite ones",
                     app.num_samples - num_finite, app.num_samples, num_finite)
+    if feature_clf is not None and num_finite >= 2:
+        metrics.update(_feature_metrics(feature_clf, finite, reference.to(device), app.metrics_seed, device))
     ref_labels = None
     if oracle is not None and labels is not None:
         # requested classes: quality per class against the exact class-conditional laws (the
@@ -418,16 +501,18 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
     batch = app.num_samples if app.batch_size == 0 else min(app.batch_size, app.num_samples)
     chunks, nfe_per_batch, steps, done = [], [], None, 0
     timing = {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
+    bar = _progress(app, sampler, -(-app.num_samples // batch))
     while done < app.num_samples:
         b = min(batch, app.num_samples - done)
         result, tm = timed_sample(sampler, sde, src.score_fn, shape=(b, *event_shape), generator=generator,
-                                  device=device, dtype=dtype)
+                                  device=device, dtype=dtype, callback=bar.callback)
         for k in timing:
             timing[k] += tm[k]
         nfe_per_batch.append(result.nfe)
         steps = result.num_steps
         chunks.append(result.samples)
         done += b
+    bar.close()
     samples = torch.cat(chunks)
 
     os.makedirs(out_dir, exist_ok=True)

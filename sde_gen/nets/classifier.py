@@ -51,15 +51,19 @@ class MLPClassifier(nn.Module):
         self.blocks = nn.ModuleList(_Block(hidden, time_embed_dim) for _ in range(depth))
         self.head = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, self.num_classes))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x: (B, *event) with prod(event) == dim, t: (B,) -> (B, num_classes) logits."""
+    def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer: x (B, *event), t (B,) -> (B, hidden), the input of the last linear."""
         if x[0].numel() != self.dim:
             raise ValueError(f"x must have {self.dim} values per sample; got shape {tuple(x.shape)}")
         emb = self.embed(t.to(x.dtype))
         h = self.inp(x.flatten(1))
         for block in self.blocks:
             h = block(h, emb)
-        return self.head(h)
+        return self.head[:-1](h)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x: (B, *event) with prod(event) == dim, t: (B,) -> (B, num_classes) logits."""
+        return self.head[-1](self.features(x, t))
 
 
 class UNetClassifier(nn.Module):
@@ -107,6 +111,10 @@ class UNetClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W), t: (B,) -> (B, num_classes) logits."""
+        return self.head(self.features(x, t))
+
+    def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer: x (B, C, H, W), t (B,) -> (B, channels) pooled activations."""
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(
                 f"x must have shape (B, {self.in_channels}, {self.image_size}, {self.image_size}); got {tuple(x.shape)}"
@@ -121,7 +129,7 @@ class UNetClassifier(nn.Module):
             else:
                 h = stage[0](h)
         h = self.mid_attn(self.mid_block(h, emb))
-        return self.head(nn.functional.silu(self.norm_out(h)).mean(dim=(-2, -1)))
+        return nn.functional.silu(self.norm_out(h)).mean(dim=(-2, -1))
 
 
 class NoiseConditionalClassifier(nn.Module):
@@ -143,12 +151,23 @@ class NoiseConditionalClassifier(nn.Module):
         self.data_std = check_positive("data_std", data_std)
         self.num_classes = check_positive_int("backbone.num_classes", getattr(backbone, "num_classes", None))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x: (B, *event), t: (B,) -> (B, num_classes) logits in x's dtype."""
+    def _c_in(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, s = self.sde.marginal_coeffs(t)
         a, s = append_dims(a.to(x.dtype), x.ndim), append_dims(s.to(x.dtype), x.ndim)
-        c_in = torch.rsqrt(a ** 2 * self.data_std ** 2 + s ** 2)
-        return self.backbone(c_in * x, t.to(x.dtype))
+        return torch.rsqrt(a ** 2 * self.data_std ** 2 + s ** 2)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x: (B, *event), t: (B,) -> (B, num_classes) logits in x's dtype."""
+        return self.backbone(self._c_in(x, t) * x, t.to(x.dtype))
+
+    def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The backbone's penultimate layer on the scaled input, (B, F); needs `backbone.features`."""
+        if not callable(getattr(self.backbone, "features", None)):
+            raise ValueError(
+                f"backbone must have a features(x, t) method (MLPClassifier, UNetClassifier); "
+                f"got {type(self.backbone).__name__}"
+            )
+        return self.backbone.features(self._c_in(x, t) * x, t.to(x.dtype))
 
     def log_prob(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log p_phi(y | x_t = x) for every class, (B, num_classes)."""
