@@ -27,9 +27,10 @@ cost     wall time of one guided evaluation relative to one conditional evaluati
          on CUDA, synchronised.
 
 Trained models: `--cfg-run DIR` adds classifier-free rows for a trained class-conditional run
-(`load_trained(DIR)`, its model must have `num_classes` equal to the problem's). HOOK (trained
-classifier): the classifier guidance row for a trained noise-conditional classifier goes where
-`trained_entries` says; nothing is printed for it until such a classifier can be loaded.
+(`load_trained(DIR)`, its model must have `num_classes` equal to the problem's);
+`--classifier-run DIR` adds classifier-guidance rows for a trained noise-conditional classifier
+(`load_classifier(DIR)`) guiding the exact unconditional score and, with `--cfg-run`, the no-label
+output of the trained conditional model (an unconditional model of the same training).
 Timings on a shared machine are noisy: compare ratios within one run.
 """
 from __future__ import annotations
@@ -67,21 +68,34 @@ def exact_entries(oracle, sde):
 def trained_entries(args, problem, sde):
     """Rows for trained models, (label, sde, make(y, scale) -> GuidedScore).
 
-    HOOK: a trained noise-conditional classifier (classifier guidance with the unconditional score
-    of the same run, or of the exact oracle) is added here once the library can load one.
+    `--cfg-run`: classifier-free guidance of the trained conditional model. `--classifier-run`:
+    classifier guidance by the trained classifier, of the exact unconditional score of the
+    classifier's SDE and (with `--cfg-run` on the same SDE) of the trained model's no-label output.
+    A run trained on another problem adds nothing for this one.
     """
-    entries = []
-    if args.cfg_run:
-        from sde_gen.checkpoint import load_trained
+    from sde_gen.checkpoint import load_classifier, load_trained
 
+    entries, cfg_model = [], None
+    if args.cfg_run:
         trained = load_trained(args.cfg_run, device=args.device)
-        name = getattr(trained.dataset, "name", None)
-        if name != problem:
-            return entries  # the run belongs to another problem
-        if getattr(trained.model, "num_classes", None) is None:
-            raise SystemExit(f"--cfg-run {args.cfg_run}: the model is unconditional (no num_classes)")
-        model = trained.model
-        entries.append((f"CFG, trained ({trained.step} steps)", trained.sde, lambda y, s: classifier_free(model, y, s)))
+        if getattr(trained.dataset, "name", None) == problem:
+            if getattr(trained.model, "num_classes", None) is None:
+                raise SystemExit(f"--cfg-run {args.cfg_run}: the model is unconditional (no num_classes)")
+            cfg_model, cfg_sde = trained.model, trained.sde
+            entries.append((f"CFG, trained ({trained.step} steps)", cfg_sde, lambda y, s: classifier_free(cfg_model, y, s)))
+    if args.classifier_run:
+        clf_run = load_classifier(args.classifier_run, device=args.device)
+        if getattr(clf_run.dataset, "name", None) == problem:
+            clf, clf_sde = clf_run.model, clf_run.sde
+            oracle = make_preset(problem).to(args.device)
+            exact_score = oracle.score_fn(clf_sde)
+            label = f"classifier, trained ({clf_run.step} steps)"
+            entries.append((f"{label} + exact score", clf_sde, lambda y, s: classifier_guided(exact_score, clf, y, s)))
+            if cfg_model is not None and type(cfg_sde) is type(clf_sde):
+                def no_label(x, t):
+                    return cfg_model(x, t, torch.full((x.shape[0],), cfg_model.num_classes, dtype=torch.long, device=x.device))
+                entries.append((f"{label} + trained no-label score", clf_sde,
+                                lambda y, s: classifier_guided(no_label, clf, y, s)))
     return entries
 
 
@@ -207,6 +221,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=30, help="timed calls per cost figure (the fastest is reported)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cfg-run", default=None, help="a trained class-conditional run directory (adds CFG rows)")
+    p.add_argument("--classifier-run", default=None,
+                   help="a trained noise-conditional classifier run directory (adds classifier-guidance rows)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "guidance.md"))
     args = p.parse_args(argv)
     if args.quick:

@@ -436,7 +436,11 @@ class GaussianMixture(nn.Module):
         Args:
             x: (B, D). y: an int class or (B,) classes in [0, C). t, sde: as in `score`.
         """
-        y = self.check_labels(y, x.shape[0], x.device)
+        return self._class_score(x, self.check_labels(y, x.shape[0], x.device), t, sde)
+
+    def _class_score(self, x: torch.Tensor, y: torch.Tensor, t, sde: Optional[SDE]) -> torch.Tensor:
+        """`class_score` without the label check (no host synchronisation): y is a (B,) integer
+        tensor; a row whose y is no class of positive mass has no component left and comes out NaN."""
         a, s = self._coeffs(x, t, sde)
         log_terms, y_over_var, vecs = self._component_terms(x, a, s)
         # responsibilities within the class: components of other classes get weight 0
@@ -498,11 +502,18 @@ class ExactConditionalScore(nn.Module):
         y = torch.as_tensor(y, device=x.device)
         if y.ndim == 0:
             y = y.expand(x.shape[0])
-        if bool(((y < 0) | (y > self.num_classes)).any()):
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"y must be integer labels in [0, {self.num_classes}] ({self.num_classes} = no label); got dtype {y.dtype}")
+        # Labels in host memory are range-checked here (free). On an accelerator the check would
+        # synchronise the host on every call of a sampler loop, so it is left to the callers that
+        # set labels up once (the guidance wrappers, the sample app): an out-of-range row there
+        # has no component of its class and comes out NaN (caught by `check_finite`), never a
+        # plausible wrong score.
+        if y.device.type == "cpu" and bool(((y < 0) | (y > self.num_classes)).any()):
             raise ValueError(f"y must lie in [0, {self.num_classes}] ({self.num_classes} = no label); got {sorted(set(y.tolist()))}")
         null = y == self.num_classes
         # no-label rows get a stand-in class of positive mass (its score is discarded below)
-        cond = self.oracle.class_score(x, torch.where(null, self._stand_in, y), t, self.sde)
+        cond = self.oracle._class_score(x, torch.where(null, self._stand_in, y), t, self.sde)
         return torch.where(null[:, None], self.oracle.score(x, t, self.sde), cond)
 
 

@@ -279,7 +279,12 @@ def test_conditional_ring2d_reaches_purity_and_per_class_floor(conditional_run):
     The issue asks for every class within the floor's mean + 2 std. That bar fails for the EXACT
     conditional score through the same sampler (euler_maruyama, nfe 100; ratios to mean + 2 std
     1.02, 0.77, 1.01, 0.79, 0.68, 1.05, 0.85, 0.96: the floor of one Gaussian class is 0.01 and the
-    sampler's own bias is of that size), so it cannot be a test of training. Asserted instead: the
+    sampler's own bias is of that size), so it cannot be a test of training. Measured again with
+    the same prior draw and noise for the trained and the exact model (seeds 11-13, z = (SW2 -
+    floor mean) / floor std per class): the exact score reaches z 2.8, 4.1, 4.4, 4.4, 3.1, 3.3 on
+    some class in each seed, the trained model z <= 3.4, 10.0 and 3.3. An ODE sampler brings the
+    exact score to the floor (heun NFE 100: z <= 2.5) but is no fix for a trained score: without the
+    SDE's contraction a few samples land far off the ring (z up to 550). Asserted instead: the
     class-weighted mean of the distances within the class-weighted mean of mean + 2 std (measured
     0.0127 vs 0.0137 with label_dropout 0.2, purity 0.9997), and no class beyond mean + 6 std (a
     broken class; measured worst 4.8 std)."""
@@ -317,20 +322,27 @@ def test_classifier_experiment_accuracy_at_small_t(classifier_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured purity 0.979 (0.989 with the exact unconditional score): the trained "
-                                       "classifier's input gradient is not yet accurate enough at small t")
 def test_classifier_guidance_purity(conditional_run, classifier_run):
     """The issue's target: guiding an unconditional score with the trained classifier at scale 1
-    gives purity >= 0.99. The unconditional score is the no-label output of the CFG model (its
-    quality is an unconditional model's, test above), so that the slow tier trains two models."""
+    gives purity >= 0.99 (class-weighted: the purity of samples whose labels follow p(y)). The
+    unconditional score is the no-label output of the CFG model (its quality is an unconditional
+    model's, test above), so that the slow tier trains two models; the sampler is the sample app's
+    default (euler_maruyama, NFE 100).
+
+    Measured (seeds 23 and 24, 2,000 samples a class): 0.994 and 0.993 with the 12,000-step
+    classifier of `experiment=classifier_ring2d` (0.979 with 3,000 steps). Per class the lightest
+    class (weight 1/36, next to the 8/36 one) is the weakest, 0.935; the unweighted mean (every
+    class in equal shares, the app's default labels) is 0.987 (docs/training.md)."""
     from sde_gen.checkpoint import load_classifier
     from sde_gen.guidance import classifier_guided
+    from sde_gen.samplers import build_sampler
 
     clf = load_classifier(classifier_run[1])
     out, run_dir, cfg = conditional_run
     trained = load_trained(run_dir)
-    sampler = instantiate(cfg.sampler, "sampler")
+    sampler = build_sampler("euler_maruyama", nfe=100)
     rows = _per_class_check(lambda c: classifier_guided(trained.model, clf.model, c, 1.0), sampler, trained.sde,
                             trained.dataset.oracle, 2000, seed=23)
     w = [float(v) for v in trained.dataset.oracle.class_weights()]
     assert sum(wc * r["purity"] for wc, r in zip(w, rows)) >= 0.99, rows
+    assert min(r["purity"] for r in rows) >= 0.85, rows  # no class left behind

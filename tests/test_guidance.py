@@ -9,6 +9,7 @@ References used here, none of them the code under test:
 - class-conditional laws: means and covariances by the law of total covariance from the raw parameters.
 Every SDE of the registry at T = 1 and T = 2, t at eps, mid-range and T.
 """
+import copy
 import math
 
 import numpy as np
@@ -299,6 +300,26 @@ def test_exact_conditional_score_with_the_no_label_token():
         with pytest.raises(ValueError, match=r"y must lie in \[0, 2\]"):
             model(x, t, bad)
 
+
+
+def test_exact_conditional_score_does_not_synchronise_off_the_host():
+    """Inside a sampler loop on an accelerator the model must not read labels back to the host: on
+    the meta device any such read (bool(), tolist()) raises, so a call that runs there has none.
+    Off the host an out-of-range label gives NaN rows, never a plausible score (checked on the CPU
+    through the unchecked path the accelerator takes)."""
+    gm, sde = shared_case()[0], VPSDE()
+    model = gm.conditional_model(sde)
+    x, t = torch.randn(4, 2, generator=torch.Generator().manual_seed(6), dtype=f64), torch.full((4,), 0.3, dtype=f64)
+    y = torch.tensor([0, 2, 1, 2])
+    on_meta = copy.deepcopy(model).to("meta")(x.to("meta"), t.to("meta"), y.to("meta"))  # a copy: .to moves in place
+    assert on_meta.shape == x.shape and on_meta.device.type == "meta"
+    guided = classifier_free(copy.deepcopy(model).to("meta"), 1, 3.0)
+    assert guided(x.to("meta"), t.to("meta")).shape == x.shape
+    raw = gm._class_score(x, torch.tensor([0, 5, -1, 1]), t, sde)
+    assert torch.isfinite(raw[[0, 3]]).all() and torch.isnan(raw[[1, 2]]).all()
+    close(raw[[0, 3]], gm.class_score(x[[0, 3]], torch.tensor([0, 1]), t[[0, 3]], sde), rtol=1e-12)
+    with pytest.raises(ValueError, match="integer labels"):
+        model(x, t, torch.tensor([0.0, 1.0, 0.0, 1.0]))
 
 # ---------------------------------------------------------------- class-conditional laws and sampling
 def test_class_weights_and_conditional_laws_from_the_raw_parameters():
