@@ -327,29 +327,12 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     labels = None if make_guided is None else class_labels(app.label, num_classes, app.num_samples, device)
     log.info("sampling %d x %s with %r on %s (%s, %s)", app.num_samples, event_shape, sampler, problem, sde_name, device)
 
-    generator = torch.Generator(device).manual_seed(app.seed)
-    batch = app.num_samples if app.batch_size == 0 else min(app.batch_size, app.num_samples)
-    chunks, timing = [], {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
-    nfe_per_batch, steps, num_nonfinite, batch_cost = [], None, 0, 1
-    done = 0
-    bar = _progress(app, sampler, -(-app.num_samples // batch))
-    while done < app.num_samples:
-        b = min(batch, app.num_samples - done)
-        score = score_fn
-        if make_guided is not None:
-            score = make_guided(labels[done:done + b])
-            batch_cost = score.batch_cost
-        result, tm = timed_sample(sampler, sde, score, shape=(b, *event_shape), generator=generator, device=device, dtype=dtype,
-                                  callback=bar.callback)
-        for k in timing:
-            timing[k] += tm[k]
-        nfe_per_batch.append(result.nfe)
-        steps = result.num_steps
-        num_nonfinite += result.num_nonfinite or 0
-        chunks.append(result.samples)
-        done += b
-    bar.close()
-    samples = torch.cat(chunks)
+    def score_for(start: int, stop: int):
+        return score_fn if make_guided is None else make_guided(labels[start:stop])
+
+    run = _sample_in_batches(app, sampler, sde, score_for, event_shape, device, dtype)
+    samples, timing, nfe_per_batch, steps = run["samples"], run["timing"], run["nfe_per_batch"], run["steps"]
+    num_nonfinite, batch_cost = run["num_nonfinite"], run["batch_cost"]
 
     os.makedirs(out_dir, exist_ok=True)
     with atomic_path(os.path.join(out_dir, "samples.pt")) as tmp:
@@ -473,6 +456,36 @@ def _measurement(app: SampleAppConf, event_shape: Tuple[int, ...], generator: to
     return LinearMeasurement.random_projection(D, m, inv.noise_std, generator)
 
 
+def _sample_in_batches(app, sampler, sde, score_for, event_shape, device, dtype) -> dict:
+    """Draw `app.num_samples` samples in batches of `app.batch_size` (0: one batch) from one generator.
+
+    `score_for(start, stop)` gives the score function of rows [start, stop) (a guided score carries
+    its `batch_cost`). Returns the samples, the summed timing of `timed_sample`, the NFE of each
+    batch, the steps of the last batch, the non-finite rows counted by the sampler and the batch cost.
+    """
+    generator = torch.Generator(device).manual_seed(app.seed)
+    batch = app.num_samples if app.batch_size == 0 else min(app.batch_size, app.num_samples)
+    chunks, nfe_per_batch, steps, num_nonfinite, batch_cost, done = [], [], None, 0, 1, 0
+    timing = {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
+    bar = _progress(app, sampler, -(-app.num_samples // batch))
+    while done < app.num_samples:
+        b = min(batch, app.num_samples - done)
+        score = score_for(done, done + b)
+        batch_cost = getattr(score, "batch_cost", batch_cost)
+        result, tm = timed_sample(sampler, sde, score, shape=(b, *event_shape), generator=generator, device=device,
+                                  dtype=dtype, callback=bar.callback)
+        for k in timing:
+            timing[k] += tm[k]
+        nfe_per_batch.append(result.nfe)
+        steps = result.num_steps
+        num_nonfinite += result.num_nonfinite or 0
+        chunks.append(result.samples)
+        done += b
+    bar.close()
+    return {"samples": torch.cat(chunks), "timing": timing, "nfe_per_batch": nfe_per_batch, "steps": steps,
+            "num_nonfinite": num_nonfinite, "batch_cost": batch_cost}
+
+
 def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtype, out_dir: str,
                  sampler_name: str) -> Dict[str, Any]:
     """task=inpaint|colorize|linear: sample p(x | y) with a conditioning method and compare with
@@ -497,23 +510,8 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
         sampler.check_sde(sde)
     log.info("%s with %s (%r) on %s: %r", app.task, inv.method, sampler, src.problem, meas)
 
-    generator = torch.Generator(device).manual_seed(app.seed)
-    batch = app.num_samples if app.batch_size == 0 else min(app.batch_size, app.num_samples)
-    chunks, nfe_per_batch, steps, done = [], [], None, 0
-    timing = {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
-    bar = _progress(app, sampler, -(-app.num_samples // batch))
-    while done < app.num_samples:
-        b = min(batch, app.num_samples - done)
-        result, tm = timed_sample(sampler, sde, src.score_fn, shape=(b, *event_shape), generator=generator,
-                                  device=device, dtype=dtype, callback=bar.callback)
-        for k in timing:
-            timing[k] += tm[k]
-        nfe_per_batch.append(result.nfe)
-        steps = result.num_steps
-        chunks.append(result.samples)
-        done += b
-    bar.close()
-    samples = torch.cat(chunks)
+    run = _sample_in_batches(app, sampler, sde, lambda start, stop: src.score_fn, event_shape, device, dtype)
+    samples, timing, nfe_per_batch, steps = run["samples"], run["timing"], run["nfe_per_batch"], run["steps"]
 
     os.makedirs(out_dir, exist_ok=True)
     with atomic_path(os.path.join(out_dir, "samples.pt")) as tmp:
@@ -539,6 +537,8 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
         "device": str(device), "dtype": app.dtype, "time_total_s": timing["total_s"],
         "time_score_s": timing["score_s"], "time_sampler_s": timing["sampler_s"],
     }
+    if app.check_finite:
+        metrics["num_nonfinite"] = run["num_nonfinite"]
     if n >= 2:
         residual = meas.residual(finite, y_dev.to(torch.float64))
         metrics["residual_mean"] = float(residual.mean())
