@@ -21,6 +21,7 @@ on gaussian16d); it is kept for its good few-step behaviour, and `deis` is the v
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,19 +62,12 @@ def lagrange_weights(nodes: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) ->
 
 
 @dataclass(eq=False, kw_only=True)
-class DEIS(ExponentialMultistep):
-    """rhoAB-DEIS (Zhang & Chen 2023): variable-step Adams-Bashforth on eps_hat in rho = s / a.
+class _AdamsInRho(ExponentialMultistep):
+    """What DEIS and iPNDM share: noise prediction, an order p in `ORDERS` (each declares its own
+    `solver_order` field and default), and the update x_{i+1} = (a_{i+1} / a_i) x_i + a_{i+1} sum_j
+    W_ij eps_{i-j} whose weights `weights(i, p, rho)` a subclass writes."""
 
-    Args:
-        solver_order: p in {1, 2, 3, 4}; p = 1 is DDIM.
-        lower_order_final: lower the order of the last steps when num_steps < 15.
-        (and the `Sampler` options; one evaluation per step; default grid "log_snr")
-    """
-
-    name = "deis"
     prediction = "noise"
-
-    solver_order: int = 3
 
     def __post_init__(self):
         _check_order(self.solver_order)
@@ -83,6 +77,10 @@ class DEIS(ExponentialMultistep):
     def order(self) -> float:
         return float(self.solver_order)
 
+    @abstractmethod
+    def weights(self, i: int, p: int, rho: torch.Tensor) -> torch.Tensor:
+        """(p,) float64 weights of eps_i, eps_{i-1}, ... over [rho_i, rho_{i+1}] (without the a_{i+1} factor)."""
+
     def tables(self, sde, ts, coeffs):
         alpha, lam = coeffs["alpha"], coeffs["lam"]
         rho = torch.exp(-lam)
@@ -90,16 +88,33 @@ class DEIS(ExponentialMultistep):
         c = alpha[1:] / alpha[:-1]  # a_{i+1} / a_i
         W = torch.zeros(N, self.solver_order, dtype=ts.dtype, device=ts.device)
         for i, p in enumerate(step_orders(self.solver_order, N, self.lower_order_final)):
-            nodes = rho[i - p + 1:i + 1].flip(0)  # rho_i, rho_{i-1}, ...
-            # integrate in u = rho - rho_i scaled by the step, so the basis is well conditioned
-            scale = rho[i + 1] - rho[i]
-            w = lagrange_weights((nodes - rho[i]) / scale, torch.zeros_like(scale), torch.ones_like(scale))
-            W[i, :p] = alpha[i + 1] * scale * w
+            W[i, :p] = alpha[i + 1] * self.weights(i, p, rho)
         return c, W, None
 
 
 @dataclass(eq=False, kw_only=True)
-class IPNDM(ExponentialMultistep):
+class DEIS(_AdamsInRho):
+    """rhoAB-DEIS (Zhang & Chen 2023): variable-step Adams-Bashforth on eps_hat in rho = s / a.
+
+    Args:
+        solver_order: p in {1, 2, 3, 4}; p = 1 is DDIM.
+        lower_order_final: lower the order of the last steps when num_steps < 15.
+        (and the `Sampler` options; one evaluation per step; default grid "log_snr")
+    """
+
+    name = "deis"
+
+    solver_order: int = 3
+
+    def weights(self, i, p, rho):
+        nodes = rho[i - p + 1:i + 1].flip(0)  # rho_i, rho_{i-1}, ...
+        # integrate in u = rho - rho_i scaled by the step, so the basis is well conditioned
+        scale = rho[i + 1] - rho[i]
+        return scale * lagrange_weights((nodes - rho[i]) / scale, torch.zeros_like(scale), torch.ones_like(scale))
+
+
+@dataclass(eq=False, kw_only=True)
+class IPNDM(_AdamsInRho):
     """iPNDM (Zhang & Chen 2023): fixed Adams-Bashforth weights on eps_hat in rho = s / a.
 
     Args:
@@ -110,26 +125,13 @@ class IPNDM(ExponentialMultistep):
     """
 
     name = "ipndm"
-    prediction = "noise"
 
     solver_order: int = 4
-
-    def __post_init__(self):
-        _check_order(self.solver_order)
-        super().__post_init__()
 
     @property
     def order(self) -> float:
         """Order on uniform rho-steps; on other grids the fixed weights are first-order consistent."""
         return float(self.solver_order)
 
-    def tables(self, sde, ts, coeffs):
-        alpha, lam = coeffs["alpha"], coeffs["lam"]
-        rho = torch.exp(-lam)
-        N = ts.numel() - 1
-        c = alpha[1:] / alpha[:-1]
-        W = torch.zeros(N, self.solver_order, dtype=ts.dtype, device=ts.device)
-        for i, p in enumerate(step_orders(self.solver_order, N, self.lower_order_final)):
-            b = torch.tensor(AB_WEIGHTS[p], dtype=ts.dtype, device=ts.device)
-            W[i, :p] = alpha[i + 1] * (rho[i + 1] - rho[i]) * b
-        return c, W, None
+    def weights(self, i, p, rho):
+        return (rho[i + 1] - rho[i]) * torch.tensor(AB_WEIGHTS[p], dtype=rho.dtype, device=rho.device)
