@@ -270,11 +270,16 @@ class SDE(nn.Module, ABC):
         allowed = f"allowed: (0, T) = (0, {self.T}), where marginal_std(t_min) > 0"
         if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 < t_min < self.T:
             raise ValueError(f"t_min must lie in (0, T) ({allowed}); got {t_min!r}")
-        std = float(self.marginal_std(torch.tensor(float(t_min), dtype=torch.float64)))
-        if not std > 0:
+        # the probe follows the SDE's own tables (never the default device); the score and Tweedie's
+        # step divide by s(t_min)^2, so its variance, not only its std, must be representable: under
+        # sigma(t) = t (EDM) a t_min of 5e-324 has s > 0 but s^2 = 0
+        device = next((b.device for b in self.buffers()), torch.device("cpu"))
+        probe = torch.tensor(float(t_min), dtype=torch.float64, device=device)
+        std, var = float(self.marginal_std(probe)), float(self.marginal_var(probe))
+        if not (std > 0 and var > 0):
             raise ValueError(
                 f"t_min must lie in (0, T) with marginal_std(t_min) > 0 ({allowed}); got {t_min!r}, "
-                f"whose marginal_std is {std!r}"
+                f"whose marginal_std is {std!r} (variance {var!r})"
             )
         return float(t_min)
 
