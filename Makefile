@@ -27,7 +27,7 @@ run: $(STAMP)
 	$(PY) -m sde_gen.train
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-seeds: $(STAMP)
 	set -e; for s in $(STAT_SEEDS); do echo "--stat-seed $$s"; $(PY) -m pytest -q -m "statistical and not slow" --stat-seed $$s; done
