@@ -69,3 +69,16 @@ def stat_seed(request):
         return own if offset == 0 else own + 7_919 * offset
 
     return seed
+
+
+@pytest.fixture
+def hydra_full_errors(monkeypatch):
+    """Hydra apps called in-process re-raise the app's exception instead of printing it and exiting
+    (a bad-input test may unset HYDRA_FULL_ERROR itself); the global Hydra state is cleared around
+    the test, so each `main()` call composes afresh."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    GlobalHydra.instance().clear()
+    yield
+    GlobalHydra.instance().clear()

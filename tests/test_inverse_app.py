@@ -20,12 +20,7 @@ SMALL = ["noise_floor_replicates=3", "num_projections=64", "device=cpu", "plot=f
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "sde_gen" / "conf")
 
 
-@pytest.fixture(autouse=True)
-def _full_errors(monkeypatch):
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    GlobalHydra.instance().clear()
-    yield
-    GlobalHydra.instance().clear()
+pytestmark = pytest.mark.usefixtures("hydra_full_errors")
 
 
 def _bw_scipy(m1, c1, m2, c2):

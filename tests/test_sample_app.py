@@ -28,13 +28,7 @@ CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 SMALL = ["noise_floor_replicates=4", "num_projections=64", "device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _full_errors(monkeypatch):
-    # Hydra re-raises the app's exception instead of printing it and exiting
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    GlobalHydra.instance().clear()
-    yield
-    GlobalHydra.instance().clear()
+pytestmark = pytest.mark.usefixtures("hydra_full_errors")
 
 
 @pytest.fixture

@@ -52,13 +52,7 @@ TINY_TRAIN = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _full_errors(monkeypatch):
-    # successful runs: Hydra re-raises a failure instead of printing it (the bad-input tests unset it)
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    GlobalHydra.instance().clear()
-    yield
-    GlobalHydra.instance().clear()
+pytestmark = pytest.mark.usefixtures("hydra_full_errors")
 
 
 def _run(tmp, *overrides):
