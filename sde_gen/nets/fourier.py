@@ -36,7 +36,8 @@ class GaussianFourierFeatures(nn.Module):
             raise ValueError(f"embed_dim must be even (sin and cos halves); got {embed_dim}")
         self.scale = check_positive("scale", scale)
         g = torch.Generator().manual_seed(int(seed))
-        self.register_buffer("omega", torch.randn(embed_dim // 2, generator=g) * self.scale)
+        # drawn on the CPU whatever the default device (the same omega everywhere; `.to` moves it)
+        self.register_buffer("omega", torch.randn(embed_dim // 2, generator=g, device="cpu") * self.scale)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """t: (B,) -> (B, embed_dim) in t's dtype."""
