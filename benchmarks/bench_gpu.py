@@ -174,11 +174,12 @@ def sampling_rows(args, device) -> List[Dict]:
 def likelihood_rows(args, device) -> List[Dict]:
     from bench_likelihood import scipy_log_likelihood
 
-    oracle = make_preset("mixture64d").to(device)
-    sde = VPSDE().to(device)
+    oracle = make_preset("mixture64d")  # drawn from, and p_T built, on the CPU; then moved
     x = oracle.sample(args.likelihood_n, torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
+    p_T = oracle.perturbed(VPSDE(), 1.0).to(device)
+    oracle = oracle.to(device)
+    sde = VPSDE().to(device)
     score = oracle.score_fn(sde)
-    p_T = oracle.perturbed(VPSDE(), sde.T).to(device)
     exact = oracle.log_prob(x, torch.full((x.shape[0],), sde.eps, dtype=torch.float64, device=device), sde)
     probe = draw_probes(x, 1, "rademacher", torch.Generator(device).manual_seed(4))
     D, tol = x.shape[1], args.tol
