@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from sde_gen.checkpoint import load_checkpoint
+from sde_gen.checkpoint import load_checkpoint, load_trained
 from sde_gen.config import CONF_DIR, register_configs
 from sde_gen.nets import DDPMpp, build_score_model
 from sde_gen.sdes import VESDE, VPSDE
@@ -141,3 +141,8 @@ def test_each_image_experiment_trains_two_steps_on_synthetic_files(hydra_ctx, tm
     assert np.isfinite(out["final"]["sw2"])
     # the experiment's own settings reached the run: the optimiser's lr after 2 steps of warm-up 1
     assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-4)
+    # the checkpoint loads without the data files and its EMA network is the trained one
+    trained = load_trained(str(tmp_path / "run"), dataset=False)
+    assert isinstance(trained.model.backbone, DDPMpp)
+    for k, v in out["ema"].module.state_dict().items():
+        assert torch.equal(trained.model.state_dict()[k], v), k
