@@ -1,4 +1,4 @@
-"""The probability-flow ODE handed to `torchdiffeq.odeint`, once, for the sampler and the likelihood.
+"""The probability-flow ODE and its one solve, for the sampler and the likelihood.
 
 Probability-flow ODE (Song et al. 2021, eq. 13): every SDE here has a linear drift, so
 
@@ -14,9 +14,11 @@ Three things live here, so that the `pf_ode` sampler and `sde_gen.likelihood` sh
   step on a fixed grid (None for the adaptive, error-controlled pairs);
 * `ProbabilityFlow`, the right-hand side (optionally with the divergence for the instantaneous
   change of variables, Chen et al. 2018, Thm. 1), counting its evaluations without a host sync;
-* `integrate`, the one `odeint` call with its guards (a first step that keeps torchdiffeq's
-  initial-step probe inside [t_min, T], a last step that lands on the end point, our own float64 grid
-  for fixed-grid methods, and a clear error when `max_num_steps` is spent).
+* `integrate`, the one solve: adaptive methods through one `odeint` call with its guards (a first
+  step that keeps torchdiffeq's initial-step probe inside [t_min, T], a last step that lands on the
+  end point, a clear error when `max_num_steps` is spent); fixed-grid methods on our own float64 grid
+  in an explicit Runge-Kutta loop with torchdiffeq's tableaus that never reads a tensor on the host
+  (torchdiffeq's own fixed-grid loop makes one host synchronisation per step on a GPU).
 """
 from __future__ import annotations
 
@@ -180,6 +182,51 @@ class _WithCallbacks:
         return self.func(t, y)
 
 
+#: explicit Runge-Kutta tableaus (c, A, b) of the fixed-grid methods, as torchdiffeq defines them
+#: ("rk4" is its 3/8-rule variant, Kutta 1901); stage times c_i, stage weights A[i], solution weights b
+_TABLEAUS = {
+    "euler": ((0.0,), ((),), (1.0,)),
+    "midpoint": ((0.0, 0.5), ((), (0.5,)), (0.0, 1.0)),
+    "heun2": ((0.0, 1.0), ((), (1.0,)), (0.5, 0.5)),
+    "heun3": ((0.0, 1 / 3, 2 / 3), ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75)),
+    "rk4": ((0.0, 1 / 3, 2 / 3, 1.0), ((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)), (0.125, 0.375, 0.375, 0.125)),
+}
+
+
+def _combine(y: State, dt: torch.Tensor, weights, ks) -> State:
+    """y + dt * sum_j w_j k_j, for a tensor or a tuple state (zero weights skipped)."""
+    terms = [(w, k) for w, k in zip(weights, ks) if w != 0.0]
+    if not terms:
+        return y
+    if isinstance(y, tuple):
+        return tuple(yi + dt.to(yi.dtype) * sum(w * k[i] for w, k in terms) for i, yi in enumerate(y))
+    return y + dt.to(y.dtype) * sum(w * k for w, k in terms)
+
+
+def _fixed_grid_solve(func, y0: State, grid: torch.Tensor, tableau, callback_step=None) -> State:
+    """Explicit Runge-Kutta steps along `grid` (float64, either direction), without a host sync.
+
+    torchdiffeq's fixed-grid loop compares the step's end time with the output times on the state's
+    device at every step (`t1 >= t[j]`), a host synchronisation per step on a GPU; this loop only
+    indexes the grid. The stage times are computed in float64 and handed to `func` in the state's
+    dtype, as torchdiffeq hands them.
+    """
+    c, A, b = tableau
+    dtype = (y0[0] if isinstance(y0, tuple) else y0).dtype
+    y = y0
+    for i in range(grid.numel() - 1):  # a Python count: no read of the grid's values
+        t0, t1 = grid[i], grid[i + 1]
+        dt = t1 - t0
+        if callback_step is not None:
+            callback_step(t0, y, dt)
+        ks = []
+        for c_s, a_s in zip(c, A):
+            t_s = t1 if c_s == 1.0 else t0 + c_s * dt
+            ks.append(func(t_s.to(dtype), _combine(y, dt, a_s, ks)))
+        y = _combine(y, dt, b, ks)
+    return y
+
+
 def integrate(
     func: Callable[[torch.Tensor, State], State],
     y0: State,
@@ -194,7 +241,10 @@ def integrate(
     callback_step=None,
     callback_accept_step=None,
 ) -> State:
-    """Solve dy/dtau = func(tau, y) from tau = ends[0] to ends[1] with one `torchdiffeq.odeint` call.
+    """Solve dy/dtau = func(tau, y) from tau = ends[0] to ends[1].
+
+    Adaptive methods: one `torchdiffeq.odeint` call. Fixed-grid methods: `_fixed_grid_solve` on
+    `grid` (no host synchronisation per step), or torchdiffeq's own loop when `options` are given.
 
     Args:
         func: the right-hand side, e.g. a `ProbabilityFlow`.
@@ -205,7 +255,8 @@ def integrate(
             on which the solver steps, exactly.
         rtol, atol: tolerances of the adaptive methods.
         max_num_steps: adaptive methods: the most steps allowed (None: torchdiffeq's limit).
-        options: further `odeint` options; they take precedence over the guards set here.
+        options: further `odeint` options (they take precedence over the guards set here; with a
+            fixed-grid method they select torchdiffeq's own loop).
         callback_step, callback_accept_step: torchdiffeq's hooks `(t0, y0, dt)`.
 
     Returns:
@@ -228,6 +279,8 @@ def integrate(
     else:
         if grid is None:
             raise ValueError(f"method={method!r} steps on a fixed grid: give `grid`")
+        if not options:  # our own loop: no host synchronisation per step (see `_fixed_grid_solve`)
+            return _fixed_grid_solve(func, y0, grid, _TABLEAUS[method], callback_step)
         # step exactly on our float64 grid: torchdiffeq's grid_constructor replaces its own
         opts["grid_constructor"] = lambda f, y, t: grid
     opts.update(options or {})

@@ -25,10 +25,9 @@ DEVICES = [pytest.param("cpu", marks=pytest.mark.slow), pytest.param("cuda", mar
 PRECISIONS = ["fp32", "bf16"]
 NFE = 40
 #: samplers whose loop decides on the host by design: the adaptive SDE solver reads `all(t <= t_min)`
-#: every `check_every` iterations, and the probability-flow ODE goes through torchdiffeq, whose
-#: fixed-grid loop compares `t1 >= t[j]` on the time tensor (on the state's device) every step
-HOST_DECISIONS = {"adaptive_sde": "reads all(t <= t_min) every check_every iterations (documented)",
-                  "pf_ode": "torchdiffeq's fixed-grid loop compares t1 >= t[j] on the device every step"}
+#: every `check_every` iterations (pf_ode with an adaptive torchdiffeq method likewise, by its step-size
+#: control; its default fixed-grid method steps in `sde_gen.ode`'s own loop, which reads nothing)
+HOST_DECISIONS = {"adaptive_sde": "reads all(t <= t_min) every check_every iterations (documented)"}
 
 
 def _oracle() -> GaussianMixture:
@@ -119,12 +118,35 @@ def test_sampler_loops_make_no_host_reads_on_the_cpu(name):
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
     run = lambda: _run_with_checked_loop(_sampler(name), sde, oracle.score_fn(sde), x_T,  # noqa: E731
                                          torch.Generator().manual_seed(1), _no_host_reads)
-    if name in HOST_DECISIONS:  # the probe sees them: it can fail
+    if name in HOST_DECISIONS:  # the probe sees it: it can fail
         with pytest.raises(AssertionError, match="host read Tensor.__bool__"):
             run()
         return
     res = run()
     assert res.samples.shape == (32, 2) and bool(torch.isfinite(res.samples).all()) and res.nfe <= NFE
+
+
+def test_the_probe_sees_torchdiffeqs_per_step_comparison():
+    # the same fixed-grid solve through torchdiffeq (any `options` select it) reads the host every step
+    from sde_gen.ode import ProbabilityFlow, integrate
+
+    sde, oracle = VPSDE(), _oracle()
+    grid = torch.linspace(sde.T, sde.eps, 6, dtype=torch.float64)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    flow = ProbabilityFlow(sde, oracle.score_fn(sde))
+    steps = []
+
+    def in_loop(t0, y0, dt):  # torchdiffeq calls it before every step: from the second on, refuse reads
+        if steps:
+            stack.enter_context(_no_host_reads())
+        steps.append(1)
+    with contextlib.ExitStack() as stack:
+        with pytest.raises(AssertionError, match="host read"):
+            integrate(flow, x, grid[[0, -1]], "rk4", grid=grid, options={"perturb": False}, callback_step=in_loop)
+    steps.clear()
+    with contextlib.ExitStack() as stack:  # our loop: none
+        out = integrate(flow, x, grid[[0, -1]], "rk4", grid=grid, callback_step=in_loop)
+    assert len(steps) == 5 and bool(torch.isfinite(out).all())
 
 
 @cuda

@@ -1,4 +1,4 @@
-"""The probability-flow ODE (Song et al. 2021, eq. 13) solved with `torchdiffeq.odeint`:
+"""The probability-flow ODE (Song et al. 2021, eq. 13) solved with torchdiffeq's Runge-Kutta methods:
 
     dx/dt = f(x, t) - 1/2 g(t)^2 score(x, t),   integrated from t = T down to t = t_min.
 
@@ -7,8 +7,8 @@ x(T) ~ p_T; the map x_T -> x_{t_min} is deterministic (used for likelihoods and 
 
 Two families of torchdiffeq methods (Chen et al. 2018, torchdiffeq):
 
-* fixed-grid ("euler", "midpoint", "heun2", "heun3", "rk4"): the solver steps exactly on this
-  sampler's time grid; each step costs a fixed number of evaluations (`sde_gen.ode.ODE_METHODS`), so the step
+* fixed-grid ("euler", "midpoint", "heun2", "heun3", "rk4"; torchdiffeq's tableaus, stepped by
+  `sde_gen.ode`'s own loop): the solver steps exactly on this sampler's time grid; each step costs a fixed number of evaluations (`sde_gen.ode.ODE_METHODS`), so the step
   count is derived from the NFE budget: num_steps = (nfe - denoise) // evals_per_step.
 * adaptive ("dopri5", "bosh3", "fehlberg2", "adaptive_heun", "dopri8"): embedded Runge-Kutta
   pairs with error control at tolerances `rtol`/`atol`; the solver chooses its own steps and the
@@ -16,12 +16,12 @@ Two families of torchdiffeq methods (Chen et al. 2018, torchdiffeq):
   through torchdiffeq's `max_num_steps` (a solve needing more steps fails with a clear error)
   and is NOT a bound on the evaluations: report and compare the returned `SampleResult.nfe`.
 
-The right-hand side, the method table and the `odeint` call with its guards are `sde_gen.ode`'s,
-shared with the likelihood. The grid is float64; torchdiffeq hands the right-hand side its time in
-the state's dtype, so in a float32 solve the SDE coefficients are evaluated at float32 times, like the
+The right-hand side, the method table and the solve (`integrate`) are `sde_gen.ode`'s, shared with
+the likelihood. The grid is float64; the right-hand side gets its time in the state's dtype (as
+torchdiffeq hands it), so in a float32 solve the SDE coefficients are evaluated at float32 times, like the
 score (relative error ~1e-7, far below the discretisation error of any budget). The ODE right-hand
-side does no host synchronisation; torchdiffeq's own loop does (its step-size control compares
-tensors on the host).
+side does no host synchronisation, nor does the fixed-grid loop; the adaptive methods' torchdiffeq
+loop does (its step-size control compares tensors on the host).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ METHODS = tuple(ODE_METHODS)
 
 @dataclass(eq=False, kw_only=True)
 class ProbabilityFlowODE(Sampler):
-    """Probability-flow ODE through `torchdiffeq.odeint`; works with every SDE of the library.
+    """Probability-flow ODE with a fixed-grid or adaptive Runge-Kutta method; works with every SDE of the library.
 
     Args:
         nfe: evaluation budget. Fixed-grid methods: the step count is (nfe - denoise) //
