@@ -228,3 +228,26 @@ def test_likelihood_matches_its_cpu_float64_value(precision, device):
     assert res.logp.device.type == device and bool(torch.isfinite(logp).all())
     err = float((logp - ref).abs().max())
     assert err < (2e-3 if precision == "fp32" else 0.1), f"{precision}: max |logp - logp_cpu64| = {err:.3g}"
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4"])
+def test_fixed_grid_loop_has_its_order_and_torchdiffeqs_values(method):
+    # dy/dt = -y (tensor) and dz/dt = y^2 (tuple state) from t = 1 down to 0: y = y1 e^(1 - t),
+    # z(0) = z1 - y1^2 (e^2 - 1) / 2
+    from sde_gen.ode import ODE_METHODS, integrate
+
+    order = ODE_METHODS[method].order
+    y1 = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    exact = (y1 * math.e, -y1 ** 2 * (math.e ** 2 - 1) / 2)
+    errors = []
+    for n in (20, 40):
+        grid = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)
+        func = lambda t, s: (-s[0], s[0] ** 2)  # noqa: E731
+        ours = integrate(func, (y1, torch.zeros(3, dtype=torch.float64)), grid[[0, -1]], method, grid=grid)
+        theirs = integrate(func, (y1, torch.zeros(3, dtype=torch.float64)), grid[[0, -1]], method, grid=grid,
+                           options={"perturb": False})
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+        errors.append(max(float((a - e).abs().max()) for a, e in zip(ours, exact)))
+    assert errors[1] < errors[0]
+    assert abs(math.log2(errors[0] / errors[1]) - order) < 0.3, (method, errors)
