@@ -1,0 +1,151 @@
+"""sde_gen.interop: DDPM noise predictors (diffusers) and k-diffusion denoisers as scores, and back.
+
+References are computed independently of the code under test: diffusers' own alpha_bar table and
+UNet call at integer timesteps, the exact Gaussian-mixture score on another SDE (the EDM SDE, where
+t IS the k-diffusion sigma), and the direct sampler paths without the wrappers.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+from sde_gen import EDMSDE, VESDE, VPSDE, make_preset, sample
+from sde_gen.interop import (
+    DDPMTimesteps,
+    DenoiserScore,
+    EpsModelScore,
+    KDiffusionDenoiser,
+    ddpm_alphas_cumprod,
+    ddpm_vp_sde,
+    load_diffusers_pipeline,
+)
+
+N = 1000
+
+
+def _tiny_unet(diffusers, seed=0, **kw):
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=8,
+                                 **kw).eval()
+
+
+def _oracle_eps_model(oracle, alphas_cumprod, prediction_type):
+    """A DDPM-style model at integer timesteps from the exact score on the EDM SDE (t = sigma):
+    with x_vp = a x0 + s z, sigma_k = s / a from the table, x~ = x_vp / a, eps = -sigma score_edm(x~, sigma)."""
+    edm = EDMSDE(T=1e4, eps=1e-6)
+    score_edm = oracle.score_fn(edm)
+    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+
+    def model(x_vp, tau):
+        k = tau.round().long()
+        a, s = torch.sqrt(abar[k])[:, None], torch.sqrt(1 - abar[k])[:, None]
+        sigma = s / a
+        x_tilde = x_vp / a
+        score = score_edm(x_tilde, sigma[:, 0])
+        eps = -sigma * score
+        x0 = x_tilde + sigma ** 2 * score
+        return {"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[prediction_type]
+
+    return model
+
+
+# ---------------------------------------------------------------- the time map
+@pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
+def test_ddpm_table_and_time_map(schedule):
+    abar = ddpm_alphas_cumprod(N, beta_schedule=schedule)
+    # the linear chain's alpha_bar from its definition, term by term
+    if schedule == "linear":
+        betas = [1e-4 + k / (N - 1) * (0.02 - 1e-4) for k in range(N)]
+        ref = torch.tensor([math.prod(1 - b for b in betas[: k + 1]) for k in (0, 1, 499, 999)], dtype=torch.float64)
+        torch.testing.assert_close(abar[[0, 1, 499, 999]], ref, rtol=1e-10, atol=0)
+    sde = ddpm_vp_sde(N, beta_schedule=schedule)
+    steps = DDPMTimesteps(abar, sde)
+    tk = steps.times()
+    # step k at its own time is timestep k; step 0 is the SDE's eps
+    torch.testing.assert_close(steps(tk), torch.arange(N, dtype=torch.float64), atol=1e-8, rtol=0)
+    assert tk[0] == pytest.approx(sde.eps, rel=1e-9)
+    # the matched noise level: alpha_bar of the SDE at t_k equals the table
+    a, _ = sde.marginal_coeffs(tk)
+    torch.testing.assert_close(a ** 2, abar, rtol=1e-9, atol=0)
+    # the continuous limit: t_k is near (k + 1) / N (Song et al. 2021, App. B)
+    assert float((tk - torch.arange(1, N + 1) / N).abs().max()) < 4e-3
+    # between steps tau is monotone; outside the table it is clamped to its ends
+    t = torch.linspace(sde.eps, sde.T, 257, dtype=torch.float64)
+    assert bool((steps(t).diff() > 0).all())
+    ends = steps(torch.tensor([0.0, sde.eps / 2, 50.0], dtype=torch.float64))
+    assert ends.tolist() == [0.0, 0.0, N - 1.0]
+
+
+def test_time_map_bad_input():
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        DDPMTimesteps(torch.tensor([0.5, 0.7]), VPSDE())
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        DDPMTimesteps(torch.tensor([1.0, 0.5]), VPSDE())
+    with pytest.raises(ValueError, match="beta_schedule"):
+        ddpm_vp_sde(N, beta_schedule="scaled_linear")
+    with pytest.raises(ValueError, match="prediction_type"):
+        EpsModelScore(lambda x, t: x, ddpm_alphas_cumprod(10), VPSDE(), prediction_type="eps")
+
+
+# ---------------------------------------------------------------- eps models as scores, against the oracle
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_eps_model_score_is_the_exact_score_at_matching_times(prediction_type, sde):
+    """An exact DDPM-style model (built on the EDM SDE) gives the exact score of another SDE."""
+    oracle = make_preset("ring2d")
+    abar = ddpm_alphas_cumprod(N)
+    score = EpsModelScore(_oracle_eps_model(oracle, abar, prediction_type), abar, sde, prediction_type)
+    g = torch.Generator().manual_seed(0)
+    k = torch.tensor([0, 3, 100, 500, 900, 999])
+    t = DDPMTimesteps(abar, sde).times()[k]
+    keep = t <= sde.T  # the chain's last steps may be noisier than the SDE at T
+    t, k = t[keep], k[keep]
+    x0 = oracle.sample(len(k), generator=g, dtype=torch.float64)
+    mean, std = sde.marginal(x0, t)
+    x = mean + std.reshape(-1, 1) * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(score(x, t), oracle.score_fn(sde)(x, t), rtol=1e-7, atol=1e-9)
+
+
+def test_diffusers_unet_score_is_minus_eps_over_sigma():
+    diffusers = pytest.importorskip("diffusers")
+    unet = _tiny_unet(diffusers)
+    for schedule in ("linear", "squaredcos_cap_v2"):
+        sched = diffusers.DDPMScheduler(num_train_timesteps=N, beta_schedule=schedule)
+        sde = ddpm_vp_sde(**sched.config)
+        score = EpsModelScore(unet, sched.alphas_cumprod, sde)
+        k = torch.tensor([0, 1, 250, 998])
+        t = score.timesteps.times()[k].float()
+        x = torch.randn(len(k), 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            ref = -unet(x, k).sample / torch.sqrt(1 - sched.alphas_cumprod[k]).view(-1, 1, 1, 1)
+            torch.testing.assert_close(score(x, t), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_diffusers_pipeline_folder_loads_as_sde_and_score(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    unet = _tiny_unet(diffusers, seed=3)
+    sched = diffusers.DDPMScheduler(num_train_timesteps=N, beta_start=2e-4, beta_end=0.03)
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / "pipe")
+    sde, score = load_diffusers_pipeline(str(tmp_path / "pipe"))
+    assert isinstance(sde, VPSDE) and sde.schedule == "linear"
+    assert (sde.beta_min, sde.beta_max) == pytest.approx((N * 2e-4, N * 0.03))
+    k = torch.tensor([0, 40, 700])
+    t = score.timesteps.times()[k].float()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = -unet(x, k).sample / torch.sqrt(1 - sched.alphas_cumprod[k]).view(-1, 1, 1, 1)
+        torch.testing.assert_close(score(x, t), ref, rtol=1e-4, atol=1e-4)
+    # sde_gen's samplers run on it
+    res = sample(sde, score, (2, 1, 8, 8), sampler="ddim", nfe=3, generator=torch.Generator().manual_seed(0))
+    assert res.samples.shape == (2, 1, 8, 8) and bool(torch.isfinite(res.samples).all()) and res.nfe == 3
+    # what it refuses, naming the option
+    config_file = tmp_path / "pipe" / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps(dict(config, beta_schedule="scaled_linear")))
+    with pytest.raises(ValueError, match="beta_schedule"):
+        load_diffusers_pipeline(str(tmp_path / "pipe"))
+    with pytest.raises(ValueError, match="pipeline folder"):
+        load_diffusers_pipeline(str(tmp_path))
