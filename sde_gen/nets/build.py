@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import ConfigError, check_target_names, instantiate, schema_for, schema_name, target_names
 from .classifier import MLPClassifier, NoiseConditionalClassifier, UNetClassifier
+from .diffusers_unet import DiffusersUNet
 from .mlp import MLP
 from .score_model import PARAMETERIZATIONS, ScoreModel
 from .unet import UNet
@@ -27,7 +28,7 @@ __all__ = ["BACKBONES", "CLASSIFIERS", "SHAPE_ARGS", "LABEL_ARG", "register_back
            "build_classifier", "model_kind"]
 
 #: config name -> backbone class (the `model/` options of the configs)
-BACKBONES: Dict[str, type] = {"mlp": MLP, "unet": UNet}
+BACKBONES: Dict[str, type] = {"mlp": MLP, "unet": UNet, "diffusers_unet": DiffusersUNet}
 #: config name -> noise-conditional classifier class (`model=classifier_mlp`, `model=classifier_unet`)
 CLASSIFIERS: Dict[str, type] = {"classifier_mlp": MLPClassifier, "classifier_unet": UNetClassifier}
 
