@@ -4,6 +4,7 @@ References are computed independently of the code under test: diffusers' own alp
 UNet call at integer timesteps, the exact Gaussian-mixture score on another SDE (the EDM SDE, where
 t IS the k-diffusion sigma), and the direct sampler paths without the wrappers.
 """
+import importlib.util
 import json
 import math
 
@@ -226,3 +227,80 @@ def test_diffusers_unet_options_are_checked():
         DiffusersUNet(1, 8, block_out_channels=(8, 12), norm_num_groups=8)
     with pytest.raises(ValueError, match="image_size"):
         DiffusersUNet(1, 6, block_out_channels=(8, 16, 16), norm_num_groups=4)
+
+
+# ---------------------------------------------------------------- k-diffusion
+def _edm_denoiser(oracle):
+    """The exact k-diffusion denoiser written directly: on the EDM SDE t IS sigma and a = 1, so
+    D(x, sigma) = x + sigma^2 score_edm(x, sigma) (Tweedie)."""
+    score_edm = oracle.score_fn(EDMSDE(T=1e4, eps=1e-6))
+
+    def denoiser(x, sigma):
+        sigma = sigma.reshape(-1).expand(x.shape[0]).to(x.dtype)
+        return x + sigma[:, None] ** 2 * score_edm(x, sigma)
+
+    return denoiser
+
+
+def _k_sampling():
+    """k-diffusion's samplers; `import k_diffusion` itself may fail (it needs torchvision and more),
+    so only the package's presence is required (see `import_k_diffusion`)."""
+    if importlib.util.find_spec("k_diffusion") is None:
+        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion torchsde)")
+    pytest.importorskip("torchsde")  # k_diffusion.sampling imports it
+    from sde_gen.interop import import_k_diffusion
+
+    return import_k_diffusion("sampling")
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_k_diffusion_sampler_on_an_sde_gen_score_equals_the_direct_path(sde):
+    K = _k_sampling()
+    oracle = make_preset("ring2d")
+    wrapped = KDiffusionDenoiser(oracle.score_fn(sde), sde)
+    sigmas = K.get_sigmas_karras(12, wrapped.sigma_min, wrapped.sigma_max, rho=7.0, device="cpu").to(torch.float64)
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sigmas[0]
+    through = K.sample_heun(wrapped, x_T, sigmas, disable=True)
+    direct = K.sample_heun(_edm_denoiser(oracle), x_T, sigmas, disable=True)
+    torch.testing.assert_close(through, direct, rtol=1e-7, atol=1e-8)
+    # the grid ends at sigma = 0, where the denoiser is the identity
+    torch.testing.assert_close(wrapped(x_T, torch.zeros(256, dtype=torch.float64)), x_T, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpm_solver"])
+def test_sde_gen_sampler_on_a_k_diffusion_denoiser_equals_the_direct_path(sampler):
+    """The exact denoiser (k-diffusion's convention) through `DenoiserScore` = the exact score."""
+    oracle, sde = make_preset("ring2d"), VPSDE()
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    through = sample(sde, DenoiserScore(_edm_denoiser(oracle), sde), x_T=x_T, sampler=sampler, nfe=12).samples
+    direct = sample(sde, oracle.score_fn(sde), x_T=x_T, sampler=sampler, nfe=12).samples
+    torch.testing.assert_close(through, direct, rtol=1e-7, atol=1e-8)
+
+
+def test_sde_gen_sampler_on_a_k_diffusion_wrapped_ddpm_model_equals_the_direct_path():
+    """k-diffusion's own DDPM wrapper (`DiscreteEpsDDPMDenoiser`, its sigma <-> timestep interpolation)
+    through `DenoiserScore` = the same eps model through `EpsModelScore`: both map noise levels alike."""
+    _k_sampling()
+    from sde_gen.interop import import_k_diffusion
+
+    external = import_k_diffusion("external")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.SiLU(), torch.nn.Linear(32, 2)).double()
+
+    def eps_model(x, tau):
+        return net(torch.cat([x, tau[:, None].to(x.dtype) / N], 1))
+
+    abar = ddpm_alphas_cumprod(N)
+    sde = ddpm_vp_sde(N)
+    k_wrapped = external.DiscreteEpsDDPMDenoiser(eps_model, abar, quantize=False)
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    through = sample(sde, DenoiserScore(k_wrapped, sde), x_T=x_T, sampler="heun", nfe=10).samples
+    direct = sample(sde, EpsModelScore(eps_model, abar, sde), x_T=x_T, sampler="heun", nfe=10).samples
+    torch.testing.assert_close(through, direct, rtol=1e-6, atol=1e-7)
+
+
+def test_import_k_diffusion_bad_module():
+    from sde_gen.interop import import_k_diffusion
+
+    with pytest.raises(ValueError, match="module"):
+        import_k_diffusion("layers")
