@@ -37,7 +37,7 @@ import math
 import os
 import sys
 import types
-from typing import Any, Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
