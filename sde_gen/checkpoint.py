@@ -354,7 +354,8 @@ def _safetensors():
     try:
         import safetensors.torch
     except ImportError as err:
-        raise ImportError(f"safetensors is needed for exports: pip install 'sde_gen[export]' ({err})") from err
+        raise ImportError(f"safetensors is needed for exports: pip install 'sde_gen[export]' ({err})",
+                          name="safetensors") from err
     return safetensors.torch
 
 

@@ -60,7 +60,8 @@ def _need(package: str, extra: str):
     try:
         return importlib.import_module(package)
     except ImportError as err:
-        raise ImportError(f"{package} is needed here and is not installed: pip install 'sde_gen[{extra}]' ({err})") from err
+        raise ImportError(f"{package} is needed here and is not installed: pip install 'sde_gen[{extra}]' ({err})",
+                          name=package) from err
 
 
 def _half_log_snr_of_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -334,7 +335,8 @@ def import_k_diffusion(module: str = "sampling") -> types.ModuleType:
         full_import_error = err
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("k-diffusion is not installed: pip install --no-deps k-diffusion torchsde") from full_import_error
+        raise ImportError("k-diffusion is not installed: pip install --no-deps k-diffusion torchsde",
+                          name="k_diffusion") from full_import_error
     name = "_sde_gen_k_diffusion"
     if name not in sys.modules:
         pkg = types.ModuleType(name)
