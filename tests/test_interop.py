@@ -42,7 +42,8 @@ def _oracle_eps_model(oracle, alphas_cumprod, prediction_type):
 
     def model(x_vp, tau):
         k = tau.round().long()
-        a, s = torch.sqrt(abar[k])[:, None], torch.sqrt(1 - abar[k])[:, None]
+        table = abar.to(x_vp.device)
+        a, s = torch.sqrt(table[k])[:, None].to(x_vp.dtype), torch.sqrt(1 - table[k])[:, None].to(x_vp.dtype)
         sigma = s / a
         x_tilde = x_vp / a
         score = score_edm(x_tilde, sigma[:, 0])
@@ -304,3 +305,25 @@ def test_import_k_diffusion_bad_module():
 
     with pytest.raises(ValueError, match="module"):
         import_k_diffusion("layers")
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_wrappers_follow_the_input_device_and_dtype(device, dtype):
+    """Every wrapper returns x's device and dtype, and the round trip score -> denoiser -> score is
+    the identity (up to rounding) at times inside (eps, T)."""
+    oracle, sde = make_preset("ring2d"), VPSDE().to(device)
+    score_fn = oracle.score_fn(sde)
+    abar = ddpm_alphas_cumprod(N)
+    eps_score = EpsModelScore(_oracle_eps_model(oracle, abar, "epsilon"), abar, sde).to(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 2, generator=g, dtype=dtype).to(device)
+    t = torch.linspace(0.05, 0.95, 8, dtype=dtype, device=device)
+    round_trip = DenoiserScore(KDiffusionDenoiser(score_fn, sde), sde)
+    for out in (eps_score(x, t), round_trip(x, t), KDiffusionDenoiser(score_fn, sde)(x, t)):
+        assert out.device == x.device and out.dtype == dtype
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(round_trip(x, t), score_fn(x, t), **tol)
