@@ -426,6 +426,9 @@ def _read_export(folder: str, ema: bool, trusted_targets: Sequence[str]) -> Dict
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"export {files[EXPORT_CONFIG]!r} is not a sde_gen export of format {EXPORT_FORMAT} "
                               "(needs format and config)")
+    if not isinstance(meta.get("step", 0), int) or not isinstance(meta.get("data_std", 1.0), (int, float)):
+        raise CheckpointError(f"export {files[EXPORT_CONFIG]!r}: step must be an integer and data_std a number; "
+                              f"got {meta.get('step')!r}, {meta.get('data_std')!r}")
     if not ema and meta.get("weights") != "raw":
         raise CheckpointError(f"export {folder!r} holds the {meta.get('weights')!r} weights only; load it with ema=True")
     try:

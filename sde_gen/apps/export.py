@@ -1,5 +1,6 @@
-"""The export command `sde-gen-export RUN_DIR [--out DIR] [--raw]`: a training run's weights as
-safetensors and its config as YAML (`sde_gen.checkpoint.export_trained`).
+"""The export command `sde-gen-export RUN_DIR`: a training run's weights as safetensors, its config as YAML.
+
+`sde-gen-export RUN_DIR [--out DIR] [--raw]` runs `sde_gen.checkpoint.export_trained`.
 
 Writes `model.safetensors` (the EMA weights of the newest checkpoint; `--raw` for the training
 weights) and `model.yaml` (the resolved run config with step, event shape and data_std) into
