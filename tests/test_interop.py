@@ -327,3 +327,24 @@ def test_wrappers_follow_the_input_device_and_dtype(device, dtype):
         assert out.device == x.device and out.dtype == dtype
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(round_trip(x, t), score_fn(x, t), **tol)
+
+
+def test_missing_optional_packages_are_one_clear_error(monkeypatch, tmp_path):
+    """Without diffusers / safetensors the library still imports; using them names the extra to install."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from sde_gen import export_trained
+    from sde_gen.config import ConfigError
+    from sde_gen.nets import build_score_model
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # an import of it now fails
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(ConfigError, match=r"model: .*pip install 'sde_gen\[interop\]'"):
+        build_score_model(OmegaConf.create({"_target_": "sde_gen.nets.diffusers_unet.DiffusersUNet"}), VPSDE(), (1, 8, 8))
+    with pytest.raises(ImportError, match=r"sde_gen\[interop\]") as err:
+        load_diffusers_pipeline(str(tmp_path))
+    assert err.value.name == "diffusers"
+    with pytest.raises(ImportError, match=r"sde_gen\[export\]"):
+        export_trained(str(tmp_path))

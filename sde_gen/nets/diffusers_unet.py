@@ -53,8 +53,9 @@ class DiffusersUNet(nn.Module):
         try:
             diffusers = importlib.import_module("diffusers")
         except ImportError as err:
+            # no chained cause: the config layer reports the innermost error, which should be this one
             raise ImportError(f"model=diffusers_unet needs diffusers: pip install 'sde_gen[interop]' ({err})",
-                              name="diffusers") from err
+                              name="diffusers") from None
         widths = [check_positive_int("block_out_channels", c) for c in block_out_channels]
         groups = check_positive_int("norm_num_groups", norm_num_groups)
         if not widths or any(c % groups for c in widths):
