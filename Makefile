@@ -5,6 +5,10 @@
 #   make test-slow   the slow tier only;  make test-slow-ci: its part CI runs;  make test-all: fast, then slow
 #   make mutation    mutation scores of the core modules (mutmut; MUTATION_ARGS="losses --max-children 1")
 #   (tiers, seeds and times: docs/testing.md)
+# The install includes the `interop` extra (diffusers, safetensors: ~19 s of CPU time) and
+# k-diffusion without its declared dependencies (torchvision would replace the pinned torch; the
+# modules sde_gen.interop loads need only torchsde and trampoline: ~5 s), so that the interop and
+# export tests run.
 # TORCH_SPEC pins the CPU wheel on CPU-only machines; on a GPU machine use e.g.
 #   make test TORCH_SPEC=torch   (or install the package into your own environment).
 PYTHON ?= python3
@@ -20,7 +24,8 @@ STAT_SEEDS ?= 1 2 3 4 5
 $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC) -e '.[test]'
+	$(PY) -m pip install -q $(TORCH_SPEC) -e '.[test,interop]'
+	$(PY) -m pip install -q --no-deps k-diffusion torchsde trampoline
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -21,9 +21,9 @@ with x_t = a(t) x_0 + s(t) z, sigma = s / a (the "VE" noise level), lambda = log
   tau = T - t: dx = -[f(x, t) - g(t)^2 score] dtau + g(t) dW_tau, fixed dt = (T - eps) / steps.
 * k-diffusion samplers: the denoiser D(x_kd, sigma) = x0_hat = (x + s^2 score(x, t)) / a with
   x = a x_kd, t = lambda^{-1}(-log sigma) (Tweedie, any SDE), Karras sigmas from
-  sigma(T) to sigma(eps) then 0; x_kd(T) = x_T / a(T). Only `k_diffusion/sampling.py` is loaded
-  (its only internal dependency, `utils.append_dims`, is provided by a 3-line stand-in) so the
-  package's declared dependencies (torchvision, training tools) are not needed.
+  sigma(T) to sigma(eps) then 0; x_kd(T) = x_T / a(T). `sde_gen.interop.import_k_diffusion` loads
+  `k_diffusion/sampling.py` on its own when the package's full import fails, so its declared
+  dependencies (torchvision, training tools) are not needed.
 * scipy `solve_ivp` (RK45) on the probability-flow ODE from T to eps with numpy round trips at
   every evaluation and a final Tweedie step (the approach of the original score-SDE code); its
   NFE is chosen by the tolerance, not by a budget: runs at several tolerances report actual NFE.
@@ -32,11 +32,7 @@ A peer whose package is missing is returned with `error` set, and the benchmark 
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -186,27 +182,9 @@ def _torchsde_euler():
 
 # ---- k-diffusion ----
 def _load_k_sampling():
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion)")
-    root = list(spec.submodule_search_locations)[0]
-    if "_kdiff_pkg" in sys.modules:
-        return sys.modules["_kdiff_pkg.sampling"]
-    pkg = types.ModuleType("_kdiff_pkg")
-    pkg.__path__ = [root]
-    utils = types.ModuleType("_kdiff_pkg.utils")
+    from sde_gen.interop import import_k_diffusion
 
-    def append_dims(x, target_dims):
-        return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-    utils.append_dims = append_dims
-    sys.modules["_kdiff_pkg"], sys.modules["_kdiff_pkg.utils"] = pkg, utils
-    pkg.utils = utils
-    sspec = importlib.util.spec_from_file_location("_kdiff_pkg.sampling", os.path.join(root, "sampling.py"))
-    mod = importlib.util.module_from_spec(sspec)
-    sys.modules["_kdiff_pkg.sampling"] = mod
-    sspec.loader.exec_module(mod)
-    return mod
+    return import_k_diffusion("sampling")
 
 
 def _k_diffusion(fn_name: str, evals_per_step: int, stochastic: bool, **fn_kwargs):

@@ -13,13 +13,16 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
     likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult,
                elbo, ELBOResult, estimate_gamma, GammaTable
     metrics:   frechet_distance, kid, classifier_features
+    interop:   EpsModelScore, DDPMTimesteps, load_diffusers_pipeline, KDiffusionDenoiser, DenoiserScore,
+               export_trained (diffusers / k-diffusion / safetensors are optional, imported on use)
     helpers:   append_dims, batch_sum
 The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 """
 from .analytic import GammaTable, estimate_gamma
-from .checkpoint import Trained, load_classifier, load_trained
+from .checkpoint import Trained, export_trained, load_classifier, load_trained
 from .data import DATASETS, build_dataset
 from .guidance import GuidedScore, classifier_free, classifier_guided
+from .interop import DDPMTimesteps, DenoiserScore, EpsModelScore, KDiffusionDenoiser, load_diffusers_pipeline
 from .inverse import (
     CONDITIONS,
     DPS,
@@ -80,6 +83,12 @@ __all__ = [
     "DATASETS",
     "build_dataset",
     "load_trained",
+    "export_trained",
+    "EpsModelScore",
+    "DDPMTimesteps",
+    "load_diffusers_pipeline",
+    "KDiffusionDenoiser",
+    "DenoiserScore",
     "Trained",
     "NoiseConditionalClassifier",
     "NoiseConditionalCrossEntropy",

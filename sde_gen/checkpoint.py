@@ -15,6 +15,10 @@ that was killed. `load_trained` rebuilds the SDE, the dataset and the EMA model 
 config: the entry point of the sampling and likelihood apps; `load_classifier` does the same for a
 noise-conditional classifier run (`loss=classifier`), and each refuses the other kind in one line.
 
+`export_trained` (the `sde-gen-export` command) writes a run's EMA weights as safetensors
+(`model.safetensors`, tensors only) next to its config as YAML (`model.yaml`); both loaders accept
+that folder, checking the config the same way and building registered classes only.
+
 Checkpoints are data, not code: `load_checkpoint` runs `sde_gen.trust.check_checkpoint_config` on
 the stored config before anything reads it (see there).
 """
@@ -39,7 +43,7 @@ from .trust import CheckpointError, check_checkpoint_config
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_checkpoint_config", "latest_checkpoint",
            "checkpoint_path", "Trained", "load_trained", "load_classifier", "check_checkpoint_dir", "prepare_checkpoint_dir",
-           "nonfinite_weights"]
+           "nonfinite_weights", "export_trained"]
 
 FORMAT = 1
 _REQUIRED = ("format", "step", "model", "ema", "optimizer", "rng", "config", "metrics")
@@ -294,9 +298,12 @@ def load_trained(
     classes you trust here.
 
     Args:
-        path: a `ckpt_*.pt` file, or a run directory (its newest checkpoint is used).
+        path: a `ckpt_*.pt` file, a run directory (its newest checkpoint is used), or an export
+            folder of `export_trained` / `sde-gen-export` (model.safetensors + model.yaml; built
+            from registered classes only, so `trusted_targets` must be empty).
         device: where to put the model (None: CPU).
-        ema: load the EMA weights (True) or the raw training weights.
+        ema: load the EMA weights (True) or the raw training weights (an export holds the one set
+            it was written with; ema=False needs a raw export).
         dataset: also rebuild the dataset (set False to skip loading image files).
         trusted_targets: `_target_` strings of your own the stored config may build, e.g.
             ["mypkg.nets.MyNet"] (or register a backbone once with `sde_gen.nets.register_backbone`).
@@ -330,18 +337,134 @@ def load_classifier(path: str, device=None, ema: bool = True, dataset: bool = Tr
     return _load(path, "classifier", device, ema, dataset, ())
 
 
-def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_targets: Sequence[str]) -> Trained:
-    """`load_trained` (kind "score") and `load_classifier` (kind "classifier")."""
+#: the files of an export (`export_trained`): the weights and the config next to them
+EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "model.yaml"
+EXPORT_FORMAT = 1
+
+
+def _export_dir(path: str) -> Optional[str]:
+    """The export folder `path` names (the folder, or one of its two files), None for anything else."""
+    folder = os.path.dirname(path) if os.path.basename(path) in (EXPORT_WEIGHTS, EXPORT_CONFIG) else path
+    if os.path.isfile(os.path.join(folder, EXPORT_CONFIG)) or os.path.isfile(os.path.join(folder, EXPORT_WEIGHTS)):
+        return folder
+    return None
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError as err:
+        raise ImportError(f"safetensors is needed for exports: pip install 'sde_gen[export]' ({err})",
+                          name="safetensors") from err
+    return safetensors.torch
+
+
+def export_trained(path: str, out_dir: Optional[str] = None, ema: bool = True) -> Dict[str, str]:
+    """Write the weights of a training run as safetensors and its config as YAML.
+
+    `<out_dir>/model.safetensors` holds the `ScoreModel` (or classifier) state dict, EMA weights by
+    default (no pickle: the file is tensors only); `<out_dir>/model.yaml` the resolved run config
+    (`config:`, with `config.model` the network) plus `format`, `step`, `weights` ("ema" or "raw"),
+    `event_shape`, `data_std`. `load_trained` (and `load_classifier`) accept the folder. Both files
+    are written atomically.
+
+    Args:
+        path: a run directory (its newest checkpoint) or a `ckpt_*.pt` file.
+        out_dir: where to write (None: `<run dir>/export`).
+        ema: export the EMA weights (True) or the raw training weights.
+
+    Returns:
+        {"weights": path of model.safetensors, "config": path of model.yaml}.
+
+    Raises:
+        CheckpointError naming the file when there is no checkpoint, it cannot be read or its
+        stored config is refused; ImportError when safetensors is missing.
+    """
+    st = _safetensors()
+    file = latest_checkpoint(path)
+    if file is None:
+        raise CheckpointError(f"no checkpoint (ckpt_*.pt) found at {path!r}")
+    state = load_checkpoint(file, map_location="cpu")
+    if out_dir is None:
+        run = os.path.dirname(os.path.dirname(os.path.abspath(file)))
+        out_dir = os.path.join(run if os.path.basename(os.path.dirname(file)) == "checkpoints" else os.path.dirname(file), "export")
+    weights = {k: v.detach().contiguous().clone() for k, v in _weights(state, ema).items()}
+    meta = {"format": EXPORT_FORMAT, "step": int(state["step"]), "weights": "ema" if ema else "raw",
+            "data_std": float(state.get("data_std", 1.0)), "config": state["config"]}
+    if "event_shape" in state:
+        meta["event_shape"] = [int(n) for n in state["event_shape"]]
+    os.makedirs(out_dir, exist_ok=True)
+    out = {"weights": os.path.join(out_dir, EXPORT_WEIGHTS), "config": os.path.join(out_dir, EXPORT_CONFIG)}
+    with atomic_path(out["weights"]) as tmp:
+        st.save_file(weights, tmp, metadata={"format": f"sde_gen-export-{EXPORT_FORMAT}", "weights": meta["weights"]})
+    with atomic_path(out["config"]) as tmp:
+        OmegaConf.save(OmegaConf.create(meta), tmp)
+    return out
+
+
+def _weights(state: Dict[str, Any], ema: bool) -> Dict[str, torch.Tensor]:
+    if ema:
+        # AveragedModel keys are "module.<name>" plus the "n_averaged" counter
+        return {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    return state["model"]
+
+
+def _read_export(folder: str, ema: bool, trusted_targets: Sequence[str]) -> Dict[str, Any]:
+    """The parts of an export `_load` needs, checked like a checkpoint's (tensors only, a config
+    that builds registered classes only)."""
+    if trusted_targets:
+        raise CheckpointError(f"export {folder!r}: an export builds registered classes only (trusted_targets is for "
+                              "checkpoints); register a backbone of your own with sde_gen.nets.register_backbone")
+    files = {name: os.path.join(folder, name) for name in (EXPORT_CONFIG, EXPORT_WEIGHTS)}
+    missing = [name for name, f in files.items() if not os.path.isfile(f)]
+    if missing:
+        raise CheckpointError(f"export {folder!r} is incomplete (missing {missing})")
+    try:
+        meta = OmegaConf.to_container(OmegaConf.load(files[EXPORT_CONFIG]), resolve=False)
+    except Exception as err:
+        raise CheckpointError(f"export {files[EXPORT_CONFIG]!r} is not readable YAML ({type(err).__name__}: {err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"export {files[EXPORT_CONFIG]!r} is not a sde_gen export of format {EXPORT_FORMAT} "
+                              "(needs format and config)")
+    if not isinstance(meta.get("step", 0), int) or not isinstance(meta.get("data_std", 1.0), (int, float)):
+        raise CheckpointError(f"export {files[EXPORT_CONFIG]!r}: step must be an integer and data_std a number; "
+                              f"got {meta.get('step')!r}, {meta.get('data_std')!r}")
+    if not ema and meta.get("weights") != "raw":
+        raise CheckpointError(f"export {folder!r} holds the {meta.get('weights')!r} weights only; load it with ema=True")
+    try:
+        check_checkpoint_config(meta["config"])
+    except CheckpointError as err:
+        raise CheckpointError(f"export {files[EXPORT_CONFIG]!r}: {err}") from None
+    try:
+        weights = _safetensors().load_file(files[EXPORT_WEIGHTS], device="cpu")
+    except ImportError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"export {files[EXPORT_WEIGHTS]!r} is truncated or corrupt ({type(err).__name__}: {err})") from err
+    return {"file": folder, "config": meta["config"], "step": meta.get("step", 0), "data_std": meta.get("data_std", 1.0),
+            "weights": weights, **({"event_shape": meta["event_shape"]} if "event_shape" in meta else {})}
+
+
+def _read_checkpoint_source(path: str, ema: bool, trusted_targets: Sequence[str]) -> Dict[str, Any]:
     file = latest_checkpoint(path)
     if file is None:
         raise CheckpointError(f"no checkpoint (ckpt_*.pt) found at {path!r}")
     state = load_checkpoint(file, map_location="cpu", trusted_targets=trusted_targets)
-    stored = state["config"]
+    return {"file": file, "config": state["config"], "step": state["step"], "data_std": state.get("data_std", 1.0),
+            "weights": _weights(state, ema), **({"event_shape": state["event_shape"]} if "event_shape" in state else {})}
+
+
+def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_targets: Sequence[str]) -> Trained:
+    """`load_trained` (kind "score") and `load_classifier` (kind "classifier") of a checkpoint or an export."""
+    export = _export_dir(path)
+    source = (_read_export(export, ema, trusted_targets) if export is not None
+              else _read_checkpoint_source(path, ema, trusted_targets))
+    file, stored = source["file"], source["config"]
     for key in ("sde", "model") + (("data",) if dataset else ()):
         if not isinstance(stored.get(key), dict) or "_target_" not in stored[key]:
             raise CheckpointError(f"checkpoint {file!r}: config.{key} with a _target_ is missing")
-    if "event_shape" in state:
-        shape = state["event_shape"]
+    if "event_shape" in source:
+        shape = source["event_shape"]
         if not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and n >= 1 for n in shape):
             raise CheckpointError(f"checkpoint {file!r}: event_shape must be a list of integers >= 1; got {shape!r}")
     elif not dataset:
@@ -357,19 +480,14 @@ def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_target
     register_configs()
     sde = instantiate(cfg.sde, "sde")
     data = instantiate(cfg.data, "data") if dataset else None
-    event_shape = tuple(state["event_shape"]) if "event_shape" in state else tuple(data.event_shape)
+    event_shape = tuple(source["event_shape"]) if "event_shape" in source else tuple(data.event_shape)
     if kind == "classifier":
-        model = build_classifier(cfg.model, sde, event_shape, state.get("data_std", 1.0))
+        model = build_classifier(cfg.model, sde, event_shape, source["data_std"])
     else:
-        model = build_score_model(cfg.model, sde, event_shape, state.get("data_std", 1.0), trusted_targets=trusted_targets)
-    if ema:
-        # AveragedModel keys are "module.<name>" plus the "n_averaged" counter
-        weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
-    else:
-        weights = state["model"]
-    model.load_state_dict(weights)
+        model = build_score_model(cfg.model, sde, event_shape, source["data_std"], trusted_targets=trusted_targets)
+    model.load_state_dict(source["weights"])
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
-    return Trained(model=model, sde=model.sde, dataset=data, config=stored, step=int(state["step"]), path=file,
+    return Trained(model=model, sde=model.sde, dataset=data, config=stored, step=int(source["step"]), path=file,
                    num_classes=getattr(model, "num_classes", None))

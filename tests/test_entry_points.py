@@ -177,10 +177,11 @@ def _one_run_dir(app_dir, filename):
 
 # ---------------------------------------------------------------- declared and installed
 def test_console_scripts_are_declared_installed_and_covered():
-    assert {"sde-gen-train", "sde-gen-sample", "sde-gen-eval", "sde-gen-report"} <= set(SCRIPTS)
+    assert {"sde-gen-train", "sde-gen-sample", "sde-gen-eval", "sde-gen-report", "sde-gen-export"} <= set(SCRIPTS)
     for name, target in SCRIPTS.items():
         assert (BIN / name).exists(), f"{name} not installed next to {sys.executable}"
-        assert name in RUN_ARGS or name == "sde-gen-report", f"{name}: add a tiny real run to RUN_ARGS"
+        # the report runs on another app's output (below), the export on a training run (tests/test_export.py)
+        assert name in RUN_ARGS or name in ("sde-gen-report", "sde-gen-export"), f"{name}: add a tiny real run to RUN_ARGS"
         module = __import__(target.split(":")[0], fromlist=["_"])
         assert callable(getattr(module, target.split(":")[1])), target
         assert (REPO / (_shim(name).replace(".", "/") + ".py")).exists(), f"no `python -m {_shim(name)}` for {name}"
