@@ -392,7 +392,7 @@ class TrainConf:
 
 
 #: train.precision -> the autocast dtype (None: no autocast)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import PRECISIONS  # noqa: E402 - one table for training and sampling
 
 
 @dataclasses.dataclass

@@ -62,6 +62,12 @@ between the samples and the test set in the classifier's penultimate features at
 and `classifier_kid` / `classifier_kid_std` (`sde_gen.metrics.kid`). A tqdm bar follows the sampler
 step by step (`progress=true`, shown on a terminal only).
 
+Precision and compilation (`sde_gen.precision`): `precision=bf16` (or `fp16`, CUDA only; refused on
+the CPU in one line) runs each score call under `torch.autocast` and casts its output back, so the
+time grid stays float64 and the sampler's state stays in `dtype`; `compile=true` compiles the
+network once (`compile_backend`, eager fallback reported once) before any guidance wrapper is built
+around it. metrics.json records `precision` and `compile`.
+
 Quality against the exact target and the timing split: `sde_gen.evaluation`.
 
 Run `sde-gen-sample --help` for the options; `sde-gen-report DIR` aggregates a multirun.
@@ -89,6 +95,7 @@ from ..io import atomic_path, atomic_write_text
 from ..metrics import classifier_features, frechet_distance, gaussian_w2_to_target, kid, noise_floor, sliced_wasserstein
 from ..oracles import make_preset
 from ..plots import save_picture
+from ..precision import check_precision, compile_score, precision_score
 from ._hydra import hydra_app
 
 log = logging.getLogger(__name__)
@@ -156,6 +163,20 @@ def _load_classifier(path: str, device, ema: bool):
     if getattr(model, "num_classes", None) is None:
         model.num_classes = getattr(trained, "num_classes", None)
     return model, trained.sde.to(device)
+
+
+def _compiled(app: SampleAppConf, src: _Source) -> _Source:
+    """`compile=true`: the source's network (its unconditional and conditional score) compiled once,
+    before any guidance wrapper is built around it, so every batch reuses the compiled graph."""
+    if not app.compile:
+        return src
+    score_fn = compile_score(src.score_fn, app.compile_backend)
+    conditional = src.conditional
+    if conditional is src.score_fn:  # a conditional checkpoint: one network behind both
+        conditional = score_fn
+    elif conditional is not None:
+        conditional = compile_score(conditional, app.compile_backend)
+    return dataclasses.replace(src, score_fn=score_fn, conditional=conditional)
 
 
 def _feature_classifier(app: SampleAppConf, src: "_Source", device):
@@ -314,7 +335,9 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     choices = dict(choices or {})
     sampler_name = choices.get("sampler") or getattr(sampler, "name", type(sampler).__name__)
 
+    check_precision(app.precision, device)  # fp16 off CUDA: one error before any work
     src = _oracle_source(app, cfg, device, choices) if app.source == "oracle" else _checkpoint_source(app, device)
+    src = _compiled(app, src)
     if app.task != "sample":
         return _run_inverse(app, cfg, src, device, dtype, out_dir, sampler_name)
     sde, score_fn, event_shape, oracle, reference = src.sde, src.score_fn, src.event_shape, src.oracle, src.reference
@@ -328,7 +351,8 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     log.info("sampling %d x %s with %r on %s (%s, %s)", app.num_samples, event_shape, sampler, problem, sde_name, device)
 
     def score_for(start: int, stop: int):
-        return score_fn if make_guided is None else make_guided(labels[start:stop])
+        score = score_fn if make_guided is None else make_guided(labels[start:stop])
+        return precision_score(score, app.precision, device)
 
     run = _sample_in_batches(app, sampler, sde, score_for, event_shape, device, dtype)
     samples, timing, nfe_per_batch, steps = run["samples"], run["timing"], run["nfe_per_batch"], run["steps"]
@@ -358,6 +382,8 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
         "seed": app.seed,
         "device": str(device),
         "dtype": app.dtype,
+        "precision": app.precision,
+        "compile": app.compile,
         "time_total_s": timing["total_s"],
         "time_score_s": timing["score_s"],
         "time_sampler_s": timing["sampler_s"],
@@ -510,7 +536,8 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
         sampler.check_sde(sde)
     log.info("%s with %s (%r) on %s: %r", app.task, inv.method, sampler, src.problem, meas)
 
-    run = _sample_in_batches(app, sampler, sde, lambda start, stop: src.score_fn, event_shape, device, dtype)
+    score = precision_score(src.score_fn, app.precision, device)
+    run = _sample_in_batches(app, sampler, sde, lambda start, stop: score, event_shape, device, dtype)
     samples, timing, nfe_per_batch, steps = run["samples"], run["timing"], run["nfe_per_batch"], run["steps"]
 
     os.makedirs(out_dir, exist_ok=True)

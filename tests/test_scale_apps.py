@@ -1,0 +1,153 @@
+"""Issue 13, part B: the sample app's precision and compile options, the DataLoader input pipeline,
+the data statistics in checkpoints (sampling with the data files gone), sampling and likelihood
+split across torchrun ranks, and resume across world sizes. Everything runs on the CPU (gloo for
+torch.distributed); the fp16 paths need CUDA and are refused here in one line."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from sde_gen import VPSDE
+from sde_gen.apps.sample import main as sample_main
+from sde_gen.config import CONF_DIR, register_configs
+from sde_gen.nets import MLP
+from sde_gen.nets.score_model import ScoreModel
+from sde_gen.precision import check_precision, compile_score, precision_score
+from sde_gen.samplers import build_sampler
+from sde_gen.training import train
+
+REPO = pathlib.Path(CONF_DIR).parents[1]
+SMALL = ["noise_floor_replicates=2", "num_projections=16", "device=cpu", "progress=false"]
+TINY_TRAIN = ["model.hidden=16", "model.depth=1", "model.time_embed_dim=8", "train.batch_size=32", "lr_scheduler.warmup=1",
+              "train.eval_every=1000", "train.eval_samples=32", "train.eval_projections=8", "train.noise_floor_replicates=2",
+              "train.score_error_samples=16", "train.progress=false", "train.plots=false", "sampler.nfe=2", "device=cpu"]
+
+pytestmark = pytest.mark.usefixtures("hydra_full_errors")
+
+
+def _compose(*overrides):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ring_run(tmp_path_factory):
+    """A tiny MLP trained 4 steps on ring2d: a network score for the app tests."""
+    run = tmp_path_factory.mktemp("ring") / "train"
+    train(_compose(*TINY_TRAIN, "train.steps=4", "train.checkpoint_every=4"), str(run))
+    return run
+
+
+def _sample(out, *args):
+    sample_main([*args, f"hydra.run.dir={out}", *SMALL])
+    return torch.load(out / "samples.pt", weights_only=True), json.loads((out / "metrics.json").read_text())
+
+
+# ---------------------------------------------------------------- 1. precision and compile
+def _net_score(seed=0):
+    torch.manual_seed(seed)
+    sde = VPSDE()
+    model = ScoreModel(MLP(dim=2, hidden=32, depth=2, time_embed_dim=16), sde).eval().requires_grad_(False)
+    return sde, model
+
+
+def test_bf16_autocast_touches_only_the_network_and_stays_close_to_fp32():
+    sde, model = _net_score()
+    seen = []
+    model.backbone.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    sampler = build_sampler("heun", nfe=10)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        score = precision_score(model, precision, "cpu")
+        res = sampler(sde, score, shape=(256, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+        runs[precision] = res.samples
+        # the state stays float32 whatever the network computes in; the network ran in bf16 under autocast
+        assert res.samples.dtype == torch.float32 and torch.isfinite(res.samples).all()
+        assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    diff = (runs["bf16"] - runs["fp32"]).abs()
+    spread = runs["fp32"].std()
+    # bf16 has an 8-bit mantissa (relative rounding 2^-9 = 0.002): the samples move, by a small amount
+    assert 0 < float(diff.mean()) < 0.02 * float(spread) and float(diff.max()) < 0.2 * float(spread)
+    # a float64 sampler keeps a float64 state under a bf16 network
+    res = sampler(sde, precision_score(model, "bf16", "cpu"), shape=(8, 2), generator=torch.Generator().manual_seed(1),
+                  dtype=torch.float64)
+    assert res.samples.dtype == torch.float64
+
+
+def test_precision_wrapper_keeps_the_guided_batch_cost_and_refuses_fp16_off_cuda():
+    sde, model = _net_score()
+
+    def guided(x, t):
+        return model(x, t)
+
+    guided.batch_cost = 2
+    assert precision_score(guided, "bf16", "cpu").batch_cost == 2
+    assert precision_score(guided, "fp32", "cpu") is guided
+    with pytest.raises(ValueError, match=r"precision=fp16 needs a CUDA device; device is 'cpu'"):
+        check_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16', 'fp16'\]; got 'fp8'"):
+        check_precision("fp8", torch.device("cpu"))
+
+
+@pytest.mark.slow  # importing torch._dynamo and capturing the graph: ~10 s on a loaded 2-core machine
+def test_compiled_score_equals_eager_and_a_failing_compile_falls_back(monkeypatch, caplog):
+    sde, model = _net_score()
+    sampler = build_sampler("euler_maruyama", nfe=5)
+    eager = sampler(sde, model, shape=(64, 2), generator=torch.Generator().manual_seed(2)).samples
+    compiled = sampler(sde, compile_score(model, "aot_eager"), shape=(64, 2), generator=torch.Generator().manual_seed(2)).samples
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+    def broken(*args, **kwargs):
+        def fails(*a, **k):
+            raise RuntimeError("backend exploded")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken)
+    score = compile_score(model, "aot_eager")
+    with caplog.at_level("WARNING"):
+        again = sampler(sde, score, shape=(64, 2), generator=torch.Generator().manual_seed(2)).samples
+    assert score.fell_back and torch.equal(again, eager)
+    assert sum("failed on the first score call" in r.message for r in caplog.records) == 1
+    with pytest.raises(ValueError, match=r"compile_backend='nope' is not a torch.compile backend"):
+        compile_score(model, "nope")
+
+
+CKPT_SAMPLE = ["source=checkpoint", "sampler=heun", "sampler.nfe=6", "num_samples=128", "seed=5", "plot=false"]
+
+
+def test_sample_app_bf16_on_a_checkpoint_is_finite_and_close_to_fp32(ring_run, tmp_path):
+    a, ma = _sample(tmp_path / "fp32", *CKPT_SAMPLE, f"checkpoint={ring_run}")
+    b, mb = _sample(tmp_path / "bf16", *CKPT_SAMPLE, f"checkpoint={ring_run}", "precision=bf16")
+    assert ma["precision"] == "fp32" and mb["precision"] == "bf16"
+    assert b.dtype == torch.float32 and torch.isfinite(b).all() and mb["finite_fraction"] == 1.0
+    diff = float((a - b).abs().mean())
+    assert 0 < diff < 0.02 * float(a.std())
+
+
+@pytest.mark.slow  # torch.compile through the app: ~15 s on a loaded 2-core machine
+def test_sample_app_compiled_checkpoint_equals_eager(ring_run, tmp_path):
+    a, _ = _sample(tmp_path / "eager", *CKPT_SAMPLE, f"checkpoint={ring_run}")
+    c, mc = _sample(tmp_path / "compiled", *CKPT_SAMPLE, f"checkpoint={ring_run}", "compile=true", "compile_backend=aot_eager")
+    assert mc["compile"] is True
+    torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_app_refuses_fp16_on_the_cpu_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"precision=fp16 needs a CUDA device"):
+        sample_main(["precision=fp16", f"hydra.run.dir={tmp_path}", *SMALL])
+    assert not (tmp_path / "samples.pt").exists()
+    with pytest.raises(Exception, match=r"precision"):
+        sample_main(["precision=fp64", f"hydra.run.dir={tmp_path}", *SMALL])
