@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "launched_world_size", "shard_batch_size"]
+__all__ = ["DistInfo", "init_distributed", "launched_world_size", "shard_batch_size", "stream_seed", "shard_range"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,26 @@ def shard_batch_size(batch_size: int, world_size: int) -> int:
         raise ValueError(f"train.batch_size={batch_size} must be divisible by the number of processes ({world_size}); "
                          f"allowed: a multiple of {world_size}")
     return batch_size // world_size
+
+
+def stream_seed(seed: int, *keys: int) -> int:
+    """The seed of an independent random stream named by `keys` under the run's `seed`.
+
+    numpy's `SeedSequence` hashes (seed, *keys) into 63 bits, so streams such as "batch k of the
+    sampling app" or "epoch e of the data loader" neither overlap nor depend on which process
+    draws them: a stream is a function of its name, not of the world size.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def shard_range(count: int, rank: int, world_size: int) -> range:
+    """The contiguous share of `count` items (batches, rows) of `rank` among `world_size` processes:
+    the first `count % world_size` ranks get one more; ranks beyond `count` get none."""
+    share, extra = divmod(count, world_size)
+    start = rank * share + min(rank, extra)
+    return range(start, start + share + (1 if rank < extra else 0))
 
 
 def init_distributed(device: torch.device) -> DistInfo:
