@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and plain containers only (so `torch.load(weig
 can read it without executing code): the `TrainState.state_dict()` of the run
 (`sde_gen.train_state`: step, model, ema, optimizer, lr_scheduler, rng, metrics, accumulators) plus
 
-    {"format": 1, "config": the resolved run config (plain dict), "event_shape": [int], "data_std": float}
+    {"format": 1, "config": the resolved run config (plain dict), "event_shape": [int], "data_std": float,
+     "data_stats": `sde_gen.data.stats.DataStats.as_dict()` (shape, levels, class count, normalisation)}
 
 Writes go to a temporary file that is read back and checked before it atomically replaces the
 target (`sde_gen.io.atomic_path`), so a crash, a full disk or a bad write never destroys the last
@@ -12,7 +13,9 @@ good checkpoint. A full disk is reported as `OSError(ENOSPC)` naming the checkpo
 non-finite weights is never written, rotation never deletes the newest checkpoint with finite
 weights, and `prepare_checkpoint_dir` checks the folder and removes the temporary files of a save
 that was killed. `load_trained` rebuilds the SDE, the dataset and the EMA model from the stored
-config: the entry point of the sampling and likelihood apps; `load_classifier` does the same for a
+config: the entry point of the sampling and likelihood apps. When the data set cannot be rebuilt
+(its files are gone), the stored "data_stats" stand in for it (`DataStats`: everything sampling
+needs); a checkpoint written before "data_stats" existed then fails in one line naming the cause; `load_classifier` does the same for a
 noise-conditional classifier run (`loss=classifier`), and each refuses the other kind in one line.
 
 Checkpoints are data, not code: `load_checkpoint` runs `sde_gen.trust.check_checkpoint_config` on
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import logging
 import os
 import re
 import shutil
@@ -32,7 +36,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from .config import instantiate, register_configs
+from .config import ConfigError, instantiate, register_configs
+from .data.stats import DataStats
 from .io import atomic_path
 from .nets import build_classifier, build_score_model, model_kind
 from .trust import CheckpointError, check_checkpoint_config
@@ -40,6 +45,8 @@ from .trust import CheckpointError, check_checkpoint_config
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_checkpoint_config", "latest_checkpoint",
            "checkpoint_path", "Trained", "load_trained", "load_classifier", "check_checkpoint_dir", "prepare_checkpoint_dir",
            "nonfinite_weights"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 _REQUIRED = ("format", "step", "model", "ema", "optimizer", "rng", "config", "metrics")
@@ -267,7 +274,8 @@ class Trained:
             (`model(x, t, y)` the class-conditional one). From `load_classifier`: the
             `NoiseConditionalClassifier`, `model(x, t)` -> (B, C) logits.
         sde: the forward SDE of the run.
-        dataset: the dataset of the run (rebuilt from the stored config).
+        dataset: the dataset of the run (rebuilt from the stored config), or the `DataStats`
+            stored in the checkpoint when the data files are gone.
         config: the resolved run config as a plain dict.
         step: the training step of the checkpoint.
         path: the checkpoint file that was loaded.
@@ -330,6 +338,25 @@ def load_classifier(path: str, device=None, ema: bool = True, dataset: bool = Tr
     return _load(path, "classifier", device, ema, dataset, ())
 
 
+def _rebuild_data(cfg, state: Dict[str, Any], file: str):
+    """The run's data set from the stored config or, when that fails (the data files are gone), the
+    `DataStats` stored in the checkpoint."""
+    try:
+        return instantiate(cfg.data, "data")
+    except ConfigError as err:
+        if "data_stats" not in state:
+            raise CheckpointError(f"checkpoint {file!r} cannot be used without its training data, which cannot be "
+                                  f"rebuilt ({err}); it predates the data statistics stored in checkpoints: put the data "
+                                  "back where config.data points, or load it with dataset=False") from None
+        try:
+            stats = DataStats.from_dict(state["data_stats"])
+        except ValueError as bad:
+            raise CheckpointError(f"checkpoint {file!r}: {bad}") from None
+        log.warning("the data of checkpoint %s cannot be rebuilt (%s); using the data statistics stored in it (%r)",
+                    file, err, stats)
+        return stats
+
+
 def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_targets: Sequence[str]) -> Trained:
     """`load_trained` (kind "score") and `load_classifier` (kind "classifier")."""
     file = latest_checkpoint(path)
@@ -356,7 +383,7 @@ def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_target
                               f"not {wanted}; load it with {loader}")
     register_configs()
     sde = instantiate(cfg.sde, "sde")
-    data = instantiate(cfg.data, "data") if dataset else None
+    data = _rebuild_data(cfg, state, file) if dataset else None
     event_shape = tuple(state["event_shape"]) if "event_shape" in state else tuple(data.event_shape)
     if kind == "classifier":
         model = build_classifier(cfg.model, sde, event_shape, state.get("data_std", 1.0))

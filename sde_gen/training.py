@@ -69,6 +69,7 @@ from .checkpoint import (CheckpointError, check_checkpoint_dir, checkpoint_path,
                          nonfinite_weights, prepare_checkpoint_dir, save_checkpoint)
 from .config import (PRECISIONS, ConfigError, OptimizerConf, TrainConf, instantiate, register_configs, resolve_device,
                      to_plain, validate)
+from .data.stats import DataStats
 from .distributed import finish_distributed, init_distributed, launched_world_size, process_device, shard_batch_size
 from .io import atomic_write_text
 from .losses import drop_labels
@@ -417,6 +418,7 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
     main = dist_info.is_main
     num_classes = cfg.model.get("num_classes", None)  # None: unconditional score model
     data_std = data.data_std()
+    data_stats = DataStats.from_dataset(data, data_std).as_dict()  # so that sampling needs no data files
     torch.manual_seed(seed)  # network initialisation
     trusted = cfg.get("trusted_targets") or ()
     if kind == "classifier":
@@ -485,7 +487,8 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
             saved.update(step=ts.step)
             save_due = False
             return
-        state = dict(ts.state_dict(), config=config_plain, event_shape=list(data.event_shape), data_std=data_std)
+        state = dict(ts.state_dict(), config=config_plain, event_shape=list(data.event_shape), data_std=data_std,
+                     data_stats=data_stats)
         bad = nonfinite_weights(state)
         if bad:
             raise TrainingDiverged(f"non-finite weights at step {ts.step} ({', '.join(bad[:3])}); not saved; the last good "

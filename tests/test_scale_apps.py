@@ -239,3 +239,89 @@ def test_dataloader_on_data_without_images_is_one_clear_error(tmp_path):
     with pytest.raises(Exception, match=r"persistent_workers"):
         train(_compose(*DIGITS, "train.steps=2", "train.loader=dataloader", "train.persistent_workers=true"),
               str(tmp_path / "b"))
+
+
+# ---------------------------------------------------------------- 3. data statistics in the checkpoint
+from sde_gen.apps.evaluate import main as eval_main  # noqa: E402
+from sde_gen.checkpoint import CheckpointError, load_checkpoint, load_trained, save_checkpoint  # noqa: E402
+from sde_gen.data.stats import DataStats  # noqa: E402
+
+
+def _write_folder(root, rng):
+    from matplotlib import image as mpimg
+
+    for cls in ("ant", "bee"):
+        (root / cls).mkdir(parents=True)
+        for i in range(5):
+            mpimg.imsave(str(root / cls / f"{i}.png"), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A tiny conditional U-Net trained 2 steps on synthetic PNG files, which are then deleted."""
+    base = tmp_path_factory.mktemp("folder")
+    _write_folder(base / "images", np.random.default_rng(0))
+    cfg = _compose("data=image_folder", f"data.data_dir={base / 'images'}", "data.test_fraction=0.2", "model=unet",
+                   "model.channels=8", "model.num_classes=auto", "train.steps=2", "train.batch_size=4",
+                   "train.eval_every=1000", "train.checkpoint_every=2", "train.progress=false", "train.plots=false",
+                   "sampler.nfe=2", "device=cpu", "train.eval_samples=4", "train.eval_projections=4", "lr_scheduler.warmup=1")
+    train(cfg, str(base / "train"))
+    with_data = load_trained(str(base / "train"))
+    shutil.rmtree(base / "images")
+    return base / "train", with_data
+
+
+def test_image_checkpoint_samples_with_its_training_files_deleted(folder_run, tmp_path, caplog):
+    run, with_data = folder_run
+    ck = load_checkpoint(str(run / "checkpoints" / "ckpt_0000002.pt"))
+    stats = ck["data_stats"]
+    data = with_data.dataset
+    # the stored statistics are those of the data set the run trained on
+    assert stats == {"name": "image_folder", "event_shape": [3, 8, 8], "data_std": pytest.approx(data.data_std()),
+                     "num_levels": 256, "num_bits": 8, "num_classes": 2, "classes": ["ant", "bee"],
+                     "normalization": "2v/L-1"}
+    with caplog.at_level("WARNING"):
+        gone = load_trained(str(run))
+    assert isinstance(gone.dataset, DataStats) and "using the data statistics stored" in caplog.text
+    # the same network (its preconditioning uses data_std) and the same pixel map as with the data on disk
+    for k, v in with_data.model.state_dict().items():
+        assert torch.equal(gone.model.state_dict()[k], v)
+    v = torch.tensor([0.0, 100.5, 255.99])
+    assert torch.equal(gone.dataset.to_model(v), data.to_model(v))
+    x = torch.tensor([-1.0, 0.0, 0.999])
+    assert torch.equal(gone.dataset.quantize(x), data.quantize(x))
+    samples, m = _sample(tmp_path / "s", "source=checkpoint", f"checkpoint={run}", "sampler=euler_maruyama",
+                         "sampler.nfe=2", "num_samples=4", "label=1")
+    assert samples.shape == (4, 3, 8, 8) and torch.isfinite(samples).all()
+    assert m["num_classes"] == 2 and m["label_counts"] == {"1": 4} and (tmp_path / "s" / "samples.png").is_file()
+
+
+def test_test_set_likelihood_without_the_files_and_old_checkpoints_fail_in_one_line(folder_run, tmp_path):
+    run, _ = folder_run
+    with pytest.raises(ValueError, match=r"needs its test data, but the data set 'image_folder' cannot be rebuilt"):
+        eval_main(["source=checkpoint", f"checkpoint={run}", "device=cpu", f"hydra.run.dir={tmp_path / 'e'}"])
+    # a checkpoint from before this change (no data_stats) whose data are gone: one CheckpointError line
+    old = dict(load_checkpoint(str(run / "checkpoints" / "ckpt_0000002.pt")))
+    del old["data_stats"]
+    save_checkpoint(str(tmp_path / "old" / "ckpt_0000002.pt"), old)
+    with pytest.raises(CheckpointError, match=r"predates the data statistics stored in checkpoints") as err:
+        load_trained(str(tmp_path / "old"))
+    assert "\n" not in str(err.value) and "image_folder" in str(err.value)
+    # it still loads without its data set, as before (event_shape and data_std were stored already)
+    assert load_trained(str(tmp_path / "old"), dataset=False).model is not None
+
+
+def test_data_stats_round_trip_and_refuse_bad_fields():
+    s = DataStats("digits", [1, 8, 8], 0.5, num_levels=17, num_classes=10, normalization="2v/L-1")
+    assert DataStats.from_dict(s.as_dict()).as_dict() == s.as_dict()
+    assert s.model_per_pixel == 2 / 17 and s.quantize(torch.tensor([-1.0, 0.99])).tolist() == [0, 16]
+    with pytest.raises(ValueError, match=r"event_shape must be a non-empty list of integers >= 1"):
+        DataStats("x", [0, 2], 1.0)
+    with pytest.raises(ValueError, match=r"data_std must be a number > 0"):
+        DataStats("x", [2], 0.0)
+    with pytest.raises(ValueError, match=r"num_levels must be an integer >= 2 for image data"):
+        DataStats("x", [1, 2, 2], 1.0, normalization="2v/L-1")
+    with pytest.raises(ValueError, match=r"normalization must be one of"):
+        DataStats("x", [2], 1.0, normalization="zscore")
+    with pytest.raises(ValueError, match=r"is not on disk"):
+        s.sample_batch(2)

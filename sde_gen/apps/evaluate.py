@@ -133,6 +133,10 @@ def _checkpoint_report(conf: EvalConf, generator, device, dtype) -> Dict[str, An
     def score_fn(x, t):
         return model(x.to(model_dtype), t.to(model_dtype)).to(x.dtype)
 
+    if getattr(dataset, "test", None) is None:  # only the stored DataStats: the data files are gone
+        raise ValueError(f"the test-set likelihood of checkpoint {trained.path!r} needs its test data, but the data set "
+                         f"{dataset.name!r} cannot be rebuilt from its files (see the warning above); put them back where "
+                         "the checkpoint's config.data points")
     report = {"checkpoint": os.path.abspath(conf.checkpoint), "step": int(getattr(trained, "step", -1))}
     if getattr(dataset, "test_pixels", None) is not None:
         report.update(_image_report(sde, score_fn, dataset, conf, generator, device, dtype))
