@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "launched_world_size", "shard_batch_size", "stream_seed", "shard_range"]
+__all__ = ["DistInfo", "init_distributed", "launched_world_size", "shard_batch_size", "stream_seed", "shard_range",
+           "gather_to_main", "batch_generator"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,26 @@ def shard_range(count: int, rank: int, world_size: int) -> range:
     share, extra = divmod(count, world_size)
     start = rank * share + min(rank, extra)
     return range(start, start + share + (1 if rank < extra else 0))
+
+
+def batch_generator(seed: int, k: int, device, first: "torch.Generator | None" = None) -> torch.Generator:
+    """The generator of batch k of a run split into batches (sampling, likelihood): batch 0 draws
+    from `first` (default: a generator seeded with `seed`, so a one-batch run is the direct call
+    with `torch.Generator().manual_seed(seed)`), batch k >= 1 from `stream_seed(seed, k)`. So a
+    batch's draws never depend on which process runs it, nor on the batches before it."""
+    if k == 0:
+        return first if first is not None else torch.Generator(device).manual_seed(int(seed))
+    return torch.Generator(device).manual_seed(stream_seed(seed, k))
+
+
+def gather_to_main(obj, info: DistInfo):
+    """Every process's `obj` (picklable; tensors on the CPU), in rank order, on rank 0; None on the
+    other ranks. A single process gets `[obj]`."""
+    if not info.active:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def init_distributed(device: torch.device) -> DistInfo:
