@@ -437,3 +437,35 @@ def test_two_gloo_processes_evaluate_the_likelihood_one_process_evaluates(tmp_pa
         assert two[key]["mean"] == pytest.approx(one[key]["mean"], rel=1e-12, abs=1e-12), key
         assert two[key]["std_error"] == pytest.approx(one[key]["std_error"], rel=1e-12), key
     assert two["nfe"] == one["nfe"] and two["hutchinson_std_error_mean"] == pytest.approx(one["hutchinson_std_error_mean"])
+
+
+# ---------------------------------------------------------------- 5. resume across world sizes
+@pytest.mark.slow  # torchrun and a U-Net: ~1 min per case on a loaded 2-core machine
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_one_process_run_resumes_on_two_processes(tmp_path, loader):
+    # 1 process for 2 steps, then 2 gloo processes to step 4 == 1 process for 4 steps, to the rounding
+    # of the gradient all-reduce; conditional, so the label dropout's draws are shared too
+    # (lr 2e-4: Adam turns a gradient component that is rounding noise into an lr-sized step of either
+    # sign, so at lr 0.01 the U-Net weights of 1 and 2 processes differ by 1.5e-3 after 4 straight
+    # steps, at 2e-4 by 1e-6; docs/gpu.md)
+    over = [*DIGITS, "model.num_classes=auto", "train.label_dropout=0.3", "train.checkpoint_every=100",
+            "optimizer.lr=2e-4", f"train.loader={loader}"]
+    straight = train(_compose(*over, "train.steps=4"), str(tmp_path / "one"))
+    train(_compose(*over, "train.steps=2"), str(tmp_path / "mix"))
+    proc = _torchrun(tmp_path, "sde_gen.train", *over, "train.steps=4", "train.resume=auto",
+                     f"hydra.run.dir={tmp_path / 'mix'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = load_checkpoint(str(tmp_path / "mix" / "checkpoints" / "ckpt_0000004.pt"))
+    one = _weights(straight)
+    diff = max(float((ck["model"][k] - v).abs().max()) for k, v in one.items())
+    print(f"loader={loader}: max |w(1 -> 2 processes) - w(1 process)| = {diff:.3g}")
+    for k, v in one.items():
+        torch.testing.assert_close(ck["model"][k], v, rtol=1e-5, atol=1e-5)
+    for k, v in straight["ema"].state_dict().items():
+        torch.testing.assert_close(ck["ema"][k], v, rtol=1e-5, atol=1e-5)
+    moved = max(float((v - train(_compose(*over, "train.steps=1"), str(tmp_path / "init"))["model"].state_dict()[k])
+                      .abs().max()) for k, v in one.items())
+    assert moved > 100 * max(diff, 1e-7)  # the steps moved the weights far beyond the rounding
+    one_ck = load_checkpoint(str(tmp_path / "one" / "checkpoints" / "ckpt_0000004.pt"))
+    for a, b in zip(ck["metrics"]["loss"], one_ck["metrics"]["loss"]):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
