@@ -43,8 +43,10 @@ Scale (docs/gpu.md): `train.precision=bf16|fp16` runs the forward pass and the l
 `train.compile=true` trains through `torch.compile` (eager fallback, reported once); under
 `torchrun --nproc_per_node=N` each process computes its 1/N slice of the global batch, whose draws
 every process makes from the shared generator (with `train.loader=dataloader` each process reads
-only its slice of the global batch through a `DataLoader`, `sde_gen.data.loader`), and DistributedDataParallel averages the gradients
-(`sde_gen.distributed`): the weights equal one process's on the same global batch up to rounding.
+only its slice of the global batch through a `DataLoader`, `sde_gen.data.loader`), and
+DistributedDataParallel averages the gradients (`sde_gen.distributed`): the weights equal one
+process's on the same global batch up to rounding. Checkpoints also store the data statistics
+(`sde_gen.data.DataStats`), so sampling needs no data files.
 
 The Hydra app `sde-gen-train` (`sde_gen.apps.train`) calls `train(cfg, run_dir)`; outputs
 (checkpoints, pictures, and through the `logger:` node `metrics.csv`, `loss.csv`, `timing.csv`
