@@ -19,6 +19,12 @@ which is what one process computes on the whole batch. Hence:
 * resume on the same or another N continues the same stream of draws (the generator is global);
 * the random draws cost N times what one process draws (cheap next to the network's forward and
   backward pass), and only rank 0 logs, evaluates and writes checkpoints.
+
+Sampling and likelihood evaluation (`sde-gen-sample`, `sde-gen-eval` under torchrun) split their
+rows into batches instead: batch k draws from its own generator (`batch_generator`, seeded by
+`stream_seed(seed, k)`), each process runs a contiguous share of the batches (`shard_range`) and
+rank 0 collects the results (`gather_to_main`), so the output is one process's output with the same
+batch size, whatever N.
 """
 from __future__ import annotations
 
