@@ -93,6 +93,8 @@ from .. import checkpoint as _checkpoint
 from ..checkpoint import load_trained
 from ..config import instantiate, resolve_device, to_plain, validate
 from ..config_apps import SampleAppConf
+from ..distributed import (DistInfo, batch_generator, finish_distributed, gather_to_main, init_distributed,
+                           process_device, shard_range)
 from ..evaluation import class_metrics, oracle_metrics, timed_sample
 from ..guidance import classifier_free, classifier_guided
 from ..inverse import Colorization, Inpainting, LinearMeasurement, build_condition, mask_preset
@@ -100,8 +102,6 @@ from ..io import atomic_path, atomic_write_text
 from ..metrics import classifier_features, frechet_distance, gaussian_w2_to_target, kid, noise_floor, sliced_wasserstein
 from ..oracles import make_preset
 from ..plots import save_picture
-from ..distributed import (DistInfo, batch_generator, finish_distributed, gather_to_main, init_distributed,
-                           process_device, shard_range)
 from ..precision import check_precision, compile_score, precision_score
 from ._hydra import hydra_app
 

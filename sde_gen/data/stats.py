@@ -17,7 +17,7 @@ are None, and `sample_batch` says that there are no data to draw from.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 
