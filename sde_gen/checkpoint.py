@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and plain containers only (so `torch.load(weig
 can read it without executing code): the `TrainState.state_dict()` of the run
 (`sde_gen.train_state`: step, model, ema, optimizer, lr_scheduler, rng, metrics, accumulators) plus
 
-    {"format": 1, "config": the resolved run config (plain dict), "event_shape": [int], "data_std": float}
+    {"format": 1, "config": the resolved run config (plain dict), "event_shape": [int], "data_std": float,
+     "data_stats": `sde_gen.data.stats.DataStats.as_dict()` (shape, levels, class count, normalisation)}
 
 Writes go to a temporary file that is read back and checked before it atomically replaces the
 target (`sde_gen.io.atomic_path`), so a crash, a full disk or a bad write never destroys the last
@@ -12,7 +13,9 @@ good checkpoint. A full disk is reported as `OSError(ENOSPC)` naming the checkpo
 non-finite weights is never written, rotation never deletes the newest checkpoint with finite
 weights, and `prepare_checkpoint_dir` checks the folder and removes the temporary files of a save
 that was killed. `load_trained` rebuilds the SDE, the dataset and the EMA model from the stored
-config: the entry point of the sampling and likelihood apps; `load_classifier` does the same for a
+config: the entry point of the sampling and likelihood apps. When the data set cannot be rebuilt
+(its files are gone), the stored "data_stats" stand in for it (`DataStats`: everything sampling
+needs); a checkpoint written before "data_stats" existed then fails in one line naming the cause; `load_classifier` does the same for a
 noise-conditional classifier run (`loss=classifier`), and each refuses the other kind in one line.
 
 `export_trained` (the `sde-gen-export` command) writes a run's EMA weights as safetensors
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import logging
 import os
 import re
 import shutil
@@ -36,7 +40,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from .config import instantiate, register_configs
+from .config import ConfigError, instantiate, register_configs
+from .data.stats import DataStats
 from .io import atomic_path
 from .nets import build_classifier, build_score_model, model_kind
 from .trust import CheckpointError, check_checkpoint_config
@@ -44,6 +49,8 @@ from .trust import CheckpointError, check_checkpoint_config
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_checkpoint_config", "latest_checkpoint",
            "checkpoint_path", "Trained", "load_trained", "load_classifier", "check_checkpoint_dir", "prepare_checkpoint_dir",
            "nonfinite_weights", "export_trained"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 _REQUIRED = ("format", "step", "model", "ema", "optimizer", "rng", "config", "metrics")
@@ -271,7 +278,8 @@ class Trained:
             (`model(x, t, y)` the class-conditional one). From `load_classifier`: the
             `NoiseConditionalClassifier`, `model(x, t)` -> (B, C) logits.
         sde: the forward SDE of the run.
-        dataset: the dataset of the run (rebuilt from the stored config).
+        dataset: the dataset of the run (rebuilt from the stored config), or the `DataStats`
+            stored in the checkpoint when the data files are gone.
         config: the resolved run config as a plain dict.
         step: the training step of the checkpoint.
         path: the checkpoint file that was loaded.
@@ -365,7 +373,7 @@ def export_trained(path: str, out_dir: Optional[str] = None, ema: bool = True) -
     `<out_dir>/model.safetensors` holds the `ScoreModel` (or classifier) state dict, EMA weights by
     default (no pickle: the file is tensors only); `<out_dir>/model.yaml` the resolved run config
     (`config:`, with `config.model` the network) plus `format`, `step`, `weights` ("ema" or "raw"),
-    `event_shape`, `data_std`. `load_trained` (and `load_classifier`) accept the folder. Both files
+    `event_shape`, `data_std`, `data_stats`. `load_trained` (and `load_classifier`) accept the folder. Both files
     are written atomically.
 
     Args:
@@ -393,6 +401,8 @@ def export_trained(path: str, out_dir: Optional[str] = None, ema: bool = True) -
             "data_std": float(state.get("data_std", 1.0)), "config": state["config"]}
     if "event_shape" in state:
         meta["event_shape"] = [int(n) for n in state["event_shape"]]
+    if "data_stats" in state:  # so an exported image model samples without its data files
+        meta["data_stats"] = state["data_stats"]
     os.makedirs(out_dir, exist_ok=True)
     out = {"weights": os.path.join(out_dir, EXPORT_WEIGHTS), "config": os.path.join(out_dir, EXPORT_CONFIG)}
     with atomic_path(out["weights"]) as tmp:
@@ -442,7 +452,28 @@ def _read_export(folder: str, ema: bool, trusted_targets: Sequence[str]) -> Dict
     except Exception as err:
         raise CheckpointError(f"export {files[EXPORT_WEIGHTS]!r} is truncated or corrupt ({type(err).__name__}: {err})") from err
     return {"file": folder, "config": meta["config"], "step": meta.get("step", 0), "data_std": meta.get("data_std", 1.0),
-            "weights": weights, **({"event_shape": meta["event_shape"]} if "event_shape" in meta else {})}
+            "weights": weights, **({"event_shape": meta["event_shape"]} if "event_shape" in meta else {}),
+            **({"data_stats": meta["data_stats"]} if "data_stats" in meta else {})}
+
+
+def _rebuild_data(cfg, state: Dict[str, Any], file: str):
+    """The run's data set from the stored config or, when that fails (the data files are gone), the
+    `DataStats` stored in the checkpoint."""
+    try:
+        return instantiate(cfg.data, "data")
+    except ConfigError as err:
+        if "data_stats" not in state:
+            raise CheckpointError(f"checkpoint {file!r} cannot be used without its training data, which cannot be "
+                                  f"rebuilt ({err}); it predates the data statistics stored in checkpoints: put the data "
+                                  "back where config.data points, or load it with dataset=False") from None
+        try:
+            stats = DataStats.from_dict(state["data_stats"])
+        except ValueError as bad:
+            raise CheckpointError(f"checkpoint {file!r}: {bad}") from None
+        log.warning("the data of checkpoint %s cannot be rebuilt (%s); using the data statistics stored in it (%r)",
+                    file, err, stats)
+        return stats
+
 
 
 def _read_checkpoint_source(path: str, ema: bool, trusted_targets: Sequence[str]) -> Dict[str, Any]:
@@ -451,7 +482,8 @@ def _read_checkpoint_source(path: str, ema: bool, trusted_targets: Sequence[str]
         raise CheckpointError(f"no checkpoint (ckpt_*.pt) found at {path!r}")
     state = load_checkpoint(file, map_location="cpu", trusted_targets=trusted_targets)
     return {"file": file, "config": state["config"], "step": state["step"], "data_std": state.get("data_std", 1.0),
-            "weights": _weights(state, ema), **({"event_shape": state["event_shape"]} if "event_shape" in state else {})}
+            "weights": _weights(state, ema), **({"event_shape": state["event_shape"]} if "event_shape" in state else {}),
+            **({"data_stats": state["data_stats"]} if "data_stats" in state else {})}
 
 
 def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_targets: Sequence[str]) -> Trained:
@@ -479,7 +511,7 @@ def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_target
                               f"not {wanted}; load it with {loader}")
     register_configs()
     sde = instantiate(cfg.sde, "sde")
-    data = instantiate(cfg.data, "data") if dataset else None
+    data = _rebuild_data(cfg, source, file) if dataset else None
     event_shape = tuple(source["event_shape"]) if "event_shape" in source else tuple(data.event_shape)
     if kind == "classifier":
         model = build_classifier(cfg.model, sde, event_shape, source["data_std"])

@@ -353,6 +353,12 @@ class TrainConf:
             weights either way.
         compile_backend: the `torch.compile` backend ("inductor", PyTorch's default; "aot_eager"
             and "eager" trace without generating code, for debugging).
+        loader: how image batches reach the network: "device" (`ImageDataset.sample_batch`, indices
+            with replacement drawn by the training generator from a copy of the data on the
+            training device) or "dataloader" (`sde_gen.data.loader.image_loader`: a
+            `torch.utils.data.DataLoader` over seeded epoch permutations; image data only).
+        num_workers, pin_memory, persistent_workers: the DataLoader's options (loader=dataloader;
+            pinned memory only when training on CUDA; persistent workers need num_workers >= 1).
     """
 
     steps: int = 6000
@@ -375,6 +381,10 @@ class TrainConf:
     precision: str = "fp32"
     compile: bool = False
     compile_backend: str = "inductor"
+    loader: str = "device"
+    num_workers: int = 0
+    pin_memory: bool = True
+    persistent_workers: bool = False
 
     def __post_init__(self):
         def need(ok: bool, field: str, rule: str):
@@ -389,10 +399,17 @@ class TrainConf:
         need(0 <= self.label_dropout < 1, "label_dropout", "in [0, 1) (0: no unconditional training)")
         need(self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}")
         need(bool(self.compile_backend), "compile_backend", "a torch.compile backend name such as 'inductor'")
+        need(self.loader in LOADERS, "loader", f"one of {list(LOADERS)}")
+        need(self.num_workers >= 0, "num_workers", "an integer >= 0")
+        need(not self.persistent_workers or self.num_workers >= 1, "persistent_workers",
+             "false when num_workers=0 (there are no workers to keep)")
 
 
 #: train.precision -> the autocast dtype (None: no autocast)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import PRECISIONS  # noqa: E402 - one table for training and sampling
+
+#: train.loader: the image input pipelines (see TrainConf)
+LOADERS = ("device", "dataloader")
 
 
 @dataclasses.dataclass

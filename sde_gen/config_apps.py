@@ -22,6 +22,7 @@ from ._validation import (
 from .config import check_target_names
 from .inverse import CONDITIONS, MASKS
 from .oracles import PRESETS
+from .precision import PRECISIONS
 
 __all__ = ["LikelihoodOptionsConf", "EvalConf", "GuidanceConf", "InverseConf", "SampleAppConf", "register_app_schemas",
            "GUIDANCE_KINDS", "TASKS"]
@@ -237,6 +238,12 @@ class SampleAppConf:
             two halves of the test set, and classifier_kid; source=checkpoint only.
         progress: a tqdm bar over the sampler's steps (per step, through the sampler's callback);
             shown only when stderr is a terminal.
+        precision: "fp32" (default), "bf16" or "fp16" (CUDA only): `torch.autocast` around the score
+            function alone (`sde_gen.precision.precision_score`); the time grid stays float64 and the
+            sampler's state stays in `dtype`.
+        compile: evaluate the score network through `torch.compile` (eager fallback, reported once).
+        compile_backend: the `torch.compile` backend ("inductor"; "aot_eager" captures the graph
+            without generating code).
 
     The checks that need the source (a label in [0, C), a class-conditional checkpoint for
     cfg or a label without guidance, a classifier with the data's C classes and the sampling
@@ -265,9 +272,15 @@ class SampleAppConf:
     inverse: InverseConf = dataclasses.field(default_factory=InverseConf)
     feature_classifier: Optional[str] = None
     progress: bool = True
+    precision: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self):
         _check_source(self)
+        check_choice("precision", self.precision, PRECISIONS)
+        if not self.compile_backend:
+            raise ValueError("compile_backend must name a torch.compile backend such as 'inductor'; got an empty string")
         _check_label(self.label)
         check_choice("task", self.task, TASKS)
         if self.task != "sample":

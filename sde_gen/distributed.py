@@ -19,6 +19,12 @@ which is what one process computes on the whole batch. Hence:
 * resume on the same or another N continues the same stream of draws (the generator is global);
 * the random draws cost N times what one process draws (cheap next to the network's forward and
   backward pass), and only rank 0 logs, evaluates and writes checkpoints.
+
+Sampling and likelihood evaluation (`sde-gen-sample`, `sde-gen-eval` under torchrun) split their
+rows into batches instead: batch k draws from its own generator (`batch_generator`, seeded by
+`stream_seed(seed, k)`), each process runs a contiguous share of the batches (`shard_range`) and
+rank 0 collects the results (`gather_to_main`), so the output is one process's output with the same
+batch size, whatever N.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "launched_world_size", "shard_batch_size"]
+__all__ = ["DistInfo", "init_distributed", "launched_world_size", "shard_batch_size", "stream_seed", "shard_range",
+           "gather_to_main", "batch_generator"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,46 @@ def shard_batch_size(batch_size: int, world_size: int) -> int:
         raise ValueError(f"train.batch_size={batch_size} must be divisible by the number of processes ({world_size}); "
                          f"allowed: a multiple of {world_size}")
     return batch_size // world_size
+
+
+def stream_seed(seed: int, *keys: int) -> int:
+    """The seed of an independent random stream named by `keys` under the run's `seed`.
+
+    numpy's `SeedSequence` hashes (seed, *keys) into 63 bits, so streams such as "batch k of the
+    sampling app" or "epoch e of the data loader" neither overlap nor depend on which process
+    draws them: a stream is a function of its name, not of the world size.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def shard_range(count: int, rank: int, world_size: int) -> range:
+    """The contiguous share of `count` items (batches, rows) of `rank` among `world_size` processes:
+    the first `count % world_size` ranks get one more; ranks beyond `count` get none."""
+    share, extra = divmod(count, world_size)
+    start = rank * share + min(rank, extra)
+    return range(start, start + share + (1 if rank < extra else 0))
+
+
+def batch_generator(seed: int, k: int, device, first: "torch.Generator | None" = None) -> torch.Generator:
+    """The generator of batch k of a run split into batches (sampling, likelihood): batch 0 draws
+    from `first` (default: a generator seeded with `seed`, so a one-batch run is the direct call
+    with `torch.Generator().manual_seed(seed)`), batch k >= 1 from `stream_seed(seed, k)`. So a
+    batch's draws never depend on which process runs it, nor on the batches before it."""
+    if k == 0:
+        return first if first is not None else torch.Generator(device).manual_seed(int(seed))
+    return torch.Generator(device).manual_seed(stream_seed(seed, k))
+
+
+def gather_to_main(obj, info: DistInfo):
+    """Every process's `obj` (picklable; tensors on the CPU), in rank order, on rank 0; None on the
+    other ranks. A single process gets `[obj]`."""
+    if not info.active:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def init_distributed(device: torch.device) -> DistInfo:

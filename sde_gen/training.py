@@ -42,8 +42,11 @@ Scale (docs/gpu.md): `train.precision=bf16|fp16` runs the forward pass and the l
 `torch.autocast` (weights, EMA and optimiser state float32; a GradScaler for fp16, CUDA only);
 `train.compile=true` trains through `torch.compile` (eager fallback, reported once); under
 `torchrun --nproc_per_node=N` each process computes its 1/N slice of the global batch, whose draws
-every process makes from the shared generator, and DistributedDataParallel averages the gradients
-(`sde_gen.distributed`): the weights equal one process's on the same global batch up to rounding.
+every process makes from the shared generator (with `train.loader=dataloader` each process reads
+only its slice of the global batch through a `DataLoader`, `sde_gen.data.loader`), and
+DistributedDataParallel averages the gradients (`sde_gen.distributed`): the weights equal one
+process's on the same global batch up to rounding. Checkpoints also store the data statistics
+(`sde_gen.data.DataStats`), so sampling needs no data files.
 
 The Hydra app `sde-gen-train` (`sde_gen.apps.train`) calls `train(cfg, run_dir)`; outputs
 (checkpoints, pictures, and through the `logger:` node `metrics.csv`, `loss.csv`, `timing.csv`
@@ -68,6 +71,7 @@ from .checkpoint import (CheckpointError, check_checkpoint_dir, checkpoint_path,
                          nonfinite_weights, prepare_checkpoint_dir, save_checkpoint)
 from .config import (PRECISIONS, ConfigError, OptimizerConf, TrainConf, instantiate, register_configs, resolve_device,
                      to_plain, validate)
+from .data.stats import DataStats
 from .distributed import finish_distributed, init_distributed, launched_world_size, process_device, shard_batch_size
 from .io import atomic_write_text
 from .losses import drop_labels
@@ -391,6 +395,9 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     sampler = instantiate(cfg.sampler, "sampler", check_finite=True)
     loss_fn = instantiate(cfg.loss, "loss")
     kind = model_kind(cfg.model)
+    if tc.loader == "dataloader" and getattr(data, "train_pixels", None) is None:
+        raise ConfigError(f"train.loader=dataloader reads finite image data sets (digits, mnist, cifar10, image_folder); "
+                          f"data {getattr(data, 'name', '')!r} draws its batches itself: use train.loader=device")
     _check_loss_for(loss_fn, kind, cfg)
     cfg = _resolve_num_classes(cfg, data, kind)
     if world > 1 and not hasattr(loss_fn, "draw"):
@@ -413,6 +420,7 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
     main = dist_info.is_main
     num_classes = cfg.model.get("num_classes", None)  # None: unconditional score model
     data_std = data.data_std()
+    data_stats = DataStats.from_dataset(data, data_std).as_dict()  # so that sampling needs no data files
     torch.manual_seed(seed)  # network initialisation
     trusted = cfg.get("trusted_targets") or ()
     if kind == "classifier":
@@ -481,7 +489,8 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
             saved.update(step=ts.step)
             save_due = False
             return
-        state = dict(ts.state_dict(), config=config_plain, event_shape=list(data.event_shape), data_std=data_std)
+        state = dict(ts.state_dict(), config=config_plain, event_shape=list(data.event_shape), data_std=data_std,
+                     data_stats=data_stats)
         bad = nonfinite_weights(state)
         if bad:
             raise TrainingDiverged(f"non-finite weights at step {ts.step} ({', '.join(bad[:3])}); not saved; the last good "
@@ -530,17 +539,50 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
     params = [p for p in model.parameters()]
     rank_slice = slice(dist_info.rank * local_batch, (dist_info.rank + 1) * local_batch)
 
-    def forward_backward(net) -> torch.Tensor:
-        """Draw the step's global batch, compute this process's loss (under autocast) and its gradient."""
-        if num_classes is None:  # unconditional: the stream of draws is that of every earlier version
+    loader = None
+    if tc.loader == "dataloader":  # built after a resume: its sampler starts at the checkpoint's step
+        from .data.loader import image_loader
+
+        try:
+            loader = iter(image_loader(data, tc.batch_size, seed, dist_info.rank, dist_info.world_size, ts.step,
+                                       labels=num_classes is not None, num_workers=tc.num_workers,
+                                       pin_memory=tc.pin_memory and device.type == "cuda",
+                                       persistent_workers=tc.persistent_workers))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def next_batch():
+        """This process's (x0, y) of the step from the DataLoader (None for the on-device sampler)."""
+        if loader is None:
+            return None
+        item = next(loader)
+        x0, y = (item, None) if num_classes is None else item
+        return x0.to(device, non_blocking=True), (None if y is None else y.to(device, non_blocking=True))
+
+    def forward_backward(net, batch=None) -> torch.Tensor:
+        """Draw the step's global batch (or take this process's share from the DataLoader), compute
+        this process's loss (under autocast) and its gradient."""
+        draws = {}
+        if batch is not None:  # the loader gave this process's rows; the generator draws for the global batch
+            x0, y = batch
+            if dist_info.active:
+                # the draws of the global batch (they depend on its shape only), then this process's slice
+                shape = (tc.batch_size, *x0.shape[1:])
+                if y is not None and kind == "score":
+                    keep = drop_labels(torch.zeros(tc.batch_size, dtype=torch.long, device=device), tc.label_dropout,
+                                       num_classes, ts.generator)[rank_slice]
+                    y = torch.where(keep == num_classes, keep, y)
+                draws = {k: v[rank_slice] for k, v in loss_fn.draw(sde, x0.new_empty(shape), ts.generator).items()}
+            elif y is not None and kind == "score":
+                y = drop_labels(y, tc.label_dropout, num_classes, ts.generator)
+        elif num_classes is None:  # unconditional: the stream of draws is that of every earlier version
             x0, y = data.sample_batch(tc.batch_size, ts.generator).to(device), None
         else:  # the same x0 as above, then (score models) the dropout mask, then t and z
             x0, y = data.sample_batch(tc.batch_size, ts.generator, return_labels=True)
             x0, y = x0.to(device), y.to(device)
             if kind == "score":
                 y = drop_labels(y, tc.label_dropout, num_classes, ts.generator)
-        draws = {}
-        if dist_info.active:  # the global batch's draws, then this process's slice
+        if batch is None and dist_info.active:  # the global batch's draws, then this process's slice
             draws = {k: v[rank_slice] for k, v in loss_fn.draw(sde, x0, ts.generator).items()}
             x0, y = x0[rank_slice], (None if y is None else y[rank_slice])
         kwargs = dict(draws) if y is None else dict(draws, y=y)
@@ -557,10 +599,11 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
         with _StopRequest() as stop:
             while ts.step < tc.steps:
                 lr = optimizer.param_groups[0]["lr"]  # set by the scheduler for this step
+                batch = next_batch()
                 if compile_pending:  # a failed compilation retries the step eager with the same draws
                     rng_before = (ts.generator.get_state(), torch.get_rng_state())
                     try:
-                        loss = forward_backward(train_model)
+                        loss = forward_backward(train_model, batch)
                     except Exception as err:  # noqa: BLE001 - any compiler failure means: run eager
                         log.warning("train.compile: torch.compile (backend %r) failed on the first step (%s: %s); "
                                     "training continues eager", tc.compile_backend, type(err).__name__,
@@ -568,10 +611,10 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
                         train_model = eager_model
                         ts.generator.set_state(rng_before[0])
                         torch.set_rng_state(rng_before[1])
-                        loss = forward_backward(train_model)
+                        loss = forward_backward(train_model, batch)
                     compile_pending = False
                 else:
-                    loss = forward_backward(train_model)
+                    loss = forward_backward(train_model, batch)
                 if dist_info.active:  # the global mean loss and any process's stop request, in one all-reduce
                     import torch.distributed as dist
 

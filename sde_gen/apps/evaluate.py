@@ -12,7 +12,11 @@ Two sources of the score:
   continuous ones nats/dim and total nats, plus the exact data log-likelihood when the data set
   has an oracle.
 
-Results go to `likelihood.json` (written atomically) in Hydra's run directory.
+Results go to `likelihood.json` (written atomically) in Hydra's run directory. Under `torchrun
+--nproc_per_node=N -m sde_gen.evaluate` each process evaluates a contiguous share of the test
+batches (batch k draws its probes and dequantisation noise from its own stream,
+`sde_gen.distributed.batch_generator`) and rank 0 gathers and writes: the values equal one
+process's with the same `batch_size` and `seed` (docs/gpu.md).
 Run: `sde-gen-eval source=oracle problem=ring2d sde=ve` or `python -m sde_gen.evaluate ...`.
 """
 from __future__ import annotations
@@ -29,7 +33,9 @@ from ..checkpoint import load_trained
 from ..config import instantiate, resolve_device, to_plain, validate
 from ..config_apps import EvalConf
 from ..io import atomic_write_text
-from ..likelihood import evaluate_dataset
+from ..distributed import (DistInfo, batch_generator, finish_distributed, gather_to_main, init_distributed,
+                           process_device, shard_range)
+from ..likelihood import DatasetLikelihood, evaluate_dataset
 from ..oracles import make_preset
 from ._hydra import hydra_app
 
@@ -63,7 +69,41 @@ def _ode_kwargs(opts) -> Dict[str, Any]:
     )
 
 
-def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtype, oracle=None) -> Dict[str, Any]:
+def _evaluate_split(sde, score_fn, data, conf: EvalConf, generator, device, dtype, info: DistInfo, **kwargs):
+    """`evaluate_dataset` over `data` in batches of `conf.batch_size`, this process's share of them,
+    gathered on rank 0 (None on the other ranks).
+
+    Batch k draws its probes and dequantisation noise from `batch_generator(seed, k)` (batch 0 from
+    `generator`, which may have drawn the test points first), and the batches are dealt in
+    contiguous shares (`shard_range`): every process count gives the values one process gives.
+    `seconds` is the slowest process's time.
+    """
+    B = conf.batch_size
+    num_batches = -(-data.shape[0] // B)
+    parts = []
+    for k in shard_range(num_batches, info.rank, info.world_size):
+        res = evaluate_dataset(sde, score_fn, data[k * B:(k + 1) * B], batch_size=B,
+                               generator=batch_generator(conf.seed, k, device, first=generator), device=device,
+                               dtype=dtype, progress=conf.progress and info.is_main, **kwargs)
+        parts.append(res)
+    mine = {"values": [r.values for r in parts], "errs": [r.estimator_std_error for r in parts],
+            "nfe": sum(r.nfe for r in parts), "seconds": sum(r.seconds for r in parts)}
+    gathered = gather_to_main(mine, info)
+    if gathered is None:
+        return None
+    values = torch.cat([v for g in gathered for v in g["values"]])
+    errs = torch.cat([e for g in gathered for e in g["errs"]])
+    N = values.shape[0]
+    return DatasetLikelihood(
+        unit="bits/dim" if kwargs.get("dataset_or_map") is not None else "nats", values=values,
+        estimator_std_error=errs, mean=float(values.mean()),
+        std_error=float(values.std(unbiased=True)) / math.sqrt(N) if N > 1 else float("nan"),
+        dim=math.prod(data.shape[1:]), nfe=sum(g["nfe"] for g in gathered),
+        seconds=max(g["seconds"] for g in gathered))
+
+
+def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtype, info: DistInfo,
+                       oracle=None) -> Optional[Dict[str, Any]]:
     """Model log-likelihood of continuous test points, and the exact one when an oracle is known."""
     opts = conf.likelihood
     kwargs = _ode_kwargs(opts)
@@ -72,10 +112,9 @@ def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtyp
             raise ValueError("likelihood.prior=exact needs an oracle data set (exact p_T); use prior=standard")
         p_T = oracle.to(device).perturbed(sde, sde.T)
         kwargs["prior_logp"] = p_T.log_prob
-    res = evaluate_dataset(
-        sde, score_fn, x, batch_size=conf.batch_size, generator=generator, device=device, dtype=dtype,
-        progress=conf.progress, **kwargs,
-    )
+    res = _evaluate_split(sde, score_fn, x, conf, generator, device, dtype, info, **kwargs)
+    if res is None:
+        return None
     D = res.dim
     logp = res.values
     out: Dict[str, Any] = {
@@ -100,15 +139,15 @@ def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtyp
     return out
 
 
-def _image_report(sde, score_fn, dataset, conf: EvalConf, generator, device, dtype) -> Dict[str, Any]:
+def _image_report(sde, score_fn, dataset, conf: EvalConf, generator, device, dtype,
+                  info: DistInfo) -> Optional[Dict[str, Any]]:
     pixels = dataset.test_pixels
     if conf.num_test is not None:
         pixels = pixels[: conf.num_test]
-    res = evaluate_dataset(
-        sde, score_fn, pixels, dataset_or_map=dataset, batch_size=conf.batch_size,
-        num_dequant=conf.num_dequant, generator=generator, device=device, dtype=dtype,
-        progress=conf.progress, **_ode_kwargs(conf.likelihood),
-    )
+    res = _evaluate_split(sde, score_fn, pixels, conf, generator, device, dtype, info, dataset_or_map=dataset,
+                          num_dequant=conf.num_dequant, **_ode_kwargs(conf.likelihood))
+    if res is None:
+        return None
     return {
         "unit": "bits/dim",
         "dim": res.dim,
@@ -123,7 +162,7 @@ def _image_report(sde, score_fn, dataset, conf: EvalConf, generator, device, dty
     }
 
 
-def _checkpoint_report(conf: EvalConf, generator, device, dtype) -> Dict[str, Any]:
+def _checkpoint_report(conf: EvalConf, generator, device, dtype, info: DistInfo) -> Optional[Dict[str, Any]]:
     trained = load_trained(conf.checkpoint, device=device, ema=conf.ema, trusted_targets=conf.trusted_targets)
     model, sde, dataset = trained.model, trained.sde.to(device), trained.dataset
     model.eval()
@@ -133,31 +172,49 @@ def _checkpoint_report(conf: EvalConf, generator, device, dtype) -> Dict[str, An
     def score_fn(x, t):
         return model(x.to(model_dtype), t.to(model_dtype)).to(x.dtype)
 
+    if getattr(dataset, "test", None) is None:  # only the stored DataStats: the data files are gone
+        raise ValueError(f"the test-set likelihood of checkpoint {trained.path!r} needs its test data, but the data set "
+                         f"{dataset.name!r} cannot be rebuilt from its files (see the warning above); put them back where "
+                         "the checkpoint's config.data points")
     report = {"checkpoint": os.path.abspath(conf.checkpoint), "step": int(getattr(trained, "step", -1))}
     if getattr(dataset, "test_pixels", None) is not None:
-        report.update(_image_report(sde, score_fn, dataset, conf, generator, device, dtype))
+        part = _image_report(sde, score_fn, dataset, conf, generator, device, dtype, info)
     else:
         x = dataset.test if conf.num_test is None else dataset.test[: conf.num_test]
         oracle = getattr(dataset, "oracle", None)
-        report.update(_continuous_report(sde, score_fn, x, conf, generator, device, dtype, oracle))
-    return report
+        part = _continuous_report(sde, score_fn, x, conf, generator, device, dtype, info, oracle)
+    return None if part is None else {**report, **part}
 
 
 def run_eval(cfg: DictConfig, out_dir: str) -> Dict[str, Any]:
-    """Validate `cfg` (failing before any work with the field's name), evaluate, write the JSON."""
+    """Validate `cfg` (failing before any work with the field's name), evaluate, write the JSON.
+
+    Under `torchrun --nproc_per_node=N` each process evaluates its share of the test batches and
+    rank 0 gathers them and writes the report (the other ranks return an empty dict)."""
     conf: EvalConf = validate(cfg, EvalConf, "eval")
     device = resolve_device(conf.device)
+    info = init_distributed(device)
+    try:
+        return _run_eval(cfg, conf, process_device(device, info), info, out_dir)
+    finally:
+        finish_distributed(info)
+
+
+def _run_eval(cfg: DictConfig, conf: EvalConf, device, info: DistInfo, out_dir: str) -> Dict[str, Any]:
     dtype = _DTYPES[conf.dtype]
     generator = torch.Generator(device=device).manual_seed(conf.seed)
     if conf.source == "oracle":
         sde = instantiate(cfg.sde, "sde").to(device)
         oracle = make_preset(conf.problem).to(device)
         x = oracle.sample(conf.num_test or 1000, generator, device=device, dtype=dtype)
-        report = {"problem": conf.problem}
-        report.update(_continuous_report(sde, oracle.score_fn(sde), x, conf, generator, device, dtype, oracle))
+        part = _continuous_report(sde, oracle.score_fn(sde), x, conf, generator, device, dtype, info, oracle)
+        report = None if part is None else {"problem": conf.problem, **part}
     else:
-        report = _checkpoint_report(conf, generator, device, dtype)
-    report = {"source": conf.source, "device": str(device), "dtype": conf.dtype, **report, "config": to_plain(cfg)}
+        report = _checkpoint_report(conf, generator, device, dtype, info)
+    if report is None:  # a rank other than 0: rank 0 writes the report
+        return {}
+    report = {"source": conf.source, "device": str(device), "dtype": conf.dtype, "num_processes": info.world_size,
+              **report, "config": to_plain(cfg)}
     report = _finite_or_none(report)
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     atomic_write_text(os.path.join(out_dir, "likelihood.json"), text)
@@ -182,6 +239,8 @@ def _summary(report: Dict[str, Any]) -> str:
 
 def _task(cfg: DictConfig, out_dir: str, choices: Dict[str, str]) -> None:
     report = run_eval(cfg, out_dir)
+    if not report:  # a rank other than 0 under torchrun
+        return
     print(_summary(report))
     print(f"wrote {os.path.join(out_dir, 'likelihood.json')}")
 

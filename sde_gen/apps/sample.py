@@ -62,6 +62,17 @@ between the samples and the test set in the classifier's penultimate features at
 and `classifier_kid` / `classifier_kid_std` (`sde_gen.metrics.kid`). A tqdm bar follows the sampler
 step by step (`progress=true`, shown on a terminal only).
 
+Precision and compilation (`sde_gen.precision`): `precision=bf16` (or `fp16`, CUDA only; refused on
+the CPU in one line) runs each score call under `torch.autocast` and casts its output back, so the
+time grid stays float64 and the sampler's state stays in `dtype`; `compile=true` compiles the
+network once (`compile_backend`, eager fallback reported once) before any guidance wrapper is built
+around it. metrics.json records `precision` and `compile`.
+
+Batches and processes: the rows are cut into batches of `batch_size`; batch k draws from its own
+generator (`sde_gen.distributed.batch_generator`). Under `torchrun --nproc_per_node=N -m
+sde_gen.sample` each process draws a contiguous share of the batches and rank 0 gathers them and
+writes everything; with the same `batch_size` the samples equal one process's (docs/gpu.md).
+
 Quality against the exact target and the timing split: `sde_gen.evaluation`.
 
 Run `sde-gen-sample --help` for the options; `sde-gen-report DIR` aggregates a multirun.
@@ -82,6 +93,8 @@ from .. import checkpoint as _checkpoint
 from ..checkpoint import load_trained
 from ..config import instantiate, resolve_device, to_plain, validate
 from ..config_apps import SampleAppConf
+from ..distributed import (DistInfo, batch_generator, finish_distributed, gather_to_main, init_distributed,
+                           process_device, shard_range)
 from ..evaluation import class_metrics, oracle_metrics, timed_sample
 from ..guidance import classifier_free, classifier_guided
 from ..inverse import Colorization, Inpainting, LinearMeasurement, build_condition, mask_preset
@@ -89,6 +102,7 @@ from ..io import atomic_path, atomic_write_text
 from ..metrics import classifier_features, frechet_distance, gaussian_w2_to_target, kid, noise_floor, sliced_wasserstein
 from ..oracles import make_preset
 from ..plots import save_picture
+from ..precision import check_precision, compile_score, precision_score
 from ._hydra import hydra_app
 
 log = logging.getLogger(__name__)
@@ -156,6 +170,20 @@ def _load_classifier(path: str, device, ema: bool):
     if getattr(model, "num_classes", None) is None:
         model.num_classes = getattr(trained, "num_classes", None)
     return model, trained.sde.to(device)
+
+
+def _compiled(app: SampleAppConf, src: _Source) -> _Source:
+    """`compile=true`: the source's network (its unconditional and conditional score) compiled once,
+    before any guidance wrapper is built around it, so every batch reuses the compiled graph."""
+    if not app.compile:
+        return src
+    score_fn = compile_score(src.score_fn, app.compile_backend)
+    conditional = src.conditional
+    if conditional is src.score_fn:  # a conditional checkpoint: one network behind both
+        conditional = score_fn
+    elif conditional is not None:
+        conditional = compile_score(conditional, app.compile_backend)
+    return dataclasses.replace(src, score_fn=score_fn, conditional=conditional)
 
 
 def _feature_classifier(app: SampleAppConf, src: "_Source", device):
@@ -304,19 +332,31 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
 
     Every config value is checked (app section, sampler, SDE) before any work is done.
 
+    Under `torchrun --nproc_per_node=N` each process draws its share of the batches and rank 0
+    gathers them, computes the metrics and writes the files (see `_sample_in_batches`).
+
     Returns:
-        The metrics dict written to metrics.json.
+        The metrics dict written to metrics.json (an empty dict on ranks other than 0).
     """
     app: SampleAppConf = validate(_app_section(cfg), SampleAppConf, "sample")
     device = resolve_device(app.device)
+    check_precision(app.precision, device)  # fp16 off CUDA: one error before any work
+    info = init_distributed(device)
+    try:
+        return _run(cfg, app, process_device(device, info), info, out_dir, dict(choices or {}))
+    finally:
+        finish_distributed(info)
+
+
+def _run(cfg: DictConfig, app: SampleAppConf, device, info: DistInfo, out_dir: str, choices: Dict[str, str]):
     dtype = getattr(torch, app.dtype)
     sampler = instantiate(cfg.sampler, "sampler", check_finite=app.check_finite)
-    choices = dict(choices or {})
     sampler_name = choices.get("sampler") or getattr(sampler, "name", type(sampler).__name__)
 
     src = _oracle_source(app, cfg, device, choices) if app.source == "oracle" else _checkpoint_source(app, device)
+    src = _compiled(app, src)
     if app.task != "sample":
-        return _run_inverse(app, cfg, src, device, dtype, out_dir, sampler_name)
+        return _run_inverse(app, cfg, src, device, dtype, out_dir, sampler_name, info)
     sde, score_fn, event_shape, oracle, reference = src.sde, src.score_fn, src.event_shape, src.oracle, src.reference
     problem, sde_name = src.problem, src.sde_name
     if hasattr(sampler, "check_sde"):
@@ -328,9 +368,12 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
     log.info("sampling %d x %s with %r on %s (%s, %s)", app.num_samples, event_shape, sampler, problem, sde_name, device)
 
     def score_for(start: int, stop: int):
-        return score_fn if make_guided is None else make_guided(labels[start:stop])
+        score = score_fn if make_guided is None else make_guided(labels[start:stop])
+        return precision_score(score, app.precision, device)
 
-    run = _sample_in_batches(app, sampler, sde, score_for, event_shape, device, dtype)
+    run = _sample_in_batches(app, sampler, sde, score_for, event_shape, device, dtype, info)
+    if run is None:  # a rank other than 0: its samples went to rank 0, which writes everything
+        return {}
     samples, timing, nfe_per_batch, steps = run["samples"], run["timing"], run["nfe_per_batch"], run["steps"]
     num_nonfinite, batch_cost = run["num_nonfinite"], run["batch_cost"]
 
@@ -358,6 +401,10 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
         "seed": app.seed,
         "device": str(device),
         "dtype": app.dtype,
+        "precision": app.precision,
+        "compile": app.compile,
+        "num_processes": info.world_size,
+        "time_wall_s": timing["wall_s"],
         "time_total_s": timing["total_s"],
         "time_score_s": timing["score_s"],
         "time_sampler_s": timing["sampler_s"],
@@ -456,38 +503,60 @@ def _measurement(app: SampleAppConf, event_shape: Tuple[int, ...], generator: to
     return LinearMeasurement.random_projection(D, m, inv.noise_std, generator)
 
 
-def _sample_in_batches(app, sampler, sde, score_for, event_shape, device, dtype) -> dict:
-    """Draw `app.num_samples` samples in batches of `app.batch_size` (0: one batch) from one generator.
+def _sample_in_batches(app, sampler, sde, score_for, event_shape, device, dtype, info: DistInfo) -> Optional[dict]:
+    """Draw `app.num_samples` samples in batches, this process's share of them, gathered on rank 0.
 
-    `score_for(start, stop)` gives the score function of rows [start, stop) (a guided score carries
-    its `batch_cost`). Returns the samples, the summed timing of `timed_sample`, the NFE of each
-    batch, the steps of the last batch, the non-finite rows counted by the sampler and the batch cost.
+    The rows are cut into batches of `app.batch_size` (0: one batch, or under torchrun one batch
+    per process); batch k draws from `batch_generator(seed, k)` and the batches are dealt to the
+    processes in contiguous shares (`shard_range`), so with the same batch size every process count
+    gives the samples one process gives. `score_for(start, stop)` gives the score function of rows
+    [start, stop) (a guided score carries its `batch_cost`). Returns, on rank 0, the samples, the
+    timing of `timed_sample` summed over batches and processes (and `wall_s`, the slowest
+    process's total), the NFE of each batch, the steps of the last batch, the non-finite rows
+    counted by the sampler and the batch cost; None on the other ranks.
     """
-    generator = torch.Generator(device).manual_seed(app.seed)
-    batch = app.num_samples if app.batch_size == 0 else min(app.batch_size, app.num_samples)
-    chunks, nfe_per_batch, steps, num_nonfinite, batch_cost, done = [], [], None, 0, 1, 0
+    n = app.num_samples
+    batch = app.batch_size if app.batch_size else -(-n // info.world_size)
+    batch = min(batch, n)
+    num_batches = -(-n // batch)
+    mine = shard_range(num_batches, info.rank, info.world_size)
+    chunks, nfe_per_batch, steps, num_nonfinite, batch_cost = [], [], None, 0, 1
     timing = {"total_s": 0.0, "score_s": 0.0, "sampler_s": 0.0, "score_calls": 0}
-    bar = _progress(app, sampler, -(-app.num_samples // batch))
-    while done < app.num_samples:
-        b = min(batch, app.num_samples - done)
-        score = score_for(done, done + b)
+    bar = _progress(app if info.is_main else dataclasses.replace(app, progress=False), sampler, len(mine))
+    for k in mine:
+        start, stop = k * batch, min((k + 1) * batch, n)
+        score = score_for(start, stop)
         batch_cost = getattr(score, "batch_cost", batch_cost)
-        result, tm = timed_sample(sampler, sde, score, shape=(b, *event_shape), generator=generator, device=device,
-                                  dtype=dtype, callback=bar.callback)
-        for k in timing:
-            timing[k] += tm[k]
+        result, tm = timed_sample(sampler, sde, score, shape=(stop - start, *event_shape),
+                                  generator=batch_generator(app.seed, k, device), device=device, dtype=dtype,
+                                  callback=bar.callback)
+        for key in timing:
+            timing[key] += tm[key]
         nfe_per_batch.append(result.nfe)
         steps = result.num_steps
         num_nonfinite += result.num_nonfinite or 0
         chunks.append(result.samples)
-        done += b
     bar.close()
-    return {"samples": torch.cat(chunks), "timing": timing, "nfe_per_batch": nfe_per_batch, "steps": steps,
-            "num_nonfinite": num_nonfinite, "batch_cost": batch_cost}
+    part = {"samples": torch.cat(chunks) if chunks else None, "timing": timing, "nfe_per_batch": nfe_per_batch,
+            "steps": steps, "num_nonfinite": num_nonfinite, "batch_cost": batch_cost}
+    if not info.active:
+        part["timing"]["wall_s"] = timing["total_s"]
+        return part
+    cpu = dict(part, samples=None if part["samples"] is None else part["samples"].cpu())
+    parts = gather_to_main(cpu, info)
+    if parts is None:
+        return None
+    parts = [p for p in parts if p["samples"] is not None]  # ranks beyond the batch count drew nothing
+    out = {"samples": torch.cat([p["samples"] for p in parts]).to(device),
+           "timing": {key: sum(p["timing"][key] for p in parts) for key in timing},
+           "nfe_per_batch": [nfe for p in parts for nfe in p["nfe_per_batch"]], "steps": parts[-1]["steps"],
+           "num_nonfinite": sum(p["num_nonfinite"] for p in parts), "batch_cost": parts[0]["batch_cost"]}
+    out["timing"]["wall_s"] = max(p["timing"]["total_s"] for p in parts)
+    return out
 
 
 def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtype, out_dir: str,
-                 sampler_name: str) -> Dict[str, Any]:
+                 sampler_name: str, info: DistInfo) -> Dict[str, Any]:
     """task=inpaint|colorize|linear: sample p(x | y) with a conditioning method and compare with
     the exact posterior (see the module docstring)."""
     inv, oracle, sde, event_shape = app.inverse, src.oracle, src.sde, src.event_shape
@@ -510,7 +579,10 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
         sampler.check_sde(sde)
     log.info("%s with %s (%r) on %s: %r", app.task, inv.method, sampler, src.problem, meas)
 
-    run = _sample_in_batches(app, sampler, sde, lambda start, stop: src.score_fn, event_shape, device, dtype)
+    score = precision_score(src.score_fn, app.precision, device)
+    run = _sample_in_batches(app, sampler, sde, lambda start, stop: score, event_shape, device, dtype, info)
+    if run is None:
+        return {}
     samples, timing, nfe_per_batch, steps = run["samples"], run["timing"], run["nfe_per_batch"], run["steps"]
 
     os.makedirs(out_dir, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .._validation import check_choice
 from .base import Dataset
 from .images import CIFAR10, MNIST, Digits, ImageDataset, ImageFolder, read_cifar_batch, read_cifar_pickle_batch, read_idx
+from .stats import DataStats
 from .oracle import Gaussian16D, Mixture64D, OracleDataset, Ring2D
 from .toys import Checkerboard, Circles, SwissRoll, ToyDataset, TwoMoons
 
@@ -35,5 +36,5 @@ def build_dataset(name: str, **options) -> Dataset:
 __all__ = [
     "Dataset", "OracleDataset", "ToyDataset", "ImageDataset", "Ring2D", "Mixture64D", "Gaussian16D",
     "TwoMoons", "SwissRoll", "Checkerboard", "Circles", "Digits", "MNIST", "CIFAR10",
-    "ImageFolder", "DATASETS", "build_dataset", "read_idx", "read_cifar_batch", "read_cifar_pickle_batch",
+    "ImageFolder", "DataStats", "DATASETS", "build_dataset", "read_idx", "read_cifar_batch", "read_cifar_pickle_batch",
 ]

@@ -26,7 +26,8 @@ Training batches (`ImageDataset.sample_batch`): uniform indices with replacement
 training generator, gathered from a copy of the training set kept on the generator's device (made
 once, so a GPU run copies no batch from the host), then, with `hflip=True`, each image mirrored
 left-right with probability 1/2 (one more draw of B uniforms from the same generator; the random
-flip of DDPM / score_sde's CIFAR-10 training).
+flip of DDPM / score_sde's CIFAR-10 training). The alternative pipeline, a `torch.utils.data.DataLoader`
+over seeded epoch permutations (`train.loader=dataloader`), is `sde_gen.data.loader`.
 """
 from __future__ import annotations
 
