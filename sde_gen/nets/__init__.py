@@ -1,8 +1,5 @@
-<<<<<<< HEAD
-"""Score networks: time features, backbones (MLP, U-Net, the DDPM++ U-Net) and the score parameterisation.
-=======
-"""Score networks: time features, backbones (MLP, U-Net, diffusers' UNet2DModel) and the score parameterisation.
->>>>>>> i14a
+"""Score networks: time features, backbones (MLP, U-Net, the DDPM++ U-Net, diffusers' UNet2DModel)
+and the score parameterisation.
 
 `ScoreModel` turns a backbone into a score; `build_score_model` builds one from a `model:` config.
 `BACKBONES` maps a config name to its backbone class; `register_backbone(name, cls)` trusts one of
@@ -11,20 +8,13 @@ your own. Noise-conditional classifiers for guidance: `MLPClassifier`, `UNetClas
 """
 from .build import BACKBONES, CLASSIFIERS, build_classifier, build_score_model, model_kind, register_backbone
 from .classifier import MLPClassifier, NoiseConditionalClassifier, UNetClassifier
-<<<<<<< HEAD
 from .ddpmpp import DDPMpp
-=======
 from .diffusers_unet import DiffusersUNet
->>>>>>> i14a
 from .fourier import GaussianFourierFeatures, TimeEmbedding
 from .mlp import MLP
 from .score_model import ScoreModel
 from .unet import UNet
 
-<<<<<<< HEAD
-__all__ = ["GaussianFourierFeatures", "TimeEmbedding", "MLP", "UNet", "DDPMpp", "ScoreModel", "BACKBONES", "register_backbone",
-=======
-__all__ = ["GaussianFourierFeatures", "TimeEmbedding", "MLP", "UNet", "DiffusersUNet", "ScoreModel", "BACKBONES", "register_backbone",
->>>>>>> i14a
-           "build_score_model", "MLPClassifier", "UNetClassifier", "NoiseConditionalClassifier", "CLASSIFIERS",
+__all__ = ["GaussianFourierFeatures", "TimeEmbedding", "MLP", "UNet", "DDPMpp", "DiffusersUNet", "ScoreModel", "BACKBONES",
+           "register_backbone", "build_score_model", "MLPClassifier", "UNetClassifier", "NoiseConditionalClassifier", "CLASSIFIERS",
            "build_classifier", "model_kind"]

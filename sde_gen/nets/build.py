@@ -19,11 +19,8 @@ from torch import nn
 
 from ..config import ConfigError, check_target_names, instantiate, schema_for, schema_name, target_names
 from .classifier import MLPClassifier, NoiseConditionalClassifier, UNetClassifier
-<<<<<<< HEAD
 from .ddpmpp import DDPMpp
-=======
 from .diffusers_unet import DiffusersUNet
->>>>>>> i14a
 from .mlp import MLP
 from .score_model import PARAMETERIZATIONS, ScoreModel
 from .unet import UNet
@@ -32,11 +29,7 @@ __all__ = ["BACKBONES", "CLASSIFIERS", "SHAPE_ARGS", "LABEL_ARG", "register_back
            "build_classifier", "model_kind"]
 
 #: config name -> backbone class (the `model/` options of the configs)
-<<<<<<< HEAD
-BACKBONES: Dict[str, type] = {"mlp": MLP, "unet": UNet, "ddpmpp": DDPMpp}
-=======
-BACKBONES: Dict[str, type] = {"mlp": MLP, "unet": UNet, "diffusers_unet": DiffusersUNet}
->>>>>>> i14a
+BACKBONES: Dict[str, type] = {"mlp": MLP, "unet": UNet, "ddpmpp": DDPMpp, "diffusers_unet": DiffusersUNet}
 #: config name -> noise-conditional classifier class (`model=classifier_mlp`, `model=classifier_unet`)
 CLASSIFIERS: Dict[str, type] = {"classifier_mlp": MLPClassifier, "classifier_unet": UNetClassifier}
 
