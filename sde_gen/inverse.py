@@ -386,7 +386,14 @@ class _Condition:
     Order of calls in `Sampler.__call__`: `wrap_score` (once, before counting), `start` on x_T
     (checks shapes before any work), `path` (the grid moves), `after_step` after every solver step
     to t_next, `jump` for a move back up the grid, `finish` after the final denoising.
+
+    Class facts: `evals_per_call`, the network passes (forward and vector-Jacobian) one call of the
+    wrapped score costs, which the sampler counts in its NFE; `jumps_back`, whether `path` moves back
+    up the grid (refused by multistep samplers).
     """
+
+    evals_per_call = 1
+    jumps_back = False
 
     def __init__(self, measurement: LinearMeasurement, y):
         if not isinstance(measurement, LinearMeasurement):

@@ -140,6 +140,17 @@ def test_every_network_pass_is_counted_and_known_coordinates_are_kept(covariance
     assert torch.equal(out.samples[:, ::2], y.expand(6, 4))  # the known coordinates are y exactly
 
 
+def test_dps_pays_for_its_backward_pass():
+    sde, oracle = VPSDE(), gaussian(4, seed=10)
+    meas = Inpainting(torch.arange(4) < 2)
+    _CountPasses.counts.update(forward=0, backward=0)
+    score = lambda x, t: _CountPasses.apply(oracle.score(x, t, sde))  # noqa: E731
+    out = build_sampler("euler_maruyama", nfe=21, condition=build_condition("dps", meas, torch.zeros(2)))(
+        sde, score, shape=(3, 4), dtype=F64)
+    assert _CountPasses.counts == {"forward": 10, "backward": 10}  # 9 steps + the denoising call
+    assert out.nfe == 20 and out.num_steps == 9
+
+
 def test_bad_options_fail_with_one_clear_error():
     meas = Inpainting(torch.arange(4) < 2)
     y = torch.zeros(2)
