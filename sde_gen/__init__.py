@@ -5,7 +5,7 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
     oracles:   GaussianMixture, PRESETS, make_preset, ExactConditionalScore
     guidance:  classifier_free, classifier_guided, GuidedScore
     inverse problems: LinearMeasurement, Inpainting, Colorization, Replacement, RePaint, DPS,
-               ExactConditional, CONDITIONS, build_condition
+               TweedieMoment, ExactConditional, CONDITIONS, build_condition
     sampling:  sample, SAMPLERS, SampleResult
     training:  dsm_loss, DenoisingScoreMatching, ScoreModel, MLP, UNet, build_score_model, DATASETS,
                build_dataset, train, load_trained, Trained
@@ -32,6 +32,7 @@ from .inverse import (
     LinearMeasurement,
     RePaint,
     Replacement,
+    TweedieMoment,
     build_condition,
 )
 from .likelihood import BitsPerDimResult, ELBOResult, LikelihoodResult, bits_per_dim, elbo, evaluate_dataset, log_likelihood
@@ -67,6 +68,7 @@ __all__ = [
     "Replacement",
     "RePaint",
     "DPS",
+    "TweedieMoment",
     "ExactConditional",
     "CONDITIONS",
     "build_condition",

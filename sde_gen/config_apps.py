@@ -20,7 +20,7 @@ from ._validation import (
     check_positive_int,
 )
 from .config import check_target_names
-from .inverse import CONDITIONS, MASKS
+from .inverse import CONDITIONS, COVARIANCES, MASKS
 from .oracles import PRESETS
 from .precision import PRECISIONS
 
@@ -170,12 +170,14 @@ class InverseConf:
     """The `inverse:` node of sde-gen-sample for task=inpaint|colorize|linear (see `sde_gen.inverse`).
 
     Attributes:
-        method: the conditioning method: replacement, repaint, dps or exact_conditional.
+        method: the conditioning method: replacement, repaint, dps, tweedie_moment or exact_conditional.
         mask: inpainting mask preset (`sde_gen.inverse.mask_preset`): half, random or box.
         missing: the fraction of unknown entries for mask=random and mask=box, in (0, 1).
         noise_std: sigma_y of y = A x + e (>= 0).
         num_observations: m for task=linear (a random projection; null: D // 2).
         observation_seed: seed of the true x_0, the observation noise, the random mask and A.
+        covariance: tweedie_moment's covariance model: full, cg or scalar (`TweedieMoment`).
+        cg_iters: tweedie_moment's conjugate-gradient iterations for covariance=cg (>= 1).
     """
 
     method: str = "repaint"
@@ -184,9 +186,13 @@ class InverseConf:
     noise_std: float = 0.0
     num_observations: Optional[int] = None
     observation_seed: int = 1
+    covariance: str = "full"
+    cg_iters: int = 4
 
     def __post_init__(self):
         check_choice("inverse.method", self.method, CONDITIONS)
+        check_choice("inverse.covariance", self.covariance, COVARIANCES)
+        check_positive_int("inverse.cg_iters", self.cg_iters)
         check_choice("inverse.mask", self.mask, MASKS)
         check_in_open_interval("inverse.missing", self.missing, 0.0, 1.0)
         check_nonnegative("inverse.noise_std", self.noise_std)

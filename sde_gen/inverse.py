@@ -22,6 +22,9 @@ library and every unconditional score gains them; see `sde_gen.samplers.base`):
     DPS           diffusion posterior sampling (Chung et al. 2023, Alg. 1 and eq. 16): the score plus
                   the gradient of log N(y; A x0_hat(x_t), r_t^2 I), x0_hat by Tweedie's formula,
                   the gradient through the score by autograd
+    TweedieMoment Tweedie-moment posterior sampling (Boys et al. 2023, TMPD; Song et al. 2023, PiGDM):
+                  p(x_0 | x_t) ~ N(x0_hat, C_t) with C_t = (s^2 / a) d x0_hat / d x_t (Tweedie's second-
+                  order identity) from vector-Jacobian products, each paid for in NFE; exact for Gaussian data
     ExactConditional   the oracle: the exact score of p_t(x_t | y), i.e. of the exact posterior
                   (`GaussianMixture.condition`) diffused by the SDE: the reference for the others
 
@@ -45,6 +48,7 @@ __all__ = [
     "Replacement",
     "RePaint",
     "DPS",
+    "TweedieMoment",
     "ExactConditional",
     "CONDITIONS",
     "build_condition",
@@ -382,7 +386,14 @@ class _Condition:
     Order of calls in `Sampler.__call__`: `wrap_score` (once, before counting), `start` on x_T
     (checks shapes before any work), `path` (the grid moves), `after_step` after every solver step
     to t_next, `jump` for a move back up the grid, `finish` after the final denoising.
+
+    Class facts: `evals_per_call`, the network passes (forward and vector-Jacobian) one call of the
+    wrapped score costs, which the sampler counts in its NFE; `jumps_back`, whether `path` moves back
+    up the grid (refused by multistep samplers).
     """
+
+    evals_per_call = 1
+    jumps_back = False
 
     def __init__(self, measurement: LinearMeasurement, y):
         if not isinstance(measurement, LinearMeasurement):
@@ -462,11 +473,12 @@ class RePaint(Replacement):
         use r = u = 10 at 250 grid steps.
 
     NFE: every pass is paid for; a budget of n solver steps buys a grid of n // u steps.
-    Multistep solvers (dpm_solver) keep their memory across a jump, so the step after a jump
-    extrapolates from the previous pass's data prediction: use a one-step sampler with RePaint.
+    Multistep samplers (DPM-Solver++ 2M/3M, UniPC, DEIS, iPNDM) refuse RePaint with one error: after
+    a jump their memory would hold the previous pass's predictions at other states.
     """
 
     name = "repaint"
+    jumps_back = True
 
     def __init__(self, measurement, y, jump_length: int = 1, resamplings: int = 5):
         super().__init__(measurement, y)
@@ -505,7 +517,8 @@ class DPS(_Condition):
     the gradient of log N(y; A x0_hat, r_t^2 I) (their eq. 16 with the Gaussian likelihood; the
     variance r_t^2 of x0_hat for unit-variance data, as in Song et al. 2023, PiGDM, stands in for
     their normalised step size zeta / ||y - A x0_hat||, so the correction is the same for every
-    sampler and grid). One call = one score evaluation with its backward pass.
+    sampler and grid). One call = a forward pass and one backward (vector-Jacobian) pass, counted
+    as 2 evaluations (`evals_per_call`).
 
     Args:
         measurement, y: as in `Replacement`. scale: the guidance weight (> 0); the default 2 was
@@ -513,6 +526,7 @@ class DPS(_Condition):
     """
 
     name = "dps"
+    evals_per_call = 2
 
     def __init__(self, measurement, y, scale: float = 2.0):
         super().__init__(measurement, y)
@@ -539,6 +553,133 @@ class DPS(_Condition):
 
     def __repr__(self):
         return f"DPS({self.measurement!r}, scale={self.scale})"
+
+
+#: covariance models of `TweedieMoment`
+COVARIANCES = ("full", "cg", "scalar")
+
+
+class TweedieMoment(_Condition):
+    """Tweedie-moment posterior sampling (TMPD, Boys et al. 2023; PiGDM, Song et al. 2023):
+    p(x_0 | x_t) is approximated by the Gaussian with Tweedie's two moments,
+
+        x0_hat = (x + s(t)^2 score(x, t)) / a(t),          Cov[x_0 | x_t] = C_t = (s(t)^2 / a(t)) J,
+        J = d x0_hat / d x_t                               (Tweedie's second-order identity),
+
+    so p(y | x_t) ~ N(y; A x0_hat, Sigma_t), Sigma_t = A C_t A^T + sigma_y^2 I, and the conditional score is
+
+        score_y(x, t) = score(x, t) + J^T A^T Sigma_t^-1 (y - A x0_hat)
+
+    (C_t held fixed in the gradient, as in TMPD). For Gaussian data x0_hat is affine in x_t and C_t
+    does not depend on x_t, so this *is* the exact score of p_t(x_t | y): no bias, for any SDE.
+
+    Args:
+        measurement, y: as in `Replacement`.
+        covariance: how Sigma_t^-1 (y - A x0_hat) is obtained (m = the number of observations):
+            "full": the m vector-Jacobian products J^T A_j^T (A_j the rows of A) give A J A^T, so
+                Sigma_t exactly, and the gradient without a further pass: 1 + m evaluations per
+                call. Exact for Gaussian data.
+            "cg": `cg_iters` conjugate-gradient iterations on Sigma_t u = y - A x0_hat, one
+                vector-Jacobian product each (Sigma_t v = sigma_y^2 v + (s^2 / a) A J^T A^T v, J taken
+                as symmetric, which a true score's Jacobian is), and one more for J^T A^T u:
+                2 + cg_iters evaluations per call for any m; exact for Gaussian data once
+                cg_iters >= m (in exact arithmetic).
+            "scalar": A C_t A^T ~ rho I with rho = 1^T A C_t A^T 1 / m (a Rayleigh quotient, between
+                its extreme eigenvalues; from one vector-Jacobian product with A^T 1), and one more
+                for the gradient: 3 evaluations per call for any m; exact only where A C_t A^T is
+                a multiple of I. (TMPD's row-sum diagonal was tried too and diverged on mixtures.)
+        cg_iters: iterations of "cg" (>= 1).
+        Defaults ("full"; cg_iters 4) and the sampler to pair them with (dpm_solver) were chosen on
+        gaussian16d inpainting only (benchmarks/results/inverse.md).
+
+    NFE: every forward pass and every vector-Jacobian product is one evaluation (`evals_per_call`),
+    so a budget buys 1 / evals_per_call as many steps. In "full", Sigma_t is symmetrised and its
+    eigenvalues clamped at m eps(dtype) times the largest, so it stays positive definite for a
+    trained score.
+    """
+
+    name = "tweedie_moment"
+
+    def __init__(self, measurement, y, covariance: str = "full", cg_iters: int = 4):
+        super().__init__(measurement, y)
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {list(COVARIANCES)}; got {covariance!r}")
+        self.covariance = covariance
+        self.cg_iters = check_positive_int("cg_iters", cg_iters)
+
+    @property
+    def evals_per_call(self) -> int:
+        """1 forward pass + m (full), cg_iters + 1 (cg) or 2 (scalar) vector-Jacobian products."""
+        if self.covariance == "full":
+            return 1 + self.measurement.num_observations
+        return 2 + (self.cg_iters if self.covariance == "cg" else 1)
+
+    def wrap_score(self, sde, score_fn):
+        meas, var_y, full = self.measurement, self.measurement.noise_std ** 2, self.covariance == "full"
+
+        def tweedie_score(x, t):
+            inference = x.is_inference() or t.is_inference()
+            with torch.inference_mode(False), torch.enable_grad():
+                xg = (x.clone() if inference else x.detach()).requires_grad_(True)
+                tt = t.clone() if inference else t
+                score = score_fn(xg, tt)
+                a, s = sde.marginal_coeffs(tt)
+                a, s = append_dims(a.to(x.dtype), x.ndim), append_dims(s.to(x.dtype), x.ndim)
+                x0 = (xg + s ** 2 * score) / a                     # Tweedie's mean
+                Ax0 = meas.forward(x0)                              # (B, m)
+                r = self._y(x) - Ax0.detach()                       # y - A x0_hat
+                c = (s ** 2 / a).flatten()                          # C_t = c J
+                B, m = Ax0.shape
+                if full:
+                    # M = J^T A^T (B, D, m), column j = the VJP of row j of A x0_hat (samples independent)
+                    cols = [torch.autograd.grad(Ax0[:, j].sum(), xg, retain_graph=j < m - 1)[0].reshape(B, -1)
+                            for j in range(m)]
+                    M = torch.stack(cols, dim=2)
+                    AM = meas.forward(M.transpose(1, 2).reshape(B * m, -1)).reshape(B, m, m).transpose(1, 2)  # A J^T A^T
+                    Sigma = c[:, None, None] * 0.5 * (AM + AM.transpose(1, 2))
+                    Sigma = Sigma + var_y * torch.eye(m, device=x.device, dtype=x.dtype)
+                    lam, Q = torch.linalg.eigh(Sigma)
+                    floor = lam.abs().amax(1, keepdim=True) * m * torch.finfo(x.dtype).eps
+                    u = Q @ ((Q.transpose(1, 2) @ r[:, :, None]) / torch.maximum(lam, floor)[:, :, None])
+                    grad = (M @ u).squeeze(2)                      # J^T A^T Sigma^-1 r
+                elif self.covariance == "cg":
+                    # Sigma_t u = r by conjugate gradients, Sigma_t v = sigma_y^2 v + c A J^T A^T v (one VJP each;
+                    # J is symmetric for a true score), then the gradient J^T A^T u by one more VJP
+                    def Sigma(v):
+                        (w,) = torch.autograd.grad(Ax0, xg, grad_outputs=v, retain_graph=True)
+                        return var_y * v + c[:, None] * meas.forward(w)
+
+                    u = torch.zeros_like(r)
+                    res, p = r.clone(), r.clone()
+                    rr = (res * res).sum(1, keepdim=True)
+                    tiny = torch.finfo(x.dtype).tiny
+                    for _ in range(self.cg_iters):
+                        Sp = Sigma(p)
+                        pSp = (p * Sp).sum(1, keepdim=True)
+                        alpha = torch.where(pSp > tiny, rr / pSp.clamp(min=tiny), torch.zeros_like(pSp))
+                        u = u + alpha * p
+                        res = res - alpha * Sp
+                        rr_new = (res * res).sum(1, keepdim=True)
+                        p = res + torch.where(rr > tiny, rr_new / rr.clamp(min=tiny), torch.zeros_like(rr)) * p
+                        rr = rr_new
+                    (grad,) = torch.autograd.grad(Ax0, xg, grad_outputs=u)
+                    grad = grad.reshape(B, -1)
+                else:
+                    ones = torch.ones_like(Ax0)
+                    (w,) = torch.autograd.grad(Ax0, xg, grad_outputs=ones, retain_graph=True)  # J^T A^T 1
+                    rows = c[:, None] * meas.forward(w)            # row sums of A C_t A^T (J symmetric)
+                    # the Rayleigh quotient 1^T A C_t A^T 1 / m: between the extreme eigenvalues of A C_t A^T
+                    # (non-negative for a PSD C_t; c, the C_t of a unit-variance J, where it is not)
+                    rq = rows.mean(1, keepdim=True)
+                    diag = torch.where(rq > 0, rq, c[:, None]).expand_as(rows) + var_y
+                    (grad,) = torch.autograd.grad(Ax0, xg, grad_outputs=r / diag)  # J^T A^T diag^-1 r
+                    grad = grad.reshape(B, -1)
+            return score.detach() + grad.reshape(x.shape)
+
+        return tweedie_score
+
+    def __repr__(self):
+        return f"TweedieMoment({self.measurement!r}, covariance={self.covariance!r})"
 
 
 class ExactConditional(_Condition):
@@ -570,6 +711,7 @@ CONDITIONS: Dict[str, type] = {
     Replacement.name: Replacement,
     RePaint.name: RePaint,
     DPS.name: DPS,
+    TweedieMoment.name: TweedieMoment,
     ExactConditional.name: ExactConditional,
 }
 

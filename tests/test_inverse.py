@@ -245,14 +245,21 @@ def test_sampling_bad_input_fails_before_any_work():
 
 
 # ---- every method x every grid sampler x every SDE ----
-@pytest.mark.parametrize("sde", ALL_SDES, ids=SDE_IDS)
-@pytest.mark.parametrize("method", list(CONDITIONS))
+# every method x every SDE; tweedie_moment (m + 1 passes per call, the slowest here) on the first SDE only:
+# its conditional score is checked on every SDE against the exact one in tests/test_inverse_tweedie.py
+METHOD_SDE = [pytest.param(sde, method, id=f"{method}-{sid}") for method in CONDITIONS for sde, sid in zip(ALL_SDES, SDE_IDS)
+              if method != "tweedie_moment" or sde is ALL_SDES[0]]
+
+
+@pytest.mark.parametrize("sde,method", METHOD_SDE)
 def test_every_method_keeps_known_coordinates_on_every_sampler(sde, method):
     mix = random_mixture(6, K=2, seed=7)
     meas = Inpainting(torch.arange(6) < 3)
     g = torch.Generator().manual_seed(8)
     y = meas.forward(mix.sample(1, g, dtype=F64))[0]
     for name in GRID_SAMPLERS:
+        if getattr(CONDITIONS[method], "jumps_back", False) and SAMPLERS[name].multistep is True:
+            continue  # refused with one error (tests/test_inverse_tweedie.py)
         calls = []
 
         def score_fn(x, t):
@@ -265,8 +272,8 @@ def test_every_method_keeps_known_coordinates_on_every_sampler(sde, method):
         assert torch.isfinite(out.samples).all(), (name, method)
         assert torch.equal(out.samples[:, :3], y.expand(8, 3)), (name, method)
         assert out.nfe <= 24, (name, method)
-        if method != "exact_conditional":
-            assert out.nfe == len(calls), (name, method)
+        if method != "exact_conditional":  # every forward call, and each one's Jacobian passes
+            assert out.nfe == len(calls) * getattr(cond, "evals_per_call", 1), (name, method)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -307,8 +314,11 @@ def test_noisy_measurements_are_met_within_the_noise_level(method):
     g = torch.Generator().manual_seed(3)
     meas = LinearMeasurement.random_projection(16, 6, noise_std=0.1, generator=g)
     y = meas.observe(mix.sample(1, g, dtype=F64), g)[0]
-    out = build_sampler("euler_maruyama", nfe=100, condition=build_condition(method, meas, y, oracle=mix))(
-        sde, mix.score_fn(sde), shape=(400, 16), generator=g, dtype=F64)
+    cond = build_condition(method, meas, y, oracle=mix)
+    # tweedie_moment (7 passes per call here) with the sampler it is paired with, 9 steps (about 0.9 sigma_y;
+    # euler_maruyama needs about 100 steps for it); the others 99 steps of euler_maruyama
+    sampler, nfe = ("dpm_solver", 70) if method == "tweedie_moment" else ("euler_maruyama", 100 * getattr(cond, "evals_per_call", 1))
+    out = build_sampler(sampler, nfe=nfe, condition=cond)(sde, mix.score_fn(sde), shape=(400, 16), generator=g, dtype=F64)
     rms = meas.residual(out.samples, y).pow(2).mean().div(6).sqrt()
     assert rms <= 1.5 * meas.noise_std  # exact posterior samples: about 1.0 sigma_y (measured)
 

@@ -72,12 +72,27 @@ def test_linear_noisy_mixture_metrics_recomputed(tmp_path):
         assert np.isfinite(metrics[key]), key
 
 
+def test_tweedie_moment_options_reach_the_condition_and_every_pass_is_counted(tmp_path):
+    sample_main(["problem=gaussian16d", "task=inpaint", "inverse.method=tweedie_moment", "inverse.covariance=cg",
+                 "inverse.cg_iters=3", "sampler=dpm_solver", "sampler.nfe=50", "num_samples=200", "dtype=float64",
+                 f"hydra.run.dir={tmp_path}", *SMALL])
+    metrics, x, obs = _load(tmp_path)
+    mask = obs["mask"].numpy()
+    np.testing.assert_array_equal(x[:, mask], np.broadcast_to(obs["y"].numpy(), (200, mask.sum())))
+    assert "covariance='cg'" in metrics["inverse"]["condition"]
+    assert metrics["nfe_spent"] == 50 and metrics["num_steps"] == 9  # 10 calls of 5 passes (1 + 3 + 1): 9 steps + denoising
+    assert np.isfinite(metrics["bw_ratio"])
+
+
 @pytest.mark.parametrize("override, match", [
     (["task=colorize", "problem=gaussian16d"], "task=colorize needs data with 3 colour channels"),
     (["task=inpaint", "sampler=pf_ode"], "condition works with the grid samplers"),
     (["task=inpaint", "inverse.method=inpaint"], "inverse.method"),
     (["task=inpaint", "inverse.mask=left"], "inverse.mask"),
     (["task=inpaint", "inverse.missing=1.0"], "inverse.missing"),
+    (["task=inpaint", "inverse.covariance=diagonal"], "inverse.covariance"),
+    (["task=inpaint", "inverse.cg_iters=0"], "inverse.cg_iters"),
+    (["task=inpaint", "inverse.method=repaint", "sampler=dpm_solver"], "multistep sampler 'dpm_solver'"),
     (["task=denoise"], "task"),
     (["task=inpaint", "label=1"], "label and guidance must stay unset"),
 ])

@@ -97,7 +97,7 @@ from ..distributed import (DistInfo, batch_generator, finish_distributed, gather
                            process_device, shard_range)
 from ..evaluation import class_metrics, oracle_metrics, timed_sample
 from ..guidance import classifier_free, classifier_guided
-from ..inverse import Colorization, Inpainting, LinearMeasurement, build_condition, mask_preset
+from ..inverse import Colorization, Inpainting, LinearMeasurement, TweedieMoment, build_condition, mask_preset
 from ..io import atomic_path, atomic_write_text
 from ..metrics import classifier_features, frechet_distance, gaussian_w2_to_target, kid, noise_floor, sliced_wasserstein
 from ..oracles import make_preset
@@ -562,7 +562,7 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
     inv, oracle, sde, event_shape = app.inverse, src.oracle, src.sde, src.event_shape
     if oracle is None and inv.method == "exact_conditional":
         raise ValueError(f"inverse.method=exact_conditional needs the exact posterior, which only oracle data have; "
-                         f"{src.problem} has none (allowed: replacement, repaint, dps)")
+                         f"{src.problem} has none (allowed: replacement, repaint, dps, tweedie_moment)")
     obs_gen = torch.Generator().manual_seed(inv.observation_seed)  # on the CPU: the same y on every device
     meas = _measurement(app, event_shape, obs_gen)
     if oracle is not None:
@@ -573,7 +573,8 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
         raise ValueError(f"task={app.task} needs data to observe: {src.problem} has neither an oracle nor test data")
     y = meas.observe(x_true, obs_gen)[0]
     posterior = None if oracle is None else oracle.condition(meas, y.to(oracle.means.device)).to(device)
-    condition = build_condition(inv.method, meas, y, oracle=oracle)
+    options = {"covariance": inv.covariance, "cg_iters": inv.cg_iters} if inv.method == TweedieMoment.name else {}
+    condition = build_condition(inv.method, meas, y, oracle=oracle, **options)
     sampler = instantiate(cfg.sampler, "sampler", check_finite=app.check_finite, condition=condition)
     if hasattr(sampler, "check_sde"):
         sampler.check_sde(sde)
@@ -601,7 +602,7 @@ def _run_inverse(app: SampleAppConf, cfg: DictConfig, src: _Source, device, dtyp
     metrics: Dict[str, Any] = {
         "source": app.source, "problem": src.problem, "sde": src.sde_name, "sampler": sampler_name,
         "task": app.task,
-        "inverse": {"method": inv.method, "measurement": repr(meas), "num_observations": meas.num_observations,
+        "inverse": {"method": inv.method, "condition": repr(condition), "measurement": repr(meas), "num_observations": meas.num_observations,
                     "num_known": meas.num_known, "dim": meas.dim, "noise_std": meas.noise_std,
                     "mask": inv.mask if app.task == "inpaint" else None, "observation_seed": inv.observation_seed},
         "nfe_requested": int(sampler.nfe), "nfe_spent": sum(nfe_per_batch) / len(nfe_per_batch),

@@ -20,6 +20,10 @@ Conditioning hook (inverse problems, `sde_gen.inverse`): a grid sampler given `c
 `condition.wrap_score` once (so the NFE counts the wrapped calls), `condition.start` on x_T,
 `condition.after_step` after every solver step, follows `condition.path` (RePaint's jumps back up the
 grid) and calls `condition.finish` after the final denoising. Without a condition nothing changes.
+A condition whose wrapped score costs more than one network pass per call (Jacobian products:
+`DPS`, `TweedieMoment`) declares `evals_per_call`; every call is counted at that cost, and the budget
+buys correspondingly fewer steps. A condition that jumps back up the grid (`jumps_back`, RePaint)
+is refused by multistep samplers, whose memory of earlier predictions a jump would make stale.
 
 A sampler is a keyword dataclass: a subclass declares only its own options as fields, checks them in
 `__post_init__` and then calls `super().__post_init__()`, which checks the base options and the budget.
@@ -76,22 +80,24 @@ class CountingScore:
 
     Args:
         score_fn: `score_fn(x, t)` -> tensor like x.
+        cost: network passes one call costs (forward and Jacobian-product passes; 1 for a plain score).
         track_nonfinite: also OR, per row, whether the input x or the output score is non-finite
             into `nonfinite` ((B,) bool on x's device): device work only, no host sync.
     """
 
-    def __init__(self, score_fn: ScoreFn, track_nonfinite: bool = False):
+    def __init__(self, score_fn: ScoreFn, track_nonfinite: bool = False, cost: int = 1):
         self.score_fn = score_fn
+        self.cost = check_positive_int("cost", cost)
         self.calls = 0
         self.track_nonfinite = track_nonfinite
         self.nonfinite: Optional[torch.Tensor] = None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+        self.calls += self.cost
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         out = self.score_fn(x, t.to(x.dtype))
-        if self.calls == 1:  # shapes, dtypes and devices do not change during a run: check once
+        if self.calls == self.cost:  # shapes, dtypes and devices do not change during a run: check once
             check_score_output(out, x)
         if self.track_nonfinite:
             self.flag_nonfinite(x)
@@ -127,6 +133,7 @@ class Sampler(ABC):
         order: convergence order (strong order for ODE solvers, weak order for SDE solvers).
         default_grid: the grid used when `grid` is None.
         supports_condition: whether the sampler runs the conditioning hook (grid samplers).
+        multistep: whether a step uses predictions of earlier steps (memory a jump back invalidates).
     """
 
     name: ClassVar[str] = ""
@@ -136,6 +143,7 @@ class Sampler(ABC):
     order: ClassVar[float] = 1.0
     default_grid: ClassVar[str] = "uniform"
     supports_condition: ClassVar[bool] = False
+    multistep: ClassVar[bool] = False
 
     nfe: int = 100
     _: KW_ONLY
@@ -158,6 +166,7 @@ class Sampler(ABC):
             need = 1
             while self._grid_steps(need - self.denoise) < self.min_steps:
                 need += 1
+            need *= self._call_cost
             raise ValueError(f"nfe must be >= {need} for sampler {self.name!r} (denoise={self.denoise}); got {self.nfe}")
 
     def _check_condition(self) -> None:
@@ -172,6 +181,18 @@ class Sampler(ABC):
 
             allowed = ", ".join(name for name, cls in SAMPLERS.items() if cls.supports_condition)
             raise ValueError(f"condition works with the grid samplers (allowed: {allowed}); got sampler {self.name!r}")
+        if getattr(self.condition, "jumps_back", False) and self.multistep:
+            from . import SAMPLERS
+
+            allowed = ", ".join(name for name, cls in SAMPLERS.items() if cls.supports_condition and cls.multistep is not True)
+            raise ValueError(f"{type(self.condition).__name__} jumps back up the grid, which leaves the memory of the "
+                             f"multistep sampler {self.name!r} stale; use a one-step grid sampler (allowed: {allowed}, "
+                             "pc with a one-step predictor)")
+
+    @property
+    def _call_cost(self) -> int:
+        """Network passes one call of the (wrapped) score costs: the condition's `evals_per_call`, else 1."""
+        return 1 if self.condition is None else int(getattr(self.condition, "evals_per_call", 1))
 
     # ---- budget and grid ----
     def steps_for(self, evals: int) -> int:
@@ -182,7 +203,7 @@ class Sampler(ABC):
     def num_steps(self) -> int:
         """Steps the budget buys once the denoising evaluation is set aside (an upper bound for
         samplers that choose their own steps)."""
-        return self._grid_steps(self.nfe - self.denoise)
+        return self._grid_steps(self.nfe // self._call_cost - self.denoise)
 
     def _grid_steps(self, evals: int) -> int:
         """Grid steps `evals` buy: `steps_for`, divided among a condition's passes (RePaint)."""
@@ -252,7 +273,7 @@ class Sampler(ABC):
             raise ValueError("give exactly one of shape (to start from the prior) or x_T")
         cond = self.condition
         score = CountingScore(score_fn if cond is None else cond.wrap_score(sde, score_fn),
-                              track_nonfinite=self.check_finite)
+                              track_nonfinite=self.check_finite, cost=self._call_cost)
         with torch.no_grad():
             x = sde.prior_sample(shape, generator, device, dtype) if x_T is None else x_T
             ts = self.time_grid(sde, device=x.device)
@@ -323,7 +344,7 @@ class GridSampler(Sampler):
 
     def solve(self, sde, score, x, ts, generator, callback):
         N, B = ts.numel() - 1, x.shape[0]
-        state = self.init_state(sde, x, ts, evals=self.nfe - self.denoise)
+        state = self.init_state(sde, x, ts, evals=self.nfe // self._call_cost - self.denoise)
         cond = self.condition
         if cond is None:
             for i in range(N):

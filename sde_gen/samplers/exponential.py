@@ -95,6 +95,7 @@ class ExponentialMultistep(GridSampler):
 
     evals_per_step = 1
     stochastic = False
+    multistep = True
     default_grid = "log_snr"
     prediction = "data"
 

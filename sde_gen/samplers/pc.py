@@ -58,6 +58,10 @@ class PredictorCorrector(GridSampler):
         return self.predictor.evals_per_step + self.corrector.num_steps
 
     @property
+    def multistep(self) -> bool:
+        return self.predictor.multistep
+
+    @property
     def default_grid(self) -> str:
         return self.predictor.default_grid
 
