@@ -1,5 +1,5 @@
-"""The few-step multistep solvers (dpm_solver_3m, unipc, deis, ipndm, and dpm_solver on the shared
-exponential-integrator core) and the optimised grids, against independent answers: the closed-form
+"""The few-step solvers (dpm_solver_3m, unipc, deis, ipndm, dpm_solver_singlestep, and dpm_solver on
+the shared exponential-integrator core) and the optimised grids, against independent answers: the closed-form
 probability-flow map of a Gaussian (`exact_pf_ode`), numerical quadrature of the interpolating
 polynomials, a hand-written DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), closed-form phi functions.
 """
