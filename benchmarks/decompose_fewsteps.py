@@ -13,7 +13,8 @@ For every (problem, SDE, solver setting) and every starting-noise seed:
   path           RMS distance between the NFE-N samples and the converged solve's, per sample
                  (the discretisation error itself, free of the floor's sampling noise).
 Cells are means over the seeds (x_T = prior_sample(seed)); the exact score of the oracle.
-`mixture24d` is a problem no setting was tuned on: a random 24-D mixture of 6 Gaussians
+`--settings x,...`: the row "x" is an exact sampler of the same size (oracle.sample with each seed), the
+spread of the ratio itself. `mixture24d` is a problem no setting was tuned on: a random 24-D mixture of 6 Gaussians
 (`untuned_mixture` below).
 """
 from __future__ import annotations
@@ -75,7 +76,7 @@ def main(argv=None):
     args.floor_cache = {}
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    settings = SETTINGS if not args.settings else [SETTINGS[int(i)] for i in args.settings.split(",")]
+    settings = SETTINGS if not args.settings else [("exact", {}) if i == "x" else SETTINGS[int(i)] for i in args.settings.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     cmd = "python benchmarks/decompose_fewsteps.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# Few-step error decomposition (issue 17)", "", f"Command: `{cmd.strip()}`", "",
@@ -94,6 +95,14 @@ def main(argv=None):
             refs = {}  # (seed, t_min, denoise) -> (converged samples, their quality / floor)
             for name, opts in settings:
                 qs, qr, ps = [], [], []
+                if name == "exact":  # an exact sampler of the same size: the spread of the ratio itself
+                    for seed in seeds:
+                        _, q, fm, _, qname = quality(oracle.sample(args.n, torch.Generator().manual_seed(seed), dtype=torch.float32),
+                                                     oracle, sde, args)
+                        qs.append(q / fm)
+                    rows.append(f"| exact draws (oracle.sample(n, seed)) | {sum(qs) / len(qs):.3f} [{min(qs):.2f}-{max(qs):.2f}] | - | - |")
+                    print(f"[{time.strftime('%H:%M:%S')}] {sde_name} {prob} {rows[-1]}", file=sys.stderr, flush=True)
+                    continue
                 try:
                     smp = build_sampler(name, nfe=args.nfe, **opts)
                 except ValueError as err:
