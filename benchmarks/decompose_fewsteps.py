@@ -11,7 +11,10 @@ For every (problem, SDE, solver setting) and every starting-noise seed:
                  t_min with the same final step) from the SAME x_T: what the setting could reach
                  with no discretisation error (its floor plus what t_min / the final step cost);
   path           RMS distance between the NFE-N samples and the converged solve's, per sample
-                 (the discretisation error itself, free of the floor's sampling noise).
+                 (the discretisation error itself, free of the floor's sampling noise);
+  BW / BW floor  the Bures-Wasserstein distance of the samples' mean and covariance to the exact
+                 law's (closed form, also for mixtures) over the mean of exact draws of size n:
+                 judged against the exact law, not a fixed sample set (`bw_ratio_fn`).
 Cells are means over the seeds (x_T = prior_sample(seed)); the exact score of the oracle.
 `--settings x,...`: the row "x" is an exact sampler of the same size (oracle.sample with each seed), the
 spread of the ratio itself. `mixture24d` is a problem no setting was tuned on: a random 24-D mixture of 6 Gaussians
@@ -33,6 +36,7 @@ from bench_samplers import quality  # noqa: E402
 
 from sde_gen import SDES, GaussianMixture, make_preset  # noqa: E402
 from sde_gen.io import atomic_write_text  # noqa: E402
+from sde_gen.metrics import gaussian_w2_to_target  # noqa: E402
 from sde_gen.samplers import build_sampler, time_grid  # noqa: E402
 from sde_gen.samplers.grids import run_on_grid  # noqa: E402
 
@@ -55,6 +59,15 @@ def untuned_mixture() -> GaussianMixture:
 
 def problem(name):
     return untuned_mixture() if name == "mixture24d" else make_preset(name)
+
+
+def bw_ratio_fn(oracle, n, replicates):
+    """Bures-Wasserstein distance of the samples' mean and covariance to the exact law's (closed form
+    for a mixture too), over its floor: the mean over `replicates` exact draws of size n (seed 4242).
+    Judged against the exact moments, not a fixed sample set, so exact samples score 1 on average."""
+    g = torch.Generator().manual_seed(4242)
+    floor = sum(float(gaussian_w2_to_target(oracle.sample(n, g, dtype=torch.float64), oracle)) for _ in range(replicates)) / replicates
+    return lambda x: float(gaussian_w2_to_target(x, oracle)) / floor
 
 
 def label(name, opts):
@@ -92,15 +105,18 @@ def main(argv=None):
             score = oracle.score_fn(sde)
             rows = []
             qname = ""
-            refs = {}  # (seed, t_min, denoise) -> (converged samples, their quality / floor)
+            refs = {}  # (seed, t_min, denoise) -> (converged samples, their quality / floor, their BW / floor)
+            bw = bw_ratio_fn(oracle, args.n, args.replicates)
             for name, opts in settings:
-                qs, qr, ps = [], [], []
+                qs, qr, ps, bs, br = [], [], [], [], []
+                f = lambda v: f"{sum(v) / len(v):.3f} [{min(v):.2f}-{max(v):.2f}]"  # noqa: E731
                 if name == "exact":  # an exact sampler of the same size: the spread of the ratio itself
                     for seed in seeds:
-                        _, q, fm, _, qname = quality(oracle.sample(args.n, torch.Generator().manual_seed(seed), dtype=torch.float32),
-                                                     oracle, sde, args)
+                        x = oracle.sample(args.n, torch.Generator().manual_seed(seed), dtype=torch.float32)
+                        _, q, fm, _, qname = quality(x, oracle, sde, args)
                         qs.append(q / fm)
-                    rows.append(f"| exact draws (oracle.sample(n, seed)) | {sum(qs) / len(qs):.3f} [{min(qs):.2f}-{max(qs):.2f}] | - | - |")
+                        bs.append(bw(x))
+                    rows.append(f"| exact draws (oracle.sample(n, seed)) | {f(qs)} | - | {f(bs)} | - | - |")
                     print(f"[{time.strftime('%H:%M:%S')}] {sde_name} {prob} {rows[-1]}", file=sys.stderr, flush=True)
                     continue
                 try:
@@ -120,19 +136,21 @@ def main(argv=None):
                         ref_solver = build_sampler("dpm_solver_3m", nfe=400 + smp.denoise, denoise=smp.denoise, t_min=smp.t_min)
                         ref = run_on_grid(ref_solver, sde, score, x_T.double(), time_grid(sde, 400, "log_snr", t_min=smp.t_min))
                         _, q2, fm2, _, _ = quality(ref.float(), oracle, sde, args)
-                        refs[key] = (ref, q2 / fm2)
+                        refs[key] = (ref, q2 / fm2, bw(ref))
                     ref = refs[key][0]
                     _, q, fm, _, qname = quality(out, oracle, sde, args)
                     qs.append(q / fm)
                     qr.append(refs[key][1])
+                    bs.append(bw(out))
+                    br.append(refs[key][2])
                     ps.append(float((out.double() - ref).pow(2).sum(1).mean().sqrt()))
                 if not qs:
                     continue
-                f = lambda v: f"{sum(v) / len(v):.3f} [{min(v):.2f}-{max(v):.2f}]"  # noqa: E731
-                rows.append(f"| {label(name, opts)} | {f(qs)} | {f(qr)} | {sum(ps) / len(ps):.4f} |")
+                rows.append(f"| {label(name, opts)} | {f(qs)} | {f(qr)} | {f(bs)} | {f(br)} | {sum(ps) / len(ps):.4f} |")
                 print(f"[{time.strftime('%H:%M:%S')}] {sde_name} {prob} {rows[-1]}", file=sys.stderr, flush=True)
-            lines += [f"## {prob} | {sde_name} ({qname})", "", f"| setting | q_{args.nfe} / floor | q_ref / floor | path RMS |",
-                      "|---|---|---|---|"] + rows + [""]
+            lines += [f"## {prob} | {sde_name} ({qname})", "",
+                      f"| setting | q_{args.nfe} / floor | q_ref / floor | BW_{args.nfe} / BW floor | BW_ref / BW floor | path RMS |",
+                      "|---|---|---|---|---|---|"] + rows + [""]
             atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
