@@ -419,3 +419,17 @@ def test_dpm_solver_singlestep_few_steps_options_and_device():
         from sde_gen.inverse import Inpainting, Replacement
         mask = torch.arange(16) < 8
         build_sampler("dpm_solver_singlestep", condition=Replacement(Inpainting(mask), torch.zeros(8)))
+
+
+def test_dpm_solver_singlestep_as_a_pc_predictor_spends_its_budget():
+    """As the predictor of `pc` every step is a full-order step (evals_per_step = solver_order)."""
+    from sde_gen.samplers import LangevinCorrector
+
+    sde = VPSDE()
+    for order in (2, 3):
+        pred = build_sampler("dpm_solver_singlestep", solver_order=order)
+        assert pred.evals_per_step == order
+        pc = build_sampler("pc", nfe=13, predictor=pred, corrector=LangevinCorrector(num_steps=1))
+        res = pc(sde, GAUSS.score_fn(sde), (8, 16), generator=torch.Generator().manual_seed(0))
+        steps = (13 - 1) // (order + 1)
+        assert res.num_steps == steps and res.nfe == steps * (order + 1) + 1 and torch.isfinite(res.samples).all()

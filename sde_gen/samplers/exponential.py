@@ -225,6 +225,11 @@ class ExponentialSinglestep(GridSampler):
     def order(self) -> float:
         return float(self.solver_order)
 
+    @property
+    def evals_per_step(self) -> int:
+        """Evaluations of a full-order step (what a `pc` predictor step costs)."""
+        return self.solver_order
+
     def steps_for(self, evals: int) -> int:
         return len(singlestep_orders(self.solver_order, evals, self.lower_order_final)) if evals > 0 else 0
 
@@ -241,8 +246,10 @@ class ExponentialSinglestep(GridSampler):
     def init_state(self, sde, x, ts, evals):
         N, dev = ts.numel() - 1, ts.device
         orders = singlestep_orders(self.solver_order, evals, self.lower_order_final)
-        if len(orders) != N:
-            raise ValueError(f"the grid has {N} steps but {evals} evaluations buy {len(orders)} singlestep steps")
+        if len(orders) != N:  # as a `pc` predictor: N full-order steps, the budget it was given
+            if evals < N * self.solver_order:
+                raise ValueError(f"the grid has {N} steps but {evals} evaluations buy {len(orders)} singlestep steps")
+            orders = [self.solver_order] * N
         co = exponential_coeffs(sde, ts)
         lam, h = co["lam"], co["h"]
         plans = [self.stage_plan(p) for p in orders]
