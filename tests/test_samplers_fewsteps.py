@@ -1,5 +1,5 @@
-"""The few-step multistep solvers (dpm_solver_3m, unipc, deis, ipndm, and dpm_solver on the shared
-exponential-integrator core) and the optimised grids, against independent answers: the closed-form
+"""The few-step solvers (dpm_solver_3m, unipc, deis, ipndm, dpm_solver_singlestep, and dpm_solver on
+the shared exponential-integrator core) and the optimised grids, against independent answers: the closed-form
 probability-flow map of a Gaussian (`exact_pf_ode`), numerical quadrature of the interpolating
 polynomials, a hand-written DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), closed-form phi functions.
 """
@@ -303,3 +303,133 @@ def test_same_samples_on_every_device(device, name):
     out = build_sampler(name, nfe=6)(sde, gm.score_fn(sde), x_T=x_T.to(device)).samples
     assert out.device.type == torch.device(device).type
     torch.testing.assert_close(out.cpu(), cpu, rtol=1e-10, atol=1e-10)
+
+
+# ---- singlestep DPM-Solver (2S / 3S) on the shared core ----
+from sde_gen.samplers.exponential import singlestep_orders  # noqa: E402
+
+
+def test_singlestep_orders_spend_the_budget_as_dpm_solver_fast():
+    """Lu et al. 2022a, Sec. 3.4: order-3 steps, the remainder as one lower-order step; 3 | E ends 2, 1."""
+    assert singlestep_orders(3, 10, True) == [3, 3, 3, 1]
+    assert singlestep_orders(3, 11, True) == [3, 3, 3, 2]
+    assert singlestep_orders(3, 9, True) == [3, 3, 2, 1]
+    assert singlestep_orders(3, 9, False) == [3, 3, 3]
+    assert singlestep_orders(3, 3, True) == [2, 1] and singlestep_orders(3, 1, True) == [1]
+    assert singlestep_orders(2, 5, True) == [2, 2, 1] and singlestep_orders(1, 4, True) == [1] * 4
+    for p in (1, 2, 3):
+        for E in range(1, 30):
+            for lof in (True, False):
+                o = singlestep_orders(p, E, lof)
+                assert sum(o) == E and max(o) <= p and min(o) >= 1
+
+
+def dpm_solver_singlestep_by_hand(sde, x, ts, orders):
+    """DPM-Solver-2/3 (Lu et al. 2022a, Alg. 1-2; r1 = 1/2, and r1 = 1/3, r2 = 2/3) in data prediction,
+    written out with expm1 (float64): each stage integrates the line through P_i and the last stage."""
+    a, s = sde.marginal_coeffs(ts)
+    lam = torch.log(a / s)
+    B = x.shape[0]
+
+    def x0(x, t):
+        al, sg = sde.marginal_coeffs(t)
+        return (x + sg ** 2 * GAUSS.score(x, t.expand(B), sde)) / al
+
+    def at(l):
+        t = sde.time_at_half_log_snr(l)
+        al, sg = sde.marginal_coeffs(t)
+        return t, al, sg
+
+    for i, p in enumerate(orders):
+        h = lam[i + 1] - lam[i]
+        m = x0(x, ts[i])
+        if p == 1:
+            x = s[i + 1] / s[i] * x - a[i + 1] * torch.expm1(-h) * m
+        elif p == 2:
+            t1, a1, s1 = at(lam[i] + h / 2)
+            u1 = s1 / s[i] * x - a1 * torch.expm1(-h / 2) * m
+            x = s[i + 1] / s[i] * x - a[i + 1] * torch.expm1(-h) * m + 2 * a[i + 1] * (torch.expm1(-h) / h + 1) * (x0(u1, t1) - m)
+        else:
+            r1, r2 = 1 / 3, 2 / 3
+            t1, a1, s1 = at(lam[i] + r1 * h)
+            t2, a2, s2 = at(lam[i] + r2 * h)
+            u1 = s1 / s[i] * x - a1 * torch.expm1(-r1 * h) * m
+            u2 = (s2 / s[i] * x - a2 * torch.expm1(-r2 * h) * m
+                  + r2 / r1 * a2 * (torch.expm1(-r2 * h) / (r2 * h) + 1) * (x0(u1, t1) - m))
+            x = s[i + 1] / s[i] * x - a[i + 1] * torch.expm1(-h) * m + a[i + 1] / r2 * (torch.expm1(-h) / h + 1) * (x0(u2, t2) - m)
+    return x
+
+
+@pytest.mark.parametrize("sde", SDES_1000, ids=SDE_IDS)
+def test_dpm_solver_singlestep_is_the_papers_step(sde):
+    x_T = sde.prior_sample((32, 16), torch.Generator().manual_seed(8), dtype=f64)
+    for order, nfe, grid, lof in ((3, 10, "log_snr", True), (3, 9, "karras", True), (2, 7, "log_snr", True), (3, 12, "uniform", False)):
+        res = build_sampler("dpm_solver_singlestep", nfe=nfe, solver_order=order, grid=grid, lower_order_final=lof)(sde, GAUSS.score_fn(sde), x_T=x_T)
+        orders = singlestep_orders(order, nfe, lof)
+        assert res.nfe == nfe and res.num_steps == len(orders)
+        ref = dpm_solver_singlestep_by_hand(sde, x_T, time_grid(sde, len(orders), grid), orders)
+        torch.testing.assert_close(res.samples, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("sde", SDES_1000, ids=SDE_IDS)
+@pytest.mark.parametrize("order, nfes", [(2, (60, 120, 240)), (3, (120, 240, 480))], ids=["2S", "3S"])
+def test_dpm_solver_singlestep_convergence_order(sde, order, nfes):
+    """Pathwise against the closed-form flow: 2S order 2, 3S order 3 (measured 2.8-2.9 at these
+    budgets, rising with NFE: pre-asymptotic)."""
+    x_T = sde.prior_sample((64, 16), torch.Generator().manual_seed(0), dtype=f64)
+    ref = exact_pf_ode(sde, GAUSS, x_T, sde.T, sde.eps)
+    errs = []
+    for nfe in nfes:
+        res = build_sampler("dpm_solver_singlestep", nfe=nfe, solver_order=order, lower_order_final=False)(sde, GAUSS.score_fn(sde), x_T=x_T)
+        assert res.nfe == nfe and res.num_steps == nfe // order
+        errs.append(float((res.samples - ref).norm(dim=1).mean()))
+    assert errs[0] > errs[1] > errs[2]
+    assert abs(slope(nfes, errs) - order) < 0.35, (errs, slope(nfes, errs))
+
+
+@pytest.mark.parametrize("sde", [s if type(s).__name__ == "VPSDE" and getattr(s, "schedule", "linear") == "linear"
+                                 else pytest.param(s, marks=pytest.mark.slow) for s in ALL_SDES], ids=SDE_IDS)
+def test_dpm_solver_singlestep_at_nfe_1000_equals_the_float64_reference_solve(sde):
+    x_T = sde.prior_sample((8, 16), torch.Generator().manual_seed(3), dtype=f64)
+    ref = exact_pf_ode(sde, GAUSS, x_T, sde.T, sde.eps)
+    res = build_sampler("dpm_solver_singlestep", nfe=1000)(sde, GAUSS.score_fn(sde), x_T=x_T)
+    assert res.nfe == 1000 and res.num_steps == 334  # 333 order-3 steps and one order-1 step
+    torch.testing.assert_close(res.samples, ref, rtol=0, atol=1e-6)
+
+
+def test_dpm_solver_singlestep_few_steps_options_and_device():
+    sde = VPSDE()
+    x_T = sde.prior_sample((500, 16), torch.Generator().manual_seed(4), dtype=f64)
+    errs = {}
+    for nfe in range(1, 11):
+        for dn in (False, True):
+            if nfe == 1 and dn:
+                continue
+            res = build_sampler("dpm_solver_singlestep", nfe=nfe, denoise=dn)(sde, GAUSS.score_fn(sde), x_T=x_T)
+            assert res.nfe == nfe and torch.isfinite(res.samples).all()
+            errs[nfe, dn] = float(gaussian_w2_to_target(res.samples, GAUSS))
+    assert errs[10, False] < 0.7 * errs[3, False], errs
+    x32 = x_T[:16].float()
+    assert build_sampler("dpm_solver_singlestep", nfe=6)(sde, GAUSS.score_fn(sde), x_T=x32).samples.dtype == torch.float32
+    for opts, field in ((dict(solver_order=4), "solver_order"), (dict(solver_order=True), "solver_order"),
+                        (dict(lower_order_final="no"), "lower_order_final"), (dict(grid="cosine"), "grid")):
+        with pytest.raises(ValueError, match=field):
+            build_sampler("dpm_solver_singlestep", **opts)
+    with pytest.raises(ValueError, match="condition"):
+        from sde_gen.inverse import Inpainting, Replacement
+        mask = torch.arange(16) < 8
+        build_sampler("dpm_solver_singlestep", condition=Replacement(Inpainting(mask), torch.zeros(8)))
+
+
+def test_dpm_solver_singlestep_as_a_pc_predictor_spends_its_budget():
+    """As the predictor of `pc` every step is a full-order step (evals_per_step = solver_order)."""
+    from sde_gen.samplers import LangevinCorrector
+
+    sde = VPSDE()
+    for order in (2, 3):
+        pred = build_sampler("dpm_solver_singlestep", solver_order=order)
+        assert pred.evals_per_step == order
+        pc = build_sampler("pc", nfe=13, predictor=pred, corrector=LangevinCorrector(num_steps=1))
+        res = pc(sde, GAUSS.score_fn(sde), (8, 16), generator=torch.Generator().manual_seed(0))
+        steps = (13 - 1) // (order + 1)
+        assert res.num_steps == steps and res.nfe == steps * (order + 1) + 1 and torch.isfinite(res.samples).all()

@@ -17,7 +17,7 @@ from .ancestral import Ancestral
 from .annealed_langevin import AnnealedLangevin
 from .ddim import DDIM
 from .deis import DEIS, IPNDM
-from .dpm_solver import DPMSolverPlusPlus2M, DPMSolverPlusPlus3M
+from .dpm_solver import DPMSolverPlusPlus2M, DPMSolverPlusPlus3M, DPMSolverSinglestep
 from .euler_maruyama import EulerMaruyama
 from .heun import Heun
 from .langevin import LangevinCorrector, LangevinSampler, langevin_correct
@@ -34,6 +34,7 @@ SAMPLERS = {
     Heun.name: Heun,
     DPMSolverPlusPlus2M.name: DPMSolverPlusPlus2M,
     DPMSolverPlusPlus3M.name: DPMSolverPlusPlus3M,
+    DPMSolverSinglestep.name: DPMSolverSinglestep,
     UniPC.name: UniPC,
     DEIS.name: DEIS,
     IPNDM.name: IPNDM,

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .exponential import LOWER_ORDER_FINAL_BELOW, ExponentialMultistep, phi, step_orders
+from .exponential import LOWER_ORDER_FINAL_BELOW, ExponentialMultistep, ExponentialSinglestep, phi, step_orders
 
-__all__ = ["DPMSolverPlusPlus2M", "DPMSolverPlusPlus3M", "LOWER_ORDER_FINAL_BELOW"]
+__all__ = ["DPMSolverPlusPlus2M", "DPMSolverPlusPlus3M", "DPMSolverSinglestep", "LOWER_ORDER_FINAL_BELOW"]
 
 
 def _dpmpp_tables(coeffs, orders):
@@ -111,3 +111,42 @@ class DPMSolverPlusPlus3M(ExponentialMultistep):
     def tables(self, sde, ts, coeffs):
         c, W = _dpmpp_tables(coeffs, step_orders(3, ts.numel() - 1, self.lower_order_final))
         return c, W, None
+
+
+#: the stages of DPM-Solver-1/2/3 (Lu et al. 2022a, Algorithms 1 and 2 with r1 = 1/2; r1 = 1/3, r2 = 2/3)
+SINGLESTEP_STAGES = {
+    1: [(1.0, None)],
+    2: [(0.5, None), (1.0, 1)],
+    3: [(1.0 / 3.0, None), (2.0 / 3.0, 1), (1.0, 2)],
+}
+
+
+@dataclass(eq=False, kw_only=True)
+class DPMSolverSinglestep(ExponentialSinglestep):
+    """Singlestep DPM-Solver-2 / -3 in data prediction (DPM-Solver++(2S) / (3S)) for every SDE.
+
+    Lu et al. 2022a ("DPM-Solver", Algorithms 1 and 2, and DPM-Solver-fast's order split of
+    Sec. 3.4) in the data-prediction form of Lu et al. 2022b (Sec. 4, Algorithm 1 for 2S), with
+    s, a, lambda as in `exponential.py` and P = x0_hat. A step of order 3 from t_i (h = its lambda-step):
+
+        u1 = (s_{s1} / s_i) x_i + a_{s1} r1 h phi_1(-r1 h) P_i                     (r1 = 1/3)
+        u2 = (s_{s2} / s_i) x_i + a_{s2} [r2 h phi_1(-r2 h) P_i + r2 h phi_2(-r2 h) (r2 / r1) (P(u1) - P_i)]
+        x_{i+1} = (s_{i+1} / s_i) x_i + a_{i+1} [h phi_1(-h) P_i + h phi_2(-h) (1 / r2) (P(u2) - P_i)]
+                                                                                    (r2 = 2/3)
+
+    (r h phi_1(-r h) = 1 - e^{-r h}, r h phi_2(-r h) = (e^{-r h} - 1) / (r h) + 1.) Order 2:
+    u1 at r1 = 1/2 and x_{i+1} from the line through P_i and P(u1), integrated exactly (the
+    "Taylor" form of 2S: Algorithm 1 of Lu et al. 2022b keeps only phi_2's leading term 1/2, a
+    second-order difference). Order 1 is DDIM. A budget of E evaluations buys the steps of
+    `exponential.singlestep_orders`; the grid ("log_snr" by default, the paper's) places their end points.
+
+    Args:
+        solver_order: 1, 2 or 3 (evaluations per full step).
+        lower_order_final: for order 3 with E divisible by 3, end with steps of order 2 and 1.
+        (and the `Sampler` options; denoise defaults to False)
+    """
+
+    name = "dpm_solver_singlestep"
+
+    def stage_plan(self, p):
+        return SINGLESTEP_STAGES[p]
