@@ -13,7 +13,8 @@ non-finite weights is never written, rotation never deletes the newest checkpoin
 weights, and `prepare_checkpoint_dir` checks the folder and removes the temporary files of a save
 that was killed. `load_trained` rebuilds the SDE, the dataset and the EMA model from the stored
 config: the entry point of the sampling and likelihood apps; `load_classifier` does the same for a
-noise-conditional classifier run (`loss=classifier`), and each refuses the other kind in one line.
+noise-conditional classifier run (`loss=classifier`) and `load_discrete` for a discrete-diffusion run
+(`sde=d3pm_*`, `sde_gen.discrete`), and each refuses the other kinds in one line.
 
 Checkpoints are data, not code: `load_checkpoint` runs `sde_gen.trust.check_checkpoint_config` on
 the stored config before anything reads it (see there).
@@ -38,7 +39,7 @@ from .nets import build_classifier, build_score_model, model_kind
 from .trust import CheckpointError, check_checkpoint_config
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_checkpoint_config", "latest_checkpoint",
-           "checkpoint_path", "Trained", "load_trained", "load_classifier", "check_checkpoint_dir", "prepare_checkpoint_dir",
+           "checkpoint_path", "Trained", "load_trained", "load_classifier", "load_discrete", "checkpoint_kind", "check_checkpoint_dir", "prepare_checkpoint_dir",
            "nonfinite_weights"]
 
 FORMAT = 1
@@ -266,7 +267,7 @@ class Trained:
         model: the `ScoreModel` with EMA (or raw) weights in eval mode; `model(x, t)` is the score
             (`model(x, t, y)` the class-conditional one). From `load_classifier`: the
             `NoiseConditionalClassifier`, `model(x, t)` -> (B, C) logits.
-        sde: the forward SDE of the run.
+        sde: the forward SDE of the run (the discrete forward process for `load_discrete`).
         dataset: the dataset of the run (rebuilt from the stored config).
         config: the resolved run config as a plain dict.
         step: the training step of the checkpoint.
@@ -330,6 +331,47 @@ def load_classifier(path: str, device=None, ema: bool = True, dataset: bool = Tr
     return _load(path, "classifier", device, ema, dataset, ())
 
 
+def load_discrete(path: str, device=None, ema: bool = True, dataset: bool = True) -> Trained:
+    """Rebuild the x_0-logit network of a discrete-diffusion run (`sde=d3pm_*`, `model=token_transformer`).
+
+    Args:
+        path: a `ckpt_*.pt` file, or a run directory (its newest checkpoint is used).
+        device: where to put the model (None: CPU).
+        ema: load the EMA weights (True) or the raw training weights.
+        dataset: also rebuild the token data set.
+
+    Returns:
+        `Trained` whose `model(x_t, t)` returns (B, *event, K) logits of p(x_0 | x_t) (eval mode, no
+        gradients) and whose `sde` is the discrete forward process (`sde_gen.discrete`).
+
+    Raises:
+        CheckpointError naming the file when there is no checkpoint, it cannot be read, it holds a
+        continuous model (load that with `load_trained`) or its stored config is refused.
+    """
+    return _load(path, "discrete", device, ema, dataset, ())
+
+
+_LOADERS = {"classifier": ("a noise-conditional classifier", "load_classifier"), "score": ("a score model", "load_trained"),
+            "discrete": ("a discrete-diffusion model", "load_discrete")}
+
+
+def checkpoint_kind(path: str, trusted_targets: Sequence[str] = ()) -> str:
+    """What the checkpoint at `path` (file or run directory) holds: "score", "classifier" or "discrete"
+    (its stored `model._target_`), after the same checks as every loader.
+
+    Raises:
+        CheckpointError when there is no checkpoint or it cannot be read or its config is refused.
+    """
+    file = latest_checkpoint(path)
+    if file is None:
+        raise CheckpointError(f"no checkpoint (ckpt_*.pt) found at {path!r}")
+    state = load_checkpoint(file, map_location="cpu", trusted_targets=trusted_targets)
+    model = state["config"].get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"checkpoint {file!r}: config.model with a _target_ is missing")
+    return model_kind(OmegaConf.create(model))
+
+
 def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_targets: Sequence[str]) -> Trained:
     """`load_trained` (kind "score") and `load_classifier` (kind "classifier")."""
     file = latest_checkpoint(path)
@@ -349,9 +391,8 @@ def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_target
     cfg = OmegaConf.create(stored)
     stored_kind = model_kind(cfg.model)
     if stored_kind != kind:
-        held, loader = (("a noise-conditional classifier", "load_classifier") if stored_kind == "classifier"
-                        else ("a score model", "load_trained"))
-        wanted = "a score model" if kind == "score" else "a noise-conditional classifier"
+        held, loader = _LOADERS[stored_kind]
+        wanted = _LOADERS[kind][0]
         raise CheckpointError(f"checkpoint {file!r} holds {held} (model._target_={stored['model']['_target_']!r}), "
                               f"not {wanted}; load it with {loader}")
     register_configs()
@@ -360,6 +401,10 @@ def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_target
     event_shape = tuple(state["event_shape"]) if "event_shape" in state else tuple(data.event_shape)
     if kind == "classifier":
         model = build_classifier(cfg.model, sde, event_shape, state.get("data_std", 1.0))
+    elif kind == "discrete":
+        from .discrete.nets import build_discrete_model
+
+        model = build_discrete_model(cfg.model, sde, event_shape)
     else:
         model = build_score_model(cfg.model, sde, event_shape, state.get("data_std", 1.0), trusted_targets=trusted_targets)
     if ema:
@@ -371,5 +416,8 @@ def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_target
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
+    if kind == "discrete":
+        return Trained(model=model, sde=sde.to(device) if device is not None else sde, dataset=data, config=stored,
+                       step=int(state["step"]), path=file)
     return Trained(model=model, sde=model.sde, dataset=data, config=stored, step=int(state["step"]), path=file,
                    num_classes=getattr(model, "num_classes", None))
