@@ -2,7 +2,7 @@
 
     theta* = argmin E_t E_{x_0} E_z [ 1/2 lambda(t) || s_theta(a(t) x_0 + s(t) z, t) + z / s(t) ||^2 ]
 
-Three kinds of run share the loop, told apart by the config:
+Four kinds of run share the loop, told apart by the config:
 
 * unconditional (`model.num_classes: null`, the default): the equation above;
 * class-conditional (`model.num_classes` an integer or `auto`, the data's class count): s_theta(x_t, t, y)
@@ -11,7 +11,12 @@ Three kinds of run share the loop, told apart by the config:
   learns the unconditional score; the evaluation adds class-conditional numbers;
 * a noise-conditional classifier p_phi(y | x_t, t) (`model=classifier_mlp|classifier_unet` with
   `loss=classifier`): cross-entropy on perturbed data (`sde_gen.losses.NoiseConditionalCrossEntropy`);
-  the evaluation measures its accuracy on x_t at a few t on held-out data.
+  the evaluation measures its accuracy on x_t at a few t on held-out data;
+* discrete diffusion (Austin et al. 2021; `sde=d3pm_*`, `model=token_transformer`, `loss=d3pm_hybrid`,
+  `sampler=d3pm_ancestral|maskgit`, token data, e.g. `experiment=d3pm_digits_absorbing`): the `sde:` node is
+  the discrete forward process, the network predicts x_0 logits and the loss is D3PM's hybrid
+  L_vb + lambda CE (eq. 6); the evaluation reports the samples' NFE and marginal TV and the test -ELBO in
+  bits/dim (`evaluate_discrete`); K must fit the data, checked at start-up.
 
 with the configured `loss:` (DSM), `optimizer:` (Adam, Kingma & Ba 2015, or AdamW) and
 `lr_scheduler:` (linear warm-up, then cosine or constant; `sde_gen.optim`) nodes, gradient-norm
