@@ -124,13 +124,13 @@ def test_resume_continues_bit_for_bit(tmp_path):
     (["experiment=d3pm_digits_uniform", "sde.num_classes=16"], r"sde.num_classes=16: data 'digits_tokens' holds token ids up to 16, outside \[0, 16\)"),
     (["experiment=d3pm_digits_absorbing", "sde.num_classes=16"], r"holds id 16, the mask token of sde=d3pm_absorbing"),
     (["experiment=d3pm_digits_uniform", "sde.num_classes=18"], r"sde.num_classes=18 does not match data 'digits_tokens', which has K = 17"),
-    (["experiment=d3pm_digits_uniform", "data.levels=4"], r"sde.num_classes=17 does not match .* K = 4 levels; set sde.num_classes=4"),
+    pytest.param(*(["experiment=d3pm_digits_uniform", "data.levels=4"], r"sde.num_classes=17 does not match .* K = 4 levels; set sde.num_classes=4"), marks=pytest.mark.slow),
     (["experiment=d3pm_digits_uniform", "sampler=maskgit"], r"sampler: .*needs a process with a mask token"),
-    (["experiment=d3pm_digits_uniform", "sampler=euler_maruyama"], r"discrete diffusion needs all three discrete"),
+    pytest.param(*(["experiment=d3pm_digits_uniform", "sampler=euler_maruyama"], r"discrete diffusion needs all three discrete"), marks=pytest.mark.slow),
     (["model=token_transformer"], r"discrete diffusion needs all three discrete.*model._target_='sde_gen.discrete.TokenTransformer' \(discrete\)"),
-    (["experiment=d3pm_digits_uniform", "loss=dsm"], r"loss: DenoisingScoreMatching trains a score model .* use loss=d3pm_hybrid"),
-    (["experiment=d3pm_digits_uniform", "data=digits"], r"data: 'digits' is not token data"),
-    (["experiment=d3pm_digits_uniform", "sde.num_classes=1"], r"num_classes must be an integer >= 2"),
+    pytest.param(*(["experiment=d3pm_digits_uniform", "loss=dsm"], r"loss: DenoisingScoreMatching trains a score model .* use loss=d3pm_hybrid"), marks=pytest.mark.slow),
+    pytest.param(*(["experiment=d3pm_digits_uniform", "data=digits"], r"data: 'digits' is not token data"), marks=pytest.mark.slow),
+    pytest.param(*(["experiment=d3pm_digits_uniform", "sde.num_classes=1"], r"num_classes must be an integer >= 2"), marks=pytest.mark.slow),
 ])
 def test_bad_discrete_configs_fail_before_training(tmp_path, hydra_full_errors, overrides, message):
     tiny = TINY if overrides[0].startswith("experiment=") else ["device=cpu"]  # (TINY names discrete keys)
