@@ -3,7 +3,7 @@ own loop (`sde_gen.training.train`, EMA and the cosine schedule of `experiment=d
 few settings, then measure the test -ELBO and the samples of several samplers with a digit classifier.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_discrete_digits_quality.py --steps 1000 --lambdas 0.01,1.0 \
-        [--width 64 --depth 2 --T 64] [--out benchmarks/results/discrete_digits_quality.md]
+        [--width 64 --depth 2 --T 64 --ema 0.99] [--out benchmarks/results/discrete_digits_quality.md]
 
 digit-likeness  `nn dist`: the mean Euclidean distance (in levels, 64 pixels) from each sample to its nearest
                 training image. For the held-out test images it is the target (real digits, never seen);
@@ -52,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--T", type=int, default=64)
+    ap.add_argument("--ema", type=float, default=0.99, help="train.ema_decay (the experiment's 0.999 averages over "
+                    "~1000 steps: longer than a short run, whose EMA weights then stay near the initial ones)")
     ap.add_argument("--n", type=int, default=256, help="samples per sampler")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -62,7 +64,7 @@ def main(argv=None):
     counts = torch.nn.functional.one_hot(data.train.reshape(data.train.shape[0], -1), K).sum(0).double()
     indep = torch.multinomial((counts + 0.5) / (counts + 0.5).sum(1, keepdim=True), n, replacement=True, generator=g).T
     cmd = (f"OMP_NUM_THREADS=1 python benchmarks/bench_discrete_digits_quality.py --steps {args.steps} --lambdas {args.lambdas} "
-           f"--width {args.width} --depth {args.depth} --T {args.T} --n {n}")
+           f"--width {args.width} --depth {args.depth} --T {args.T} --n {n} --ema {args.ema:g}")
     tc, tf = nn_dist(data.train, data.test), nn_dist(data.train, indep.reshape(n, 1, 8, 8))
     lines = ["# Why the discrete digits do not look like digits", "", f"Command: `{cmd}` (torch {torch.__version__}, CPU, "
              f"{torch.get_num_threads()} thread).", "",
@@ -80,7 +82,7 @@ def main(argv=None):
                 "experiment=d3pm_digits_absorbing", f"train.steps={args.steps}", f"train.eval_every={args.steps}",
                 f"train.checkpoint_every={args.steps}", "train.eval_samples=64", "train.plots=false", "train.progress=false",
                 f"loss.lambda_ce={lam}", f"model.width={args.width}", f"model.depth={args.depth}", f"sde.num_timesteps={args.T}",
-                "sampler.nfe=8", "device=cpu"])
+                "sampler.nfe=8", f"train.ema_decay={args.ema}", "device=cpu"])
         GlobalHydra.instance().clear()
         with tempfile.TemporaryDirectory() as run_dir:
             out = train(cfg, run_dir)
