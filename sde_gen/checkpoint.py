@@ -15,8 +15,10 @@ weights, and `prepare_checkpoint_dir` checks the folder and removes the temporar
 that was killed. `load_trained` rebuilds the SDE, the dataset and the EMA model from the stored
 config: the entry point of the sampling and likelihood apps. When the data set cannot be rebuilt
 (its files are gone), the stored "data_stats" stand in for it (`DataStats`: everything sampling
-needs); a checkpoint written before "data_stats" existed then fails in one line naming the cause; `load_classifier` does the same for a
-noise-conditional classifier run (`loss=classifier`), and each refuses the other kind in one line.
+needs); a checkpoint written before "data_stats" existed then fails in one line naming the cause.
+`load_classifier` does the same for a noise-conditional classifier run (`loss=classifier`) and
+`load_discrete` for a discrete-diffusion run (`sde=d3pm_*`, `sde_gen.discrete`), and each refuses
+the other kinds in one line.
 
 `export_trained` (the `sde-gen-export` command) writes a run's EMA weights as safetensors
 (`model.safetensors`, tensors only) next to its config as YAML (`model.yaml`); both loaders accept
@@ -47,8 +49,8 @@ from .nets import build_classifier, build_score_model, model_kind
 from .trust import CheckpointError, check_checkpoint_config
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "check_checkpoint_config", "latest_checkpoint",
-           "checkpoint_path", "Trained", "load_trained", "load_classifier", "check_checkpoint_dir", "prepare_checkpoint_dir",
-           "nonfinite_weights", "export_trained"]
+           "checkpoint_path", "Trained", "load_trained", "load_classifier", "load_discrete", "checkpoint_kind",
+           "check_checkpoint_dir", "prepare_checkpoint_dir", "nonfinite_weights", "export_trained"]
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +279,7 @@ class Trained:
         model: the `ScoreModel` with EMA (or raw) weights in eval mode; `model(x, t)` is the score
             (`model(x, t, y)` the class-conditional one). From `load_classifier`: the
             `NoiseConditionalClassifier`, `model(x, t)` -> (B, C) logits.
-        sde: the forward SDE of the run.
+        sde: the forward SDE of the run (the discrete forward process for `load_discrete`).
         dataset: the dataset of the run (rebuilt from the stored config), or the `DataStats`
             stored in the checkpoint when the data files are gone.
         config: the resolved run config as a plain dict.
@@ -476,6 +478,51 @@ def _rebuild_data(cfg, state: Dict[str, Any], file: str):
 
 
 
+def load_discrete(path: str, device=None, ema: bool = True, dataset: bool = True) -> Trained:
+    """Rebuild the x_0-logit network of a discrete-diffusion run (`sde=d3pm_*`, `model=token_transformer`).
+
+    Args:
+        path: a `ckpt_*.pt` file, or a run directory (its newest checkpoint is used).
+        device: where to put the model (None: CPU).
+        ema: load the EMA weights (True) or the raw training weights.
+        dataset: also rebuild the token data set.
+
+    Returns:
+        `Trained` whose `model(x_t, t)` returns (B, *event, K) logits of p(x_0 | x_t) (eval mode, no
+        gradients) and whose `sde` is the discrete forward process (`sde_gen.discrete`).
+
+    Raises:
+        CheckpointError naming the file when there is no checkpoint, it cannot be read, it holds a
+        continuous model (load that with `load_trained`) or its stored config is refused.
+    """
+    return _load(path, "discrete", device, ema, dataset, ())
+
+
+_LOADERS = {"classifier": ("a noise-conditional classifier", "load_classifier"), "score": ("a score model", "load_trained"),
+            "discrete": ("a discrete-diffusion model", "load_discrete")}
+
+
+def checkpoint_kind(path: str, trusted_targets: Sequence[str] = ()) -> str:
+    """What the checkpoint at `path` (file, run directory or export folder) holds: "score", "classifier" or "discrete"
+    (its stored `model._target_`), after the same checks as every loader.
+
+    Raises:
+        CheckpointError when there is no checkpoint or it cannot be read or its config is refused.
+    """
+    export = _export_dir(path)
+    if export is not None:
+        file, config = export, _read_export(export, True, trusted_targets)["config"]
+    else:
+        file = latest_checkpoint(path)
+        if file is None:
+            raise CheckpointError(f"no checkpoint (ckpt_*.pt) found at {path!r}")
+        config = load_checkpoint(file, map_location="cpu", trusted_targets=trusted_targets)["config"]
+    model = config.get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"checkpoint {file!r}: config.model with a _target_ is missing")
+    return model_kind(OmegaConf.create(model))
+
+
 def _read_checkpoint_source(path: str, ema: bool, trusted_targets: Sequence[str]) -> Dict[str, Any]:
     file = latest_checkpoint(path)
     if file is None:
@@ -487,7 +534,8 @@ def _read_checkpoint_source(path: str, ema: bool, trusted_targets: Sequence[str]
 
 
 def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_targets: Sequence[str]) -> Trained:
-    """`load_trained` (kind "score") and `load_classifier` (kind "classifier") of a checkpoint or an export."""
+    """`load_trained` (kind "score"), `load_classifier` ("classifier") and `load_discrete` ("discrete") of a
+    checkpoint or an export."""
     export = _export_dir(path)
     source = (_read_export(export, ema, trusted_targets) if export is not None
               else _read_checkpoint_source(path, ema, trusted_targets))
@@ -504,9 +552,8 @@ def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_target
     cfg = OmegaConf.create(stored)
     stored_kind = model_kind(cfg.model)
     if stored_kind != kind:
-        held, loader = (("a noise-conditional classifier", "load_classifier") if stored_kind == "classifier"
-                        else ("a score model", "load_trained"))
-        wanted = "a score model" if kind == "score" else "a noise-conditional classifier"
+        held, loader = _LOADERS[stored_kind]
+        wanted = _LOADERS[kind][0]
         raise CheckpointError(f"checkpoint {file!r} holds {held} (model._target_={stored['model']['_target_']!r}), "
                               f"not {wanted}; load it with {loader}")
     register_configs()
@@ -515,11 +562,18 @@ def _load(path: str, kind: str, device, ema: bool, dataset: bool, trusted_target
     event_shape = tuple(source["event_shape"]) if "event_shape" in source else tuple(data.event_shape)
     if kind == "classifier":
         model = build_classifier(cfg.model, sde, event_shape, source["data_std"])
+    elif kind == "discrete":
+        from .discrete.nets import build_discrete_model
+
+        model = build_discrete_model(cfg.model, sde, event_shape)
     else:
         model = build_score_model(cfg.model, sde, event_shape, source["data_std"], trusted_targets=trusted_targets)
     model.load_state_dict(source["weights"])
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)
+    if kind == "discrete":
+        return Trained(model=model, sde=sde.to(device) if device is not None else sde, dataset=data, config=stored,
+                       step=int(source["step"]), path=file)
     return Trained(model=model, sde=model.sde, dataset=data, config=stored, step=int(source["step"]), path=file,
                    num_classes=getattr(model, "num_classes", None))

@@ -174,6 +174,35 @@ def _register_training() -> None:
                     node=dataclasses.make_dataclass(schema.__name__, [("_partial_", bool, True)], bases=(schema,)))
     for name, cls in LOGGERS.items():
         register_target("logger", name, cls, exclude=("run_dir",))
+    _register_discrete()
+
+
+def _register_discrete() -> None:
+    """Schemas of discrete diffusion (`sde_gen.discrete`): its processes in the `sde` group (d3pm_<name>),
+    its samplers in `sampler`, its networks in `model` (S, K, L and T come from the process and the
+    data), its loss in `loss` and its token data sets in `data`."""
+    from .discrete.data import TOKEN_DATASETS
+    from .discrete.losses import DISCRETE_LOSSES
+    from .discrete.nets import DISCRETE_NETS, DISCRETE_SHAPE_ARGS
+    from .discrete.samplers import DISCRETE_SAMPLERS
+
+    for name, cls in discrete_processes().items():
+        register_target("sde", name, cls)
+    for name, cls in DISCRETE_SAMPLERS.items():
+        register_target("sampler", name, cls)
+    for name, cls in DISCRETE_NETS.items():
+        register_target("model", name, cls, exclude=DISCRETE_SHAPE_ARGS)
+    for name, cls in DISCRETE_LOSSES.items():
+        register_target("loss", name, cls)
+    for name, cls in TOKEN_DATASETS.items():
+        register_target("data", name, cls)
+
+
+def discrete_processes() -> Dict[str, type]:
+    """Config name (`d3pm_<name>`) -> discrete forward process class, as the `sde:` section may name them."""
+    from .discrete.processes import PROCESSES
+
+    return {f"d3pm_{name}": cls for name, cls in PROCESSES.items()}
 
 
 #: functions run by `register_configs` for schemas defined in other modules (training, apps)
@@ -182,7 +211,8 @@ _EXTRA_REGISTRATIONS: list = []
 
 # ---- the components a config may build ----
 #: the public packages whose re-exports also name a component (e.g. `sde_gen.VPSDE`, `sde_gen.nets.MLP`)
-_PUBLIC_MODULES = ("sde_gen", "sde_gen.sdes", "sde_gen.nets", "sde_gen.data", "sde_gen.samplers", "torch.optim")
+_PUBLIC_MODULES = ("sde_gen", "sde_gen.sdes", "sde_gen.nets", "sde_gen.data", "sde_gen.samplers", "sde_gen.discrete",
+                   "torch.optim")
 #: an absolute dotted Python path: no relative (leading dot) or file-system form
 _DOTTED_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
@@ -197,9 +227,16 @@ def component_registries() -> Dict[str, Dict[str, type]]:
     from .samplers import CORRECTORS, SAMPLERS
     from .sdes import SDES
 
-    # a model: section builds a score backbone or a noise-conditional classifier
-    return {"sde": SDES, "model": {**BACKBONES, **CLASSIFIERS}, "data": DATASETS, "sampler": SAMPLERS, "corrector": CORRECTORS,
-            "loss": LOSSES, "optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "logger": LOGGERS}
+    from .discrete.data import TOKEN_DATASETS
+    from .discrete.losses import DISCRETE_LOSSES
+    from .discrete.nets import DISCRETE_NETS
+    from .discrete.samplers import DISCRETE_SAMPLERS
+
+    # a model: section builds a score backbone, a noise-conditional classifier or (discrete diffusion,
+    # whose forward process the sde: section names) an x_0-logit network
+    return {"sde": {**SDES, **discrete_processes()}, "model": {**BACKBONES, **CLASSIFIERS, **DISCRETE_NETS},
+            "data": {**DATASETS, **TOKEN_DATASETS}, "sampler": {**SAMPLERS, **DISCRETE_SAMPLERS}, "corrector": CORRECTORS,
+            "loss": {**LOSSES, **DISCRETE_LOSSES}, "optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "logger": LOGGERS}
 
 
 #: components a section's nested nodes may build (e.g. `pc`'s `predictor` and `corrector`)

@@ -2,7 +2,7 @@
 
     theta* = argmin E_t E_{x_0} E_z [ 1/2 lambda(t) || s_theta(a(t) x_0 + s(t) z, t) + z / s(t) ||^2 ]
 
-Three kinds of run share the loop, told apart by the config:
+Four kinds of run share the loop, told apart by the config:
 
 * unconditional (`model.num_classes: null`, the default): the equation above;
 * class-conditional (`model.num_classes` an integer or `auto`, the data's class count): s_theta(x_t, t, y)
@@ -11,7 +11,12 @@ Three kinds of run share the loop, told apart by the config:
   learns the unconditional score; the evaluation adds class-conditional numbers;
 * a noise-conditional classifier p_phi(y | x_t, t) (`model=classifier_mlp|classifier_unet` with
   `loss=classifier`): cross-entropy on perturbed data (`sde_gen.losses.NoiseConditionalCrossEntropy`);
-  the evaluation measures its accuracy on x_t at a few t on held-out data.
+  the evaluation measures its accuracy on x_t at a few t on held-out data;
+* discrete diffusion (Austin et al. 2021; `sde=d3pm_*`, `model=token_transformer`, `loss=d3pm_hybrid`,
+  `sampler=d3pm_ancestral|maskgit`, token data, e.g. `experiment=d3pm_digits_absorbing`): the `sde:` node is
+  the discrete forward process, the network predicts x_0 logits and the loss is D3PM's hybrid
+  L_vb + lambda CE (eq. 6); the evaluation reports the samples' NFE and marginal TV and the test -ELBO in
+  bits/dim (`evaluate_discrete`); K must fit the data, checked at start-up.
 
 with the configured `loss:` (DSM), `optimizer:` (Adam, Kingma & Ba 2015, or AdamW) and
 `lr_scheduler:` (linear warm-up, then cosine or constant; `sde_gen.optim`) nodes, gradient-norm
@@ -79,7 +84,7 @@ from .nets import build_classifier, build_score_model, model_kind
 from .plots import plot_loss, plot_samples_vs_data
 from .train_state import TrainState
 
-__all__ = ["train", "TrainingDiverged", "TrainingInterrupted", "RESUME_MUST_MATCH", "evaluate_classifier"]
+__all__ = ["train", "TrainingDiverged", "TrainingInterrupted", "RESUME_MUST_MATCH", "evaluate_classifier", "evaluate_discrete"]
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +167,63 @@ def _resolve_num_classes(cfg: DictConfig, data, kind: str) -> DictConfig:
     return cfg
 
 
+_KIND_WORDS = {"classifier": "noise-conditional classifier", "score": "score backbone",
+               "discrete": "discrete-diffusion (x_0-logit) network"}
+_KIND_FIX = {"classifier": "loss=classifier", "score": "loss=dsm", "discrete": "loss=d3pm_hybrid"}
+
+
 def _check_loss_for(loss_fn, kind: str, cfg: DictConfig) -> None:
-    """The loss must train what the model section builds (a score model or a classifier)."""
+    """The loss must train what the model section builds (a score model, a classifier or a discrete model)."""
     trains = getattr(loss_fn, "trains", "score")
     if trains != kind:
-        fix = "loss=classifier" if kind == "classifier" else "loss=dsm"
         raise ConfigError(f"loss: {type(loss_fn).__name__} trains a {trains} model but model._target_ "
-                          f"{cfg.model.get('_target_')!r} is a {'noise-conditional classifier' if kind == 'classifier' else 'score backbone'}; "
-                          f"use {fix} (experiment=classifier_ring2d and classifier_digits set both)")
+                          f"{cfg.model.get('_target_')!r} is a {_KIND_WORDS[kind]}; "
+                          f"use {_KIND_FIX[kind]} (experiment=classifier_ring2d, classifier_digits, d3pm_digits_uniform, "
+                          "d3pm_digits_absorbing and maskgit_digits set both)")
+
+
+#: the experiments that train discrete diffusion (issue 16)
+DISCRETE_EXPERIMENTS = "experiment=d3pm_digits_uniform, d3pm_digits_absorbing, maskgit_digits or d3pm_markov"
+
+
+def _check_discrete_pairing(cfg: DictConfig, sde, kind: str) -> None:
+    """A discrete forward process goes with a discrete network and a discrete sampler, and a continuous
+    SDE with neither: one ConfigError naming the sections that disagree."""
+    from .discrete.processes import DiscreteProcess
+    from .discrete.samplers import DISCRETE_SAMPLERS
+    from .config import target_names
+
+    discrete_sde = isinstance(sde, DiscreteProcess)
+    sampler_targets = {n for cls in DISCRETE_SAMPLERS.values() for n in target_names(cls)}
+    discrete_sampler = cfg.sampler.get("_target_") in sampler_targets
+    if discrete_sde == (kind == "discrete") == discrete_sampler:
+        return
+    got = (f"sde._target_={cfg.sde.get('_target_')!r} ({'discrete' if discrete_sde else 'continuous'}), "
+           f"model._target_={cfg.model.get('_target_')!r} ({'discrete' if kind == 'discrete' else 'continuous'}), "
+           f"sampler._target_={cfg.sampler.get('_target_')!r} ({'discrete' if discrete_sampler else 'continuous'})")
+    raise ConfigError(f"sde, model, sampler: discrete diffusion needs all three discrete (sde=d3pm_uniform|d3pm_absorbing|"
+                      f"d3pm_gaussian, model=token_transformer, sampler=d3pm_ancestral|maskgit, as {DISCRETE_EXPERIMENTS} "
+                      f"set them) and continuous training none; got {got}")
+
+
+def _check_token_data(cfg: DictConfig, process, data) -> None:
+    """Token data whose ids fit the process: no id outside [0, K), no mask token, and K equal to the data's."""
+    from .discrete.data import TokenDataset
+
+    K = process.num_classes
+    if not isinstance(data, TokenDataset):
+        raise ConfigError(f"data: {data.name!r} is not token data; a discrete process needs data=digits_tokens, "
+                          f"mnist_tokens or markov_tokens ({DISCRETE_EXPERIMENTS})")
+    top = max(int(data.train.max()), int(data.test.max()))
+    if process.mask_index is not None and top >= process.mask_index:
+        raise ConfigError(f"sde.num_classes={K}: data {data.name!r} holds id {K}, the mask token of sde=d3pm_absorbing "
+                          f"(data ids must lie in [0, {K})); set sde.num_classes={data.num_levels}, the data's number of levels")
+    if top >= K:
+        raise ConfigError(f"sde.num_classes={K}: data {data.name!r} holds token ids up to {top}, outside [0, {K}); "
+                          f"set sde.num_classes={data.num_levels}, the data's number of levels")
+    if K != data.num_levels:
+        raise ConfigError(f"sde.num_classes={K} does not match data {data.name!r}, which has K = {data.num_levels} levels; "
+                          f"set sde.num_classes={data.num_levels}")
 
 
 # ---------------------------------------------------------------- evaluation and pictures
@@ -283,6 +337,26 @@ def evaluate_classifier(model, sde, data, tc: TrainConf, step: int, seed: int, d
     return out
 
 
+@torch.no_grad()
+def evaluate_discrete(model, process, data, sampler, tc: TrainConf, step: int, seed: int, run_dir: Optional[str],
+                      device) -> Dict[str, Any]:
+    """A discrete model's evaluation row: `train.eval_samples` samples (NFE, marginal TV to the test set
+    next to the training set's) and the negative ELBO in bits/dim of as many held-out points
+    (`sde_gen.discrete.evaluation`); the sample grid goes to samples.png."""
+    from .discrete.evaluation import elbo_report, plot_token_grid, sample_report
+
+    g = torch.Generator(device).manual_seed(seed * 1_000_003 + step)  # independent of the training stream
+    n = tc.eval_samples
+    res = sampler(process, model, shape=(n, *data.event_shape), generator=g, device=device)
+    out: Dict[str, Any] = {"step": step, "nfe": res.nfe}
+    out.update(sample_report(res.samples, data))
+    out.update(elbo_report(process, model, data.test[:n].to(device), g, batch_size=n, data=data))
+    if run_dir is not None and tc.plots:
+        plot_token_grid(res.samples, data.num_levels, os.path.join(run_dir, "samples.png"),
+                        f"{data.name}, step {step}, {getattr(sampler, 'name', '')} NFE {res.nfe}")
+    return out
+
+
 # ---------------------------------------------------------------- faults
 class _StopRequest:
     """SIGINT / SIGTERM handlers for the duration of training (the previous ones come back on exit).
@@ -391,10 +465,19 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
         raise ConfigError(str(err)) from None
     seed = int(cfg.seed)
     sde = instantiate(cfg.sde, "sde")
-    data = instantiate(cfg.data, "data")
-    sampler = instantiate(cfg.sampler, "sampler", check_finite=True)
-    loss_fn = instantiate(cfg.loss, "loss")
     kind = model_kind(cfg.model)
+    _check_discrete_pairing(cfg, sde, kind)
+    data = instantiate(cfg.data, "data")
+    if kind == "discrete":
+        _check_token_data(cfg, sde, data)
+        sampler = instantiate(cfg.sampler, "sampler")
+        try:
+            sampler.check_process(sde)
+        except ValueError as err:
+            raise ConfigError(f"sampler: {err}") from None
+    else:
+        sampler = instantiate(cfg.sampler, "sampler", check_finite=True)
+    loss_fn = instantiate(cfg.loss, "loss")
     if tc.loader == "dataloader" and getattr(data, "train_pixels", None) is None:
         raise ConfigError(f"train.loader=dataloader reads finite image data sets (digits, mnist, cifar10, image_folder); "
                           f"data {getattr(data, 'name', '')!r} draws its batches itself: use train.loader=device")
@@ -425,6 +508,10 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
     trusted = cfg.get("trusted_targets") or ()
     if kind == "classifier":
         model = build_classifier(cfg.model, sde, data.event_shape, data_std).to(device)
+    elif kind == "discrete":
+        from .discrete.nets import build_discrete_model
+
+        model = build_discrete_model(cfg.model, sde, data.event_shape).to(device)
     else:
         model = build_score_model(cfg.model, sde, data.event_shape, data_std, trusted_targets=trusted).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
@@ -513,6 +600,8 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
         ema.eval()
         if kind == "classifier":
             row = evaluate_classifier(ema.module, sde, data, tc, ts.step, seed, device)
+        elif kind == "discrete":
+            row = evaluate_discrete(ema.module, sde, data, sampler, tc, ts.step, seed, run_dir, device)
         else:
             row = evaluate(ema.module, sde, data, sampler, tc, ts.step, seed, floors, run_dir, device)
         ts.eval_rows.append(row)

@@ -8,6 +8,7 @@ from hydra.errors import ConfigCompositionException
 
 from sde_gen.config import ConfigError, instantiate, register_configs, resolve_device
 from sde_gen.config_apps import EvalConf, SampleAppConf
+from sde_gen.discrete import DiscreteProcess, DiscreteSampler
 from sde_gen.samplers import Sampler
 from sde_gen.sdes import SDE
 
@@ -25,7 +26,8 @@ def hydra_ctx():
         yield
 
 
-@pytest.mark.parametrize("group, base", [("sde", SDE), ("sampler", Sampler)])
+# the sde and sampler groups also hold discrete diffusion's processes and samplers (issue 16)
+@pytest.mark.parametrize("group, base", [("sde", (SDE, DiscreteProcess)), ("sampler", (Sampler, DiscreteSampler))])
 def test_every_group_option_composes_and_instantiates(hydra_ctx, group, base):
     for option in _group_options(group):
         cfg = compose(config_name=None, overrides=[f"+{group}={option}"])

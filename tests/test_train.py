@@ -29,6 +29,12 @@ from sde_gen.config import TrainConf
 from sde_gen.losses import LOSSES, DenoisingScoreMatching
 from sde_gen.nets import NoiseConditionalClassifier, build_classifier, build_score_model, model_kind
 from sde_gen.training import train
+from sde_gen.discrete import DiscreteProcess, DiscreteSampler, TokenTransformer, UniformProcess
+from sde_gen.discrete.losses import DISCRETE_LOSSES
+from sde_gen.discrete.nets import build_discrete_model
+
+#: the experiments of discrete diffusion (issue 16): a token_transformer, not the MLP of TINY
+DISCRETE_EXPERIMENTS = ("d3pm_digits_uniform", "d3pm_digits_absorbing", "maskgit_digits", "d3pm_markov")
 
 from .conftest import ALL_SDES, SDE_IDS
 from .test_image_experiments import FILE_DATA_EXPERIMENTS
@@ -161,14 +167,14 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx, tmp_pa
     for group in groups:
         for option in _group_options(group):
             cfg = _compose(f"{group}={option}")
-            if group == "sde":
-                assert isinstance(instantiate(cfg.sde, "sde"), SDE)
+            if group == "sde":  # the group also holds discrete diffusion's processes (d3pm_*)
+                assert isinstance(instantiate(cfg.sde, "sde"), (SDE, DiscreteProcess))
             elif group == "sampler":
-                assert isinstance(instantiate(cfg.sampler, "sampler"), Sampler)
+                assert isinstance(instantiate(cfg.sampler, "sampler"), (Sampler, DiscreteSampler))
             elif group == "train":
                 assert isinstance(validate(cfg.train, TrainConf, "train"), TrainConf)
             elif group == "loss":
-                assert isinstance(instantiate(cfg.loss, "loss"), tuple(LOSSES.values()))
+                assert isinstance(instantiate(cfg.loss, "loss"), (*LOSSES.values(), *DISCRETE_LOSSES.values()))
             elif group in ("optimizer", "lr_scheduler"):
                 opt = instantiate(cfg.optimizer, "optimizer")([torch.nn.Parameter(torch.zeros(2))])
                 assert isinstance(opt, torch.optim.Optimizer)
@@ -186,6 +192,8 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx, tmp_pa
                 shape = (1, 8, 8) if "unet" in option else (2,)
                 if model_kind(cfg.model) == "classifier":  # num_classes: auto takes the data's count
                     assert isinstance(build_classifier(cfg.model, VPSDE(), shape, num_classes=3), NoiseConditionalClassifier)
+                elif model_kind(cfg.model) == "discrete":
+                    assert isinstance(build_discrete_model(cfg.model, UniformProcess(3, 8), shape), TokenTransformer)
                 else:
                     assert isinstance(build_score_model(cfg.model, VPSDE(), shape), ScoreModel)
             elif group == "data":
@@ -198,7 +206,9 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx, tmp_pa
                 if option in FILE_DATA_EXPERIMENTS:  # no files here: tests/test_image_experiments.py trains them
                     continue
                 data, sde = instantiate(cfg.data, "data"), instantiate(cfg.sde, "sde")
-                if model_kind(cfg.model) == "classifier":
+                if model_kind(cfg.model) == "discrete":
+                    assert isinstance(build_discrete_model(cfg.model, sde, data.event_shape), TokenTransformer)
+                elif model_kind(cfg.model) == "classifier":
                     net = build_classifier(cfg.model, sde, data.event_shape, num_classes=data.num_classes)
                     assert isinstance(net, NoiseConditionalClassifier)
                 else:
@@ -211,6 +221,9 @@ def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experi
     over = ([f"experiment={experiment}"] if experiment else []) + TINY + ["train.steps=2", "train.plots=true"]
     if experiment in ("digits", "conditional_digits", "classifier_digits", "edm_digits"):  # keep the U-Net tiny
         over = [o for o in over if not o.startswith("model.")] + ["model.channels=8"]
+    if experiment in DISCRETE_EXPERIMENTS:  # a tiny transformer, few diffusion steps
+        over = [o for o in over if not o.startswith("model.")] + ["model.width=8", "model.depth=1", "model.heads=2",
+                                                                  "sde.num_timesteps=8"]
     out = train(_compose(*over), str(tmp_path))
     assert out["step"] == 2
     names = set(os.listdir(tmp_path))
@@ -219,6 +232,9 @@ def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experi
         assert 0 <= out["final"]["acc_small_t"] <= 1
         return
     assert {"checkpoints", "metrics.csv", "loss.csv", "timing.csv", "samples.png", "loss.png"} <= names
+    if experiment in DISCRETE_EXPERIMENTS:  # token samples and a bound in bits/dim, no sliced W2
+        assert 0 <= out["final"]["marginal_tv"] <= 1 and out["final"]["bits_per_dim"] > 0
+        return
     assert torch.isfinite(torch.tensor(out["final"]["sw2"]))
 
 

@@ -84,6 +84,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -350,6 +351,10 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
 
 def _run(cfg: DictConfig, app: SampleAppConf, device, info: DistInfo, out_dir: str, choices: Dict[str, str]):
     dtype = getattr(torch, app.dtype)
+    discrete_sampler = _is_discrete_sampler(cfg.sampler)
+    if discrete_sampler or (app.source == "checkpoint"
+                            and _checkpoint.checkpoint_kind(app.checkpoint, app.trusted_targets) == "discrete"):
+        return _run_discrete(app, cfg, device, out_dir, dict(choices or {}), discrete_sampler)
     sampler = instantiate(cfg.sampler, "sampler", check_finite=app.check_finite)
     sampler_name = choices.get("sampler") or getattr(sampler, "name", type(sampler).__name__)
 
@@ -483,6 +488,75 @@ def _run(cfg: DictConfig, app: SampleAppConf, device, info: DistInfo, out_dir: s
     if "class_metrics" in metrics:
         summary.update({k: metrics["class_metrics"][k] for k in ("class_purity", "sw2_ratio_max") if k in metrics["class_metrics"]})
     log.info("metrics: %s", summary)
+    return metrics
+
+
+def _is_discrete_sampler(node: DictConfig) -> bool:
+    from ..config import target_names
+    from ..discrete.samplers import DISCRETE_SAMPLERS
+
+    return node.get("_target_") in {n for cls in DISCRETE_SAMPLERS.values() for n in target_names(cls)}
+
+
+def _run_discrete(app: SampleAppConf, cfg: DictConfig, device, out_dir: str, choices: Dict[str, str],
+                  discrete_sampler: bool) -> Dict[str, Any]:
+    """Samples of a discrete-diffusion checkpoint (`sde_gen.discrete`): samples.pt (long token ids),
+    samples.png (a grid of the first 64) and metrics.json (NFE, wall time, marginal TV to the test set
+    next to the training set's, the samples' exact NLL for data with an exact likelihood).
+
+    Every check runs before any sampling: a discrete sampler needs a discrete checkpoint and the
+    other way round; labels, guidance, inverse tasks and feature metrics are continuous-only."""
+    from ..discrete.evaluation import plot_token_grid, sample_report
+
+    sampler_name = choices.get("sampler") or cfg.sampler.get("_target_")
+    if app.source != "checkpoint":
+        raise ValueError(f"sampler={sampler_name} is a discrete sampler: it needs source=checkpoint with a discrete-diffusion "
+                         "run (e.g. sde-gen-train experiment=d3pm_digits_absorbing); the oracle problems are continuous")
+    if not discrete_sampler:
+        raise ValueError(f"checkpoint {app.checkpoint!r} holds a discrete-diffusion model: use a discrete sampler, "
+                         f"sampler=d3pm_ancestral or sampler=maskgit (got sampler={sampler_name})")
+    if app.label is not None or app.guidance.kind != "none" or app.task != "sample" or app.feature_classifier is not None:
+        raise ValueError("label, guidance.kind, task and feature_classifier apply to continuous models only; a "
+                         "discrete-diffusion checkpoint samples unconditionally (leave them at their defaults)")
+    if _checkpoint.checkpoint_kind(app.checkpoint, app.trusted_targets) != "discrete":
+        raise ValueError(f"sampler={sampler_name} is a discrete sampler but checkpoint {app.checkpoint!r} holds a continuous "
+                         "model; use a continuous sampler (e.g. sampler=euler_maruyama)")
+    sampler = instantiate(cfg.sampler, "sampler")
+    trained = _checkpoint.load_discrete(app.checkpoint, device=device, ema=app.ema)
+    process, model, data = trained.sde, trained.model, trained.dataset
+    sampler.check_process(process)
+    event_shape = tuple(data.event_shape)
+    log.info("sampling %d x %s with %r from %s (%r, %s)", app.num_samples, event_shape, sampler, trained.path, process, device)
+    generator = torch.Generator(device).manual_seed(app.seed)
+    batch = app.batch_size or app.num_samples
+    parts, nfe_per_batch = [], []
+    t0 = time.perf_counter()
+    for start in range(0, app.num_samples, batch):
+        b = min(batch, app.num_samples - start)
+        res = sampler(process, model, shape=(b, *event_shape), generator=generator, device=device)
+        parts.append(res.samples)
+        nfe_per_batch.append(res.nfe)
+    seconds = time.perf_counter() - t0
+    samples = torch.cat(parts).cpu()
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_path(os.path.join(out_dir, "samples.pt")) as tmp:
+        torch.save(samples, tmp)
+    options = {k: v for k, v in to_plain(cfg.sampler).items() if k != "_target_"}
+    metrics: Dict[str, Any] = {
+        "source": app.source, "checkpoint": os.path.abspath(trained.path), "step": trained.step,
+        "problem": data.name, "sde": type(process).__name__, "num_classes": process.num_classes,
+        "num_timesteps": process.T, "sampler": sampler_name, "sampler_options": options,
+        "nfe_requested": int(sampler.nfe), "nfe_spent": sum(nfe_per_batch) / len(nfe_per_batch),
+        "num_batches": len(nfe_per_batch), "num_samples": app.num_samples, "seed": app.seed, "device": str(device),
+        "time_total_s": seconds,
+    }
+    metrics.update(sample_report(samples, data))
+    metrics["config"] = to_plain(_app_section(cfg))
+    if app.plot:
+        plot_token_grid(samples, data.num_levels, os.path.join(out_dir, "samples.png"),
+                        f"{data.name} | {type(process).__name__} T={process.T} | {sampler_name} NFE {metrics['nfe_spent']:g}")
+    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    log.info("metrics: %s", {k: metrics[k] for k in ("nfe_spent", "time_total_s", "marginal_tv", "marginal_tv_train")})
     return metrics
 
 

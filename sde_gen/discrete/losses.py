@@ -25,7 +25,7 @@ import torch
 from .._validation import check_nonnegative
 from .processes import DiscreteProcess
 
-__all__ = ["vb_term", "prior_kl", "hybrid_loss", "nelbo", "ELBOResult", "check_model_output"]
+__all__ = ["vb_term", "prior_kl", "hybrid_loss", "HybridLoss", "nelbo", "ELBOResult", "check_model_output", "DISCRETE_LOSSES"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,6 +102,32 @@ def hybrid_loss(process: DiscreteProcess, model: Model, x0: torch.Tensor, genera
     vb = vb_term(process, logits, x0, x_t, t).to(logits.dtype) / L
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, process.num_classes), x0.reshape(-1), reduction="none")
     return (vb + lambda_ce * ce.reshape(B, -1).mean(1)).mean()
+
+
+class HybridLoss:
+    """`hybrid_loss` as the `loss:` node of the training app (`loss=d3pm_hybrid`): called by the training
+    loop as `loss(model, process, x0, generator)`.
+
+    Args:
+        lambda_ce: weight of the auxiliary cross-entropy (D3PM's 0.01; 0 trains on L_vb alone).
+    """
+
+    #: what the loss trains: the training app pairs it with a discrete process and an x_0-logit network
+    trains = "discrete"
+
+    def __init__(self, lambda_ce: float = 0.01):
+        self.lambda_ce = check_nonnegative("lambda_ce", lambda_ce)
+
+    def __call__(self, model: Model, process: DiscreteProcess, x0: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return hybrid_loss(process, model, x0, generator, lambda_ce=self.lambda_ce)
+
+    def __repr__(self) -> str:
+        return f"HybridLoss(lambda_ce={self.lambda_ce})"
+
+
+#: config name -> discrete loss class (the `loss/` options of the training app)
+DISCRETE_LOSSES = {"d3pm_hybrid": HybridLoss}
 
 
 @dataclass

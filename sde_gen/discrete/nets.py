@@ -17,7 +17,7 @@ from torch import nn
 from .._validation import check_positive_int
 from ..nets.fourier import TimeEmbedding
 
-__all__ = ["TokenTransformer"]
+__all__ = ["TokenTransformer", "DISCRETE_NETS", "DISCRETE_SHAPE_ARGS", "build_discrete_model"]
 
 
 class TokenTransformer(nn.Module):
@@ -57,3 +57,29 @@ class TokenTransformer(nn.Module):
         s = (t.to(self.positions.dtype) / self.num_timesteps)
         h = self.tokens(flat) + self.positions[None] + self.time(s)[:, None, :]
         return self.head(self.encoder(h)).reshape(*x_t.shape, self.num_classes)
+
+
+#: config name -> x_0-logit network class (the `model/` options of discrete runs)
+DISCRETE_NETS = {"token_transformer": TokenTransformer}
+#: constructor arguments filled in from the process and the data, never from the config
+DISCRETE_SHAPE_ARGS = ("num_states", "num_classes", "num_positions", "num_timesteps")
+
+
+def build_discrete_model(model_cfg, process, event_shape) -> nn.Module:
+    """The network of a `model:` node naming a class of `DISCRETE_NETS` (looked up, never imported), with
+    S, K and T from `process` and L = prod(event_shape) from the data.
+
+    Raises:
+        ConfigError naming `model._target_` for any other class, or the option a constructor refuses.
+    """
+    import math
+
+    from ..config import ConfigError, instantiate, target_names
+
+    known = {name: cls for cls in DISCRETE_NETS.values() for name in target_names(cls)}
+    target = model_cfg.get("_target_")
+    if target not in known:
+        raise ConfigError(f"model._target_: {target!r} is not a discrete-diffusion network (registered: {sorted(known)}); "
+                          "a discrete process (sde=d3pm_*) needs model=token_transformer")
+    return instantiate(model_cfg, "model", num_states=process.num_states, num_classes=process.num_classes,
+                       num_positions=int(math.prod(event_shape)), num_timesteps=process.T)

@@ -275,8 +275,9 @@ def sample_categorical(probs: torch.Tensor, generator: Optional[torch.Generator]
 class _RankOneProcess(DiscreteProcess):
     """Q_t = (1 - beta_t) I + beta_t 1 m^T: every power is of the same form (closed-form Qbar)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, num_classes: int, num_timesteps: int = 1000, schedule: Optional[str] = None,
+                 beta_start: float = 0.02, beta_end: float = 1.0):
+        super().__init__(num_classes, num_timesteps, schedule, beta_start, beta_end)
         self.register_buffer("alphas_cumprod", torch.cat([torch.ones(1, dtype=torch.float64),
                                                           torch.cumprod(1 - self.betas, 0)]))
 

@@ -87,8 +87,14 @@ def _targets(registry: Dict[str, type]) -> Dict[str, type]:
 
 
 def model_kind(model_cfg) -> str:
-    """"classifier" when a `model:` node names a class of `CLASSIFIERS`, else "score"."""
-    return "classifier" if model_cfg.get("_target_") in _targets(CLASSIFIERS) else "score"
+    """"classifier" when a `model:` node names a class of `CLASSIFIERS`, "discrete" for an x_0-logit
+    network of discrete diffusion (`sde_gen.discrete.nets.DISCRETE_NETS`), else "score"."""
+    from ..discrete.nets import DISCRETE_NETS
+
+    target = model_cfg.get("_target_")
+    if target in _targets(CLASSIFIERS):
+        return "classifier"
+    return "discrete" if target in _targets(DISCRETE_NETS) else "score"
 
 
 def _backbone_class(target: Any, trusted: Iterable[str], kind: str = "score") -> type:
