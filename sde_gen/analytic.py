@@ -16,6 +16,19 @@ c_0^2 (s_t / a_t)^2 are enforced by clipping it to [0, 1] (`clip=True`). Gamma_t
 model and grid by Monte Carlo over data (`estimate_gamma`, Bao et al. Alg. 1).
 
 The decoder step t_min -> 0 is the case u = 0: lambda = 0, c_0 = 1.
+
+Extended Analytic-DPM (Bao, Li, Sun, Zhu & Zhang 2022b, "Estimating the Optimal Covariance with
+Imperfect Mean", eq. 10 with a state-independent diagonal covariance): per dimension i, the
+reverse variance that maximises the chain's ELBO for the model's own mean x0_hat is
+
+    sigma_i^2 = lambda^2 + c_0^2 E (x_{0,i} - x0_hat_i)^2 = lambda^2 + c_0^2 (s_t / a_t)^2 R_{t,i},
+    R_{t,i} = E (z_i + s_t score_i(x_t, t))^2       (the noise-prediction residual, eps_hat = -s_t score),
+
+since x_0 - x0_hat = -(s_t / a_t)(z + s_t score). It is non-negative by construction and needs no
+clipping; with the exact score R_{t,i} = 1 - s_t^2 E score_i^2 (by E[z | x_t] = -s_t score), the
+per-dimension version of Gamma_t, so for data with a non-isotropic covariance it is the exact
+diagonal optimum where the scalar sigma*^2 only matches the average. `estimate_residual` fits R_t
+by Monte Carlo, like `estimate_gamma`.
 """
 from __future__ import annotations
 
@@ -26,21 +39,23 @@ import torch
 
 from ._validation import check_positive_int
 from .sdes import SDE
-from .utils import batch_sum, event_numel
+from .utils import append_dims, batch_sum, event_numel
 
-__all__ = ["GammaTable", "estimate_gamma", "analytic_variance", "step_coefficients"]
+__all__ = ["GammaTable", "estimate_gamma", "estimate_residual", "analytic_variance", "extended_variance",
+           "step_coefficients"]
 
 
 @dataclass(frozen=True)
 class GammaTable:
-    """Gamma_t = E ||score(x_t, t)||^2 / d on a set of times, callable on any times by interpolation.
+    """A Monte-Carlo table over times, callable on any times by interpolation: Gamma_t = E ||score||^2 / d
+    (`estimate_gamma`, shape (N,)) or the per-dimension residual R_t (`estimate_residual`, (N, *event)).
 
     Attributes:
         t: (N,) increasing float64 times.
-        gamma: (N,) float64 values at `t`.
+        gamma: (N,) or (N, *event) float64 values at `t`.
 
-    Calling `table(t)` with (M,) times returns (M,) values, linearly interpolated in log t
-    (clamped to the end values outside [t[0], t[-1]]); at the stored times it returns them exactly.
+    Calling `table(t)` with (M,) times returns (M,) (or (M, *event)) values, linearly interpolated in
+    log t (clamped to the end values outside [t[0], t[-1]]); at the stored times it returns them exactly.
     """
 
     t: torch.Tensor
@@ -50,11 +65,12 @@ class GammaTable:
         ts, gs = self.t.to(t.device), self.gamma.to(t.device)
         q = t.to(torch.float64).clamp(float(self.t[0]), float(self.t[-1]))
         if ts.numel() == 1:
-            return gs.expand(q.shape).clone()
+            return gs.expand(q.shape + gs.shape[1:]).clone()
         idx = torch.searchsorted(ts, q).clamp(1, ts.numel() - 1)
         lo, hi = ts[idx - 1], ts[idx]
         w = ((torch.log(q) - torch.log(lo)) / (torch.log(hi) - torch.log(lo))).clamp(0.0, 1.0)
-        return gs[idx - 1] + w * (gs[idx] - gs[idx - 1])
+        # torch.lerp is exact at both ends (w = 0 and w = 1), so the stored times give the stored values
+        return torch.lerp(gs[idx - 1], gs[idx], append_dims(w, gs.ndim))
 
 
 def estimate_gamma(
@@ -81,21 +97,54 @@ def estimate_gamma(
         a `GammaTable` over the sorted times: M * num_repeats * N score evaluations, done once per
         model and grid and reused by `elbo` and the samplers.
     """
+    return _monte_carlo_table(score_fn, sde, data, t_grid, num_repeats, batch_size, generator, per_dimension=False)
+
+
+def estimate_residual(
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: SDE,
+    data: torch.Tensor,
+    t_grid: torch.Tensor,
+    num_repeats: int = 1,
+    batch_size: int = 4096,
+    generator: Optional[torch.Generator] = None,
+) -> GammaTable:
+    """Monte-Carlo estimate of the per-dimension residual R_{t,i} = E (z_i + s_t score_i(x_t, t))^2 of
+    Extended Analytic-DPM (module docstring; Bao et al. 2022b), x_t = a(t) x_0 + s(t) z.
+
+    Args: as `estimate_gamma`.
+
+    Returns:
+        a `GammaTable` whose values have shape (N, *event): the fitted per-dimension residual on the
+        sorted times, for `variance="analytic_extended"` (`extended_variance`, `elbo`, the samplers).
+    """
+    return _monte_carlo_table(score_fn, sde, data, t_grid, num_repeats, batch_size, generator, per_dimension=True)
+
+
+def _monte_carlo_table(score_fn, sde, data, t_grid, num_repeats, batch_size, generator, per_dimension) -> GammaTable:
+    """E ||score||^2 / d (per_dimension=False) or E (z + s score)^2 per dimension, on the sorted times."""
     num_repeats = check_positive_int("num_repeats", num_repeats)
     batch_size = check_positive_int("batch_size", batch_size)
+    if data.ndim < 2 or data.shape[0] < 1:
+        raise ValueError(f"data must have shape (M, *event) with M >= 1; got {tuple(data.shape)}")
     ts = torch.sort(t_grid.to(torch.float64).flatten()).values
     x_all = data.repeat_interleave(num_repeats, dim=0) if num_repeats > 1 else data
     d = event_numel(data)
-    out = torch.empty_like(ts)
+    out = torch.empty((ts.numel(),) + (tuple(data.shape[1:]) if per_dimension else ()), dtype=torch.float64,
+                      device=data.device)
     with torch.no_grad():
         for j, t_val in enumerate(ts.tolist()):
-            total = torch.zeros((), dtype=torch.float64, device=data.device)
+            total = torch.zeros(out.shape[1:], dtype=torch.float64, device=data.device)
             for x0 in torch.split(x_all, batch_size):
                 t = torch.full((x0.shape[0],), t_val, dtype=x0.dtype, device=x0.device)
                 z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-                score = score_fn(sde.perturb(x0, t, z), t)
-                total = total + batch_sum(score.to(torch.float64) ** 2).sum()
-            out[j] = total / (x_all.shape[0] * d)
+                score = score_fn(sde.perturb(x0, t, z), t).to(torch.float64)
+                if per_dimension:
+                    s_t = append_dims(sde.marginal_coeffs(t)[1].to(torch.float64), score.ndim)
+                    total = total + ((z.to(torch.float64) + s_t * score) ** 2).sum(0)
+                else:
+                    total = total + batch_sum(score ** 2).sum()
+            out[j] = total / (x_all.shape[0] * (1 if per_dimension else d))
     return GammaTable(ts.cpu(), out.cpu())
 
 
@@ -136,3 +185,22 @@ def analytic_variance(
     if clip:
         bracket = bracket.clamp(0.0, 1.0)
     return lam2 + c_0 ** 2 * (s_t / a_t) ** 2 * bracket
+
+
+def extended_variance(sde: SDE, t: torch.Tensor, u: torch.Tensor, residual: torch.Tensor, eta: float = 1.0) -> torch.Tensor:
+    """Extended Analytic-DPM's per-dimension reverse variance of the step t -> u (module docstring).
+
+    Args:
+        sde: the forward SDE. t, u: (N,) times with u < t (u = 0 allowed: the decoder).
+        residual: (N, *event) R_{t,i} = E (z_i + s_t score_i)^2 (`estimate_residual`, or a closed form).
+        eta: 1 for the DDPM chain, < 1 for DDIM's family.
+
+    Returns:
+        (N, *event) variances sigma_i^2 = lambda^2 + c_0^2 (s_t / a_t)^2 R_{t,i} >= lambda^2 (R is
+        clamped at 0, so a rounding error cannot make it smaller).
+    """
+    _, c_0, lam2 = step_coefficients(sde, t, u, eta)
+    a_t, s_t = sde.marginal_coeffs(t)
+    nd = residual.ndim
+    scale = append_dims(c_0 ** 2 * (s_t / a_t) ** 2, nd)
+    return append_dims(lam2, nd) + scale * residual.to(t.dtype).clamp_min(0.0)

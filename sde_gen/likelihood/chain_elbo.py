@@ -16,10 +16,14 @@ p(x_0 | x_{t_min}) = N(x0_hat, sigma_0^2 I). Then
 Reverse variances sigma_k^2:
     "beta"       v_{t_k | t_{k-1}}, the forward transition variance (DDPM's sigma^2 = beta_t),
     "posterior"  lambda_k^2, the posterior variance (DDPM's sigma^2 = beta_tilde_t),
-    "analytic"   Bao et al. 2022's KL-optimum from Gamma_t (`sde_gen.analytic`), clipped to Thm. 2's interval.
+    "analytic"   Bao et al. 2022's KL-optimum from Gamma_t (`sde_gen.analytic`), clipped to Thm. 2's interval,
+    "analytic_extended"  Bao et al. 2022b's per-dimension optimum lambda^2 + c_0^2 (s/a)^2 R_{t,i} from the
+                 fitted residual R_t (`sde_gen.analytic.extended_variance`): the diagonal, state-independent
+                 variance that maximises this bound for the model's mean, so never below "analytic"'s in
+                 expectation (with the R_t of the same score).
 The decoder's posterior variance is 0, so both fixed choices use its upper end, the forward noise of the
 scaled variable sigma_0^2 = (s(t_min) / a(t_min))^2 (what "beta" gives at the step t_min -> 0);
-"analytic" uses its optimum (s / a)^2 (1 - s^2 Gamma_{t_min}).
+"analytic" uses its optimum (s / a)^2 (1 - s^2 Gamma_{t_min}), "analytic_extended" (s / a)^2 R_{t_min, i}.
 
 Each expectation over x_{t_k} ~ q(. | x_0) is estimated with one draw per data point and step (an
 unbiased estimate of the ELBO); K score evaluations per data point.
@@ -33,7 +37,7 @@ from typing import Callable, Optional
 import torch
 
 from .._validation import check_choice, check_positive_int
-from ..analytic import analytic_variance, step_coefficients
+from ..analytic import analytic_variance, extended_variance, step_coefficients
 from ..parameterization import x0_from_score
 from ..samplers.grids import GRIDS, time_grid
 from ..sdes import SDE
@@ -41,7 +45,7 @@ from ..utils import append_dims, batch_sum, event_numel
 
 __all__ = ["ELBO_VARIANCES", "ELBOResult", "elbo"]
 
-ELBO_VARIANCES = ("beta", "posterior", "analytic")
+ELBO_VARIANCES = ("beta", "posterior", "analytic", "analytic_extended")
 
 
 @dataclass
@@ -67,12 +71,14 @@ class ELBOResult:
     variance: str
 
 
-def _reverse_variances(sde: SDE, ts: torch.Tensor, variance: str, gamma) -> torch.Tensor:
+def _reverse_variances(sde: SDE, ts: torch.Tensor, variance: str, gamma, residual) -> torch.Tensor:
     """sigma_k^2 for the steps ts[k + 1] -> ts[k] of the increasing grid ts (K + 1,), then the
-    decoder's sigma_0^2 at index K: shape (K + 1,), float64."""
+    decoder's sigma_0^2 at index K: shape (K + 1,) ((K + 1, *event) for "analytic_extended"), float64."""
     t, u = ts[1:], ts[:-1]
     t_all = torch.cat([t, ts[:1]])
     u_all = torch.cat([u, torch.zeros_like(ts[:1])])
+    if variance == "analytic_extended":
+        return extended_variance(sde, t_all, u_all, residual(t_all).to(torch.float64))
     if variance == "analytic":
         return analytic_variance(sde, t_all, u_all, gamma(t_all).to(torch.float64))
     a0, s0 = sde.marginal_coeffs(ts[:1])
@@ -89,6 +95,7 @@ def elbo(
     num_steps: int,
     variance: str = "posterior",
     gamma: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    residual: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     grid: str = "uniform",
     t_min: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
@@ -99,9 +106,11 @@ def elbo(
         sde: the forward SDE. score_fn: `score_fn(x, t)` (a model or an oracle's exact score).
         x: (B, *event) continuous data x_0.
         num_steps: K, the number of reverse steps (K + 1 grid times from t_min to T).
-        variance: "beta", "posterior" or "analytic".
+        variance: "beta", "posterior", "analytic" or "analytic_extended".
         gamma: for "analytic", Gamma_t = E||score||^2 / d as a function of (N,) float64 times,
             e.g. the `GammaTable` of `sde_gen.estimate_gamma` on this grid, or a closed form.
+        residual: for "analytic_extended", R_t = E (z + s_t score)^2 per dimension as a function of
+            (N,) float64 times returning (N, *event), e.g. `sde_gen.estimate_residual` on this grid.
         grid: the time grid ("uniform", "log_snr", "karras"; `samplers.grids.time_grid`).
         t_min: the last time (None: `sde.eps`).
         generator: randomness of the draws x_{t_k} ~ q(. | x_0).
@@ -110,7 +119,7 @@ def elbo(
         an `ELBOResult`.
 
     Raises:
-        ValueError naming `variance`, `num_steps`, `grid`, `t_min` or `gamma` before any work.
+        ValueError naming `variance`, `num_steps`, `grid`, `t_min`, `gamma` or `residual` before any work.
     """
     check_choice("variance", variance, ELBO_VARIANCES)
     num_steps = check_positive_int("num_steps", num_steps)
@@ -118,8 +127,14 @@ def elbo(
     if variance == "analytic" and not callable(gamma):
         raise ValueError("gamma must be a callable t -> Gamma_t (e.g. sde_gen.estimate_gamma(...)) for "
                          f"variance='analytic'; got {gamma!r}")
+    if variance == "analytic_extended" and not callable(residual):
+        raise ValueError("residual must be a callable t -> R_t of shape (N, *event) (e.g. sde_gen.estimate_residual(...)) "
+                         f"for variance='analytic_extended'; got {residual!r}")
     ts = time_grid(sde, num_steps, kind=grid, t_min=t_min, device=x.device).flip(0)  # increasing
-    sig2 = _reverse_variances(sde, ts, variance, gamma)
+    sig2 = _reverse_variances(sde, ts, variance, gamma, residual)
+    if sig2.shape[1:] not in ((), x.shape[1:]):
+        raise ValueError(f"residual must return values of the data's event shape {tuple(x.shape[1:])}; "
+                         f"got {tuple(sig2.shape[1:])}")
     c_t, c_0, lam2 = step_coefficients(sde, ts[1:], ts[:-1])
     d, B, nd = event_numel(x), x.shape[0], x.ndim
     f64 = dict(dtype=torch.float64, device=x.device)
@@ -129,7 +144,7 @@ def elbo(
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_t = sde.perturb(x, t, z)
         x0_hat = x0_from_score(sde, x_t, t, score_fn(x_t, t))
-        return batch_sum((x - x0_hat).to(torch.float64) ** 2)  # ||x_0 - x0_hat||^2, (B,)
+        return (x - x0_hat).to(torch.float64) ** 2  # (x_0 - x0_hat)^2 per dimension, (B, *event)
 
     with torch.no_grad():
         # L_T: KL(N(a_T x_0, s_T^2 I) || N(0, p^2 I))
@@ -140,10 +155,13 @@ def elbo(
         diffusion = torch.zeros(B, **f64)
         for k in range(num_steps):  # the step ts[k + 1] -> ts[k]
             sq = draw_and_denoise(ts[k + 1])
-            ratio = lam2[k] / sig2[k]
-            diffusion = diffusion + 0.5 * d * (ratio - 1 - torch.log(ratio)) + c_0[k] ** 2 * sq / (2 * sig2[k])
+            s2 = sig2[k].expand(x.shape[1:])  # per dimension (a scalar variance broadcast)
+            ratio = lam2[k] / s2
+            diffusion = (diffusion + 0.5 * (ratio - 1 - torch.log(ratio)).sum()
+                         + batch_sum(c_0[k] ** 2 * sq / (2 * s2)))
         sq0 = draw_and_denoise(ts[0])
-        decoder = 0.5 * d * torch.log(2 * math.pi * sig2[-1]) + sq0 / (2 * sig2[-1])
+        s2 = sig2[-1].expand(x.shape[1:])
+        decoder = 0.5 * torch.log(2 * math.pi * s2).sum() + batch_sum(sq0 / (2 * s2))
     total = prior + diffusion + decoder
     return ELBOResult(
         elbo=-total, bits_per_dim=total / (d * math.log(2.0)), prior_term=prior, diffusion_term=diffusion,

@@ -9,7 +9,8 @@ and x0_hat = (x_t - s(t) eps_hat) / a(t) (Tweedie):
 
 With `variance="analytic"` (and eta > 0) the noise is Analytic-DPM's KL-optimal sigma^2 = lambda^2 +
 c_0^2 (s_t / a_t)^2 (1 - s_t^2 Gamma_t) for the same mean, lambda = eta * posterior std, c_0 = a_u -
-dir_coef a_t / s_t (Bao et al. 2022, Thm. 1-2; `sde_gen.analytic`).
+dir_coef a_t / s_t (Bao et al. 2022, Thm. 1-2; `sde_gen.analytic`); `variance="analytic_extended"` uses its
+per-dimension version lambda^2 + c_0^2 (s_t / a_t)^2 R_{t,i} from the fitted residual (Bao et al. 2022b).
 
 eta = 0 is the deterministic DDIM sampler, a first-order discretisation of the probability-flow ODE
 (Song et al. 2021a, Sec. 4.3) whose update is invertible: run from t_min up to T (`invert`) it maps
@@ -26,6 +27,7 @@ import torch
 
 from .._validation import check_choice, check_in_closed_interval
 from ..analytic import analytic_variance
+from .ancestral import check_analytic_inputs, extended_std
 from .base import CountingScore, GridSampler
 
 
@@ -35,8 +37,10 @@ class DDIM(GridSampler):
 
     Args:
         eta: 0 = deterministic DDIM, 1 = DDPM ancestral sampling; in between interpolates.
-        variance: "eta" (sigma = eta * posterior std) or "analytic" (Analytic-DPM, needs eta > 0 and `gamma`).
+        variance: "eta" (sigma = eta * posterior std), "analytic" (Analytic-DPM, needs eta > 0 and `gamma`)
+            or "analytic_extended" (per dimension, needs eta > 0 and `residual`).
         gamma: for "analytic", Gamma_t = E||score||^2 / d as a function of (N,) float64 times.
+        residual: for "analytic_extended", R_t = E (z + s_t score)^2, (N,) times -> (N, *event).
         (and the `Sampler` options; one evaluation per step)
     """
 
@@ -48,13 +52,14 @@ class DDIM(GridSampler):
     eta: float = 0.0
     variance: str = "eta"
     gamma: Optional[Callable] = None
+    residual: Optional[Callable] = None
 
     def __post_init__(self):
         self.eta = check_in_closed_interval("eta", self.eta, 0.0, 1.0)
-        check_choice("variance", self.variance, ("eta", "analytic"))
-        if self.variance == "analytic" and (self.eta == 0 or not callable(self.gamma)):
-            raise ValueError("variance='analytic' needs eta in (0, 1] and gamma a callable t -> Gamma_t "
-                             f"(e.g. sde_gen.estimate_gamma(...)); got eta={self.eta!r}, gamma={self.gamma!r}")
+        check_choice("variance", self.variance, ("eta", "analytic", "analytic_extended"))
+        if self.variance != "eta" and self.eta == 0:
+            raise ValueError(f"variance={self.variance!r} needs eta in (0, 1]; got eta={self.eta!r}")
+        check_analytic_inputs(self.variance, self.gamma, self.residual)
         super().__post_init__()
 
     @property
@@ -81,6 +86,8 @@ class DDIM(GridSampler):
         dir_coef = torch.sqrt((s_u ** 2 - sigma ** 2).clamp_min(0))
         if self.variance == "analytic":  # the same mean, the KL-optimal noise (Bao et al. 2022)
             sigma = analytic_variance(sde, t, u, self.gamma(t).to(t), eta=self.eta).sqrt()
+        elif self.variance == "analytic_extended":  # (N, *event): broadcasts over the batch in `step`
+            sigma = extended_std(sde, t, u, self.residual, x, eta=self.eta)
         return {k: v.to(x.dtype) for k, v in dict(a_t=a_t, s_t=s_t, a_u=a_u, dir_coef=dir_coef, sigma=sigma).items()}
 
     def step(self, sde, score, x, i, t, t_next, generator, state):
