@@ -29,16 +29,24 @@ clipping; with the exact score R_{t,i} = 1 - s_t^2 E score_i^2 (by E[z | x_t] = 
 per-dimension version of Gamma_t, so for data with a non-isotropic covariance it is the exact
 diagonal optimum where the scalar sigma*^2 only matches the average. `estimate_residual` fits R_t
 by Monte Carlo, like `estimate_gamma`.
+
+Both estimates cost M * N score evaluations and depend only on (model, SDE, data, grid, draws): with
+`cache_dir` they are saved there (e.g. next to the run or the checkpoint) under a SHA-256 key of those
+inputs, and a second call with the same inputs loads the table instead of recomputing it.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 import torch
+from torch import nn
 
 from ._validation import check_positive_int
 from .sdes import SDE
+from .io import atomic_path
 from .utils import append_dims, batch_sum, event_numel
 
 __all__ = ["GammaTable", "estimate_gamma", "estimate_residual", "analytic_variance", "extended_variance",
@@ -72,6 +80,81 @@ class GammaTable:
         # torch.lerp is exact at both ends (w = 0 and w = 1), so the stored times give the stored values
         return torch.lerp(gs[idx - 1], gs[idx], append_dims(w, gs.ndim))
 
+    def save(self, path: str, key: str = "") -> None:
+        """Write the table (and the cache `key` it was computed for) to `path` atomically."""
+        with atomic_path(path) as tmp:
+            torch.save({"t": self.t.cpu(), "gamma": self.gamma.cpu(), "key": key}, tmp)
+
+    @classmethod
+    def load(cls, path: str, key: Optional[str] = None) -> "GammaTable":
+        """Read a table written by `save`; with `key`, one ValueError if it was computed for other inputs."""
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if key is not None and stored.get("key") != key:
+            raise ValueError(f"the GammaTable at {path!r} was computed for other inputs (key {stored.get('key')!r}, "
+                             f"wanted {key!r})")
+        return cls(stored["t"], stored["gamma"])
+
+
+def _hash_tensor(h, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach()
+    h.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    h.update(tensor.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def _hash_module(h, module: nn.Module) -> None:
+    """The class, every parameter and buffer, and the plain scalar attributes (an SDE's T, eps, ...)."""
+    h.update(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        _hash_tensor(h, tensor)
+    for name, value in sorted(vars(module).items()):
+        if isinstance(value, (bool, int, float, str)) and name != "training":
+            h.update(f"{name}={value!r}".encode())
+
+
+def table_key(kind: str, score_fn, sde: SDE, data: torch.Tensor, t_grid: torch.Tensor, num_repeats: int,
+              batch_size: int, generator: Optional[torch.Generator], model_key: Optional[str] = None) -> str:
+    """SHA-256 of everything a Monte-Carlo table depends on (`estimate_gamma`'s cache).
+
+    The model enters by its weights when `score_fn` is an `nn.Module` (or a method of one); any other
+    callable (an oracle's closure) needs an explicit `model_key` naming it. The generator enters by its
+    state at the call (None: the global generator, not part of the key).
+    """
+    h = hashlib.sha256(f"{kind};repeats={num_repeats};batch={batch_size};".encode())
+    owner = getattr(score_fn, "__self__", None)
+    if model_key is not None:
+        h.update(f"model_key={model_key}".encode())
+    elif isinstance(score_fn, nn.Module):
+        _hash_module(h, score_fn)
+    elif isinstance(owner, nn.Module):
+        _hash_module(h, owner)
+        h.update(getattr(score_fn, "__name__", "").encode())
+    else:
+        raise ValueError("cache_key must name the model (a string) when score_fn is not an nn.Module or a method of "
+                         f"one: its weights cannot be read to key the cache; got score_fn={score_fn!r}")
+    _hash_module(h, sde)
+    _hash_tensor(h, data)
+    _hash_tensor(h, torch.sort(t_grid.to(torch.float64).flatten()).values)
+    h.update(b"global" if generator is None else generator.get_state().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cached(kind, score_fn, sde, data, t_grid, num_repeats, batch_size, generator, cache_dir, model_key):
+    """The table from `cache_dir` if it holds one for these inputs, else computed (and saved there)."""
+    num_repeats = check_positive_int("num_repeats", num_repeats)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if data.ndim < 2 or data.shape[0] < 1:
+        raise ValueError(f"data must have shape (M, *event) with M >= 1; got {tuple(data.shape)}")
+    if cache_dir is None:
+        return _monte_carlo_table(score_fn, sde, data, t_grid, num_repeats, batch_size, generator, kind == "residual")
+    key = table_key(kind, score_fn, sde, data, t_grid, num_repeats, batch_size, generator, model_key)
+    path = os.path.join(os.fspath(cache_dir), f"{kind}_{key[:24]}.pt")
+    if os.path.exists(path):
+        return GammaTable.load(path, key)
+    table = _monte_carlo_table(score_fn, sde, data, t_grid, num_repeats, batch_size, generator, kind == "residual")
+    table.save(path, key)
+    return table
+
 
 def estimate_gamma(
     score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -81,6 +164,8 @@ def estimate_gamma(
     num_repeats: int = 1,
     batch_size: int = 4096,
     generator: Optional[torch.Generator] = None,
+    cache_dir: Optional[str] = None,
+    cache_key: Optional[str] = None,
 ) -> GammaTable:
     """Monte-Carlo estimate of Gamma_t = E_{x_0, z} ||score(a(t) x_0 + s(t) z, t)||^2 / d (Bao et al. 2022, Alg. 1).
 
@@ -92,12 +177,17 @@ def estimate_gamma(
         num_repeats: noise draws per data point and time (M * num_repeats samples per time).
         batch_size: score evaluations per call.
         generator: randomness of z.
+        cache_dir: a folder (e.g. the run's) where the table is saved under a key of all the inputs
+            above; a later call with the same inputs loads it and evaluates nothing (nor draws from
+            `generator`). None: no cache.
+        cache_key: a name for the model in the key, needed with `cache_dir` when `score_fn` is not an
+            `nn.Module` or a method of one (an `nn.Module` is keyed by its weights).
 
     Returns:
         a `GammaTable` over the sorted times: M * num_repeats * N score evaluations, done once per
         model and grid and reused by `elbo` and the samplers.
     """
-    return _monte_carlo_table(score_fn, sde, data, t_grid, num_repeats, batch_size, generator, per_dimension=False)
+    return _cached("gamma", score_fn, sde, data, t_grid, num_repeats, batch_size, generator, cache_dir, cache_key)
 
 
 def estimate_residual(
@@ -108,6 +198,8 @@ def estimate_residual(
     num_repeats: int = 1,
     batch_size: int = 4096,
     generator: Optional[torch.Generator] = None,
+    cache_dir: Optional[str] = None,
+    cache_key: Optional[str] = None,
 ) -> GammaTable:
     """Monte-Carlo estimate of the per-dimension residual R_{t,i} = E (z_i + s_t score_i(x_t, t))^2 of
     Extended Analytic-DPM (module docstring; Bao et al. 2022b), x_t = a(t) x_0 + s(t) z.
@@ -118,15 +210,11 @@ def estimate_residual(
         a `GammaTable` whose values have shape (N, *event): the fitted per-dimension residual on the
         sorted times, for `variance="analytic_extended"` (`extended_variance`, `elbo`, the samplers).
     """
-    return _monte_carlo_table(score_fn, sde, data, t_grid, num_repeats, batch_size, generator, per_dimension=True)
+    return _cached("residual", score_fn, sde, data, t_grid, num_repeats, batch_size, generator, cache_dir, cache_key)
 
 
 def _monte_carlo_table(score_fn, sde, data, t_grid, num_repeats, batch_size, generator, per_dimension) -> GammaTable:
     """E ||score||^2 / d (per_dimension=False) or E (z + s score)^2 per dimension, on the sorted times."""
-    num_repeats = check_positive_int("num_repeats", num_repeats)
-    batch_size = check_positive_int("batch_size", batch_size)
-    if data.ndim < 2 or data.shape[0] < 1:
-        raise ValueError(f"data must have shape (M, *event) with M >= 1; got {tuple(data.shape)}")
     ts = torch.sort(t_grid.to(torch.float64).flatten()).values
     x_all = data.repeat_interleave(num_repeats, dim=0) if num_repeats > 1 else data
     d = event_numel(data)

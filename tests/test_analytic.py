@@ -1,8 +1,9 @@
-"""Extended Analytic-DPM (Bao et al. 2022b): the per-dimension reverse variance fitted from the model's
-residual, checked on Gaussian data with a diagonal, non-isotropic covariance, where every quantity has
+"""Extended Analytic-DPM (Bao et al. 2022b) and the Gamma cache. The per-dimension reverse variance
+fitted from the model's residual, checked on Gaussian data with a diagonal, non-isotropic covariance, where every quantity has
 a closed form computed here independently of the library (Gaussian conditioning per dimension): the
 variance equals the exact diagonal optimum, the exact expected ELBO with it is above the scalar
-analytic variance's, and the samplers with it are exact in law at few steps."""
+analytic variance's, and the samplers with it are exact in law at few steps. The cache: a second estimate with the same inputs evaluates nothing; any changed input
+(weights, grid, data, draws, SDE) recomputes."""
 import math
 
 import pytest
@@ -230,3 +231,78 @@ def test_extended_variance_needs_a_residual_of_the_data_shape():
     with pytest.raises(ValueError, match="residual.*event shape"):
         sample(sde, score, x_T=x, sampler="ancestral", nfe=4, variance="analytic_extended", residual=wrong)
     assert not calls
+
+
+# ---- the Gamma / residual cache (estimate_gamma(..., cache_dir=...)) ----
+class CountingNet(torch.nn.Module):
+    """A small score network that records each evaluation (in a list: not a weight, not keyed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4, dtype=f64)
+        self.calls = []
+
+    def forward(self, x, t):
+        self.calls.append(x.shape[0])
+        return self.lin(x) - x
+
+
+def test_a_second_estimate_with_the_same_inputs_loads_the_cached_table(tmp_path):
+    sde, net = VPSDE(), CountingNet()
+    data = ORACLE.sample(64, torch.Generator().manual_seed(0), dtype=f64)
+    grid = time_grid(sde, 6)
+
+    def estimate(fn=estimate_gamma, model=net, **kw):
+        kw = {"sde": sde, "data": data, "t_grid": grid, "generator": torch.Generator().manual_seed(1), **kw}
+        before = len(net.calls)
+        table = fn(model, cache_dir=tmp_path, **kw)
+        return table, len(net.calls) - before
+
+    first, n1 = estimate()
+    assert n1 == 7 and len(list(tmp_path.glob("gamma_*.pt"))) == 1
+    again, n2 = estimate()
+    assert n2 == 0 and torch.equal(again.t, first.t) and torch.equal(again.gamma, first.gamma)
+    # the table equals an uncached computation with the same draws
+    plain = estimate_gamma(net, sde, data, grid, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain.gamma, first.gamma)
+    # the grid in any order is the same grid; a method of the module is keyed by the module
+    assert estimate(t_grid=grid.flip(0))[1] == 0
+    assert estimate(model=net.forward)[1] == 7 and estimate(model=net.forward)[1] == 0
+    # any other input recomputes: the grid, the data, the draws, the SDE, the weights, the kind
+    assert estimate(t_grid=time_grid(sde, 5))[1] == 6
+    assert estimate(data=data[:32])[1] == 7
+    assert estimate(generator=torch.Generator().manual_seed(2))[1] == 7
+    assert estimate(sde=VPSDE(beta_max=19.0))[1] == 7
+    assert estimate(num_repeats=2)[1] == 7
+    res, n = estimate(fn=estimate_residual)
+    assert n == 7 and res.gamma.shape == (7, 4) and estimate(fn=estimate_residual)[1] == 0
+    with torch.no_grad():
+        net.lin.bias += 0.1
+    changed, n = estimate()
+    assert n == 7 and not torch.equal(changed.gamma, first.gamma)
+    assert estimate()[1] == 0
+
+
+def test_the_cache_needs_a_name_for_a_score_that_is_not_a_module(tmp_path):
+    sde = VPSDE()
+    data = ORACLE.sample(16, torch.Generator().manual_seed(0), dtype=f64)
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return ORACLE.score(x, t, sde)
+
+    with pytest.raises(ValueError, match="cache_key"):
+        estimate_gamma(score, sde, data, time_grid(sde, 3), cache_dir=tmp_path)
+    assert not calls and not list(tmp_path.iterdir())
+    a = estimate_gamma(score, sde, data, time_grid(sde, 3), cache_dir=tmp_path, cache_key="oracle/1d",
+                       generator=torch.Generator().manual_seed(0))
+    n = len(calls)
+    b = estimate_gamma(score, sde, data, time_grid(sde, 3), cache_dir=tmp_path, cache_key="oracle/1d",
+                       generator=torch.Generator().manual_seed(0))
+    assert n == 4 and len(calls) == n and torch.equal(a.gamma, b.gamma)
+    # a table read back under another key is refused
+    path = next(tmp_path.glob("gamma_*.pt"))
+    assert torch.equal(GammaTable.load(str(path)).gamma, a.gamma)
+    with pytest.raises(ValueError, match="other inputs"):
+        GammaTable.load(str(path), key="not-this-one")
