@@ -1,9 +1,10 @@
-"""Extended Analytic-DPM (Bao et al. 2022b) and the Gamma cache. The per-dimension reverse variance
-fitted from the model's residual, checked on Gaussian data with a diagonal, non-isotropic covariance, where every quantity has
-a closed form computed here independently of the library (Gaussian conditioning per dimension): the
-variance equals the exact diagonal optimum, the exact expected ELBO with it is above the scalar
-analytic variance's, and the samplers with it are exact in law at few steps. The cache: a second estimate with the same inputs evaluates nothing; any changed input
-(weights, grid, data, draws, SDE) recomputes."""
+"""Extended Analytic-DPM (Bao et al. 2022b) and the Gamma cache. The per-dimension reverse variance fitted
+from the model's residual, checked on Gaussian data with a diagonal, non-isotropic covariance, where
+every quantity has a closed form computed here independently of the library (Gaussian conditioning per
+dimension): the variance equals the exact diagonal optimum, the exact expected ELBO with it is above the
+scalar analytic variance's, and the samplers with it are exact in law at few steps. The cache: a second
+estimate with the same inputs evaluates nothing; any changed input (weights, grid, data, draws, SDE)
+recomputes."""
 import math
 
 import pytest
