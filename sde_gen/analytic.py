@@ -50,7 +50,7 @@ from .io import atomic_path
 from .utils import append_dims, batch_sum, event_numel
 
 __all__ = ["GammaTable", "estimate_gamma", "estimate_residual", "analytic_variance", "extended_variance",
-           "step_coefficients"]
+           "step_coefficients", "module_fingerprint", "table_key"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,14 @@ def _hash_module(h, module: nn.Module) -> None:
     for name, value in sorted(vars(module).items()):
         if isinstance(value, (bool, int, float, str)) and name != "training":
             h.update(f"{name}={value!r}".encode())
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's class, weights, buffers and plain scalar attributes (a cache key for a
+    model wrapped in a closure, e.g. `estimate_gamma(..., cache_key=module_fingerprint(model))`)."""
+    h = hashlib.sha256()
+    _hash_module(h, module)
+    return h.hexdigest()
 
 
 def table_key(kind: str, score_fn, sde: SDE, data: torch.Tensor, t_grid: torch.Tensor, num_repeats: int,
