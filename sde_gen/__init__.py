@@ -11,14 +11,14 @@ Public API (explicit re-exports; nothing relies on side-effect imports):
                build_dataset, train, load_trained, Trained
     conditional: NoiseConditionalClassifier, NoiseConditionalCrossEntropy, load_classifier
     likelihood: log_likelihood, bits_per_dim, evaluate_dataset, LikelihoodResult, BitsPerDimResult,
-               elbo, ELBOResult, estimate_gamma, GammaTable
+               elbo, ELBOResult, estimate_gamma, estimate_residual, GammaTable
     metrics:   frechet_distance, kid, classifier_features
     interop:   EpsModelScore, DDPMTimesteps, load_diffusers_pipeline, KDiffusionDenoiser, DenoiserScore,
                export_trained (diffusers / k-diffusion / safetensors are optional, imported on use)
     helpers:   append_dims, batch_sum
 The Hydra apps live in `sde_gen.apps` (nothing in the library imports them).
 """
-from .analytic import GammaTable, estimate_gamma
+from .analytic import GammaTable, estimate_gamma, estimate_residual
 from .checkpoint import Trained, export_trained, load_classifier, load_trained
 from .data import DATASETS, build_dataset
 from .guidance import GuidedScore, classifier_free, classifier_guided
@@ -103,6 +103,7 @@ __all__ = [
     "elbo",
     "ELBOResult",
     "estimate_gamma",
+    "estimate_residual",
     "GammaTable",
     "frechet_distance",
     "kid",

@@ -50,7 +50,10 @@ _EVAL_PRIORS = ("standard", "exact")
 @dataclasses.dataclass
 class LikelihoodOptionsConf:
     """ODE options of `sde_gen.likelihood.log_likelihood` (see there); `prior` picks the density at T:
-    "standard" = the SDE's N(0, prior_std^2 I), "exact" = the oracle's exact p_T (oracle data only)."""
+    "standard" = the SDE's N(0, prior_std^2 I), "exact" = the oracle's exact p_T (oracle data only).
+    `kind` = "ode" (the probability-flow ODE) or "elbo" (the discrete chain's bound, `sde_gen.elbo`, with
+    `num_steps`, `variance`, `grid`, and Gamma / the residual from `gamma_samples` training points,
+    cached in `gamma_cache` (null: the run folder))."""
 
     method: Optional[str] = None
     rtol: float = 1e-5
@@ -62,6 +65,12 @@ class LikelihoodOptionsConf:
     fixed_steps: Optional[int] = None
     time_variable: str = "t"
     prior: str = "standard"
+    kind: str = "ode"
+    num_steps: int = 100
+    variance: str = "analytic"
+    grid: str = "uniform"
+    gamma_samples: int = 1000
+    gamma_cache: Optional[str] = None
 
     def __post_init__(self):
         from .likelihood import ADAPTIVE_METHODS, DIVERGENCES, FIXED_GRID_METHODS, PROBES, TIME_VARIABLES
@@ -81,6 +90,17 @@ class LikelihoodOptionsConf:
             check_positive_int("likelihood.fixed_steps", self.fixed_steps)
         check_choice("likelihood.time_variable", self.time_variable, TIME_VARIABLES)
         check_choice("likelihood.prior", self.prior, _EVAL_PRIORS)
+        from .likelihood import ELBO_VARIANCES
+        from .samplers.grids import GRIDS
+
+        check_choice("likelihood.kind", self.kind, ("ode", "elbo"))
+        check_positive_int("likelihood.num_steps", self.num_steps)
+        check_choice("likelihood.variance", self.variance, ELBO_VARIANCES)
+        check_choice("likelihood.grid", self.grid, GRIDS)
+        check_positive_int("likelihood.gamma_samples", self.gamma_samples)
+        if self.kind == "elbo" and self.prior != "standard":
+            raise ValueError(f"likelihood.prior must be 'standard' with likelihood.kind=elbo (the chain's L_T is "
+                             f"against the SDE's prior); got {self.prior!r}")
 
 
 @dataclasses.dataclass

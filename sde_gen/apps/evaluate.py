@@ -15,11 +15,20 @@ Two sources of the score:
   three terms, and the uniform-code and independent-categorical baselines (and the exact NLL for data with
   an exact likelihood, `data=markov_tokens`).
 
+`likelihood.kind=elbo` replaces the ODE by the discrete reverse chain's bound (`sde_gen.elbo`, Ho et al.
+2020, eq. 5) with `likelihood.num_steps`, `likelihood.variance` (beta | posterior | analytic |
+analytic_extended, Bao et al. 2022a, b) and `likelihood.grid`; the analytic variances estimate Gamma_t or the
+residual R_t once from `likelihood.gamma_samples` training points (oracle: fresh draws) and cache it in
+`likelihood.gamma_cache` (null: the run folder). Images get the discretised Gaussian decoder with the bins of
+the dequantisation above, so their bits/dim are in the same units. The reported log-likelihood is then a
+lower bound (its bits/dim an upper bound).
+
 Results go to `likelihood.json` (written atomically) in Hydra's run directory. Under `torchrun
 --nproc_per_node=N -m sde_gen.evaluate` each process evaluates a contiguous share of the test
 batches (batch k draws its probes and dequantisation noise from its own stream,
 `sde_gen.distributed.batch_generator`) and rank 0 gathers and writes: the values equal one
-process's with the same `batch_size` and `seed` (docs/gpu.md).
+process's with the same `batch_size` and `seed` (docs/gpu.md). The chain ELBO and the discrete
+ELBO are computed by rank 0 alone.
 Run: `sde-gen-eval source=oracle problem=ring2d sde=ve` or `python -m sde_gen.evaluate ...`.
 """
 from __future__ import annotations
@@ -32,13 +41,15 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
+from ..analytic import estimate_gamma, estimate_residual, module_fingerprint
 from ..checkpoint import checkpoint_kind, load_discrete, load_trained
 from ..config import instantiate, resolve_device, to_plain, validate
 from ..config_apps import EvalConf
 from ..io import atomic_write_text
 from ..distributed import (DistInfo, batch_generator, finish_distributed, gather_to_main, init_distributed,
                            process_device, shard_range)
-from ..likelihood import DatasetLikelihood, evaluate_dataset
+from ..likelihood import DatasetLikelihood, elbo, evaluate_dataset
+from ..samplers.grids import time_grid
 from ..oracles import make_preset
 from ._hydra import hydra_app
 
@@ -105,10 +116,60 @@ def _evaluate_split(sde, score_fn, data, conf: EvalConf, generator, device, dtyp
         seconds=max(g["seconds"] for g in gathered))
 
 
-def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtype, info: DistInfo,
-                       oracle=None) -> Optional[Dict[str, Any]]:
-    """Model log-likelihood of continuous test points, and the exact one when an oracle is known."""
+def _needs_table(conf: EvalConf) -> bool:
+    """The ELBO with an analytic variance: Gamma_t or the residual from training points."""
+    return conf.likelihood.kind == "elbo" and conf.likelihood.variance in ("analytic", "analytic_extended")
+
+
+class _ELBOSource:
+    """What the ELBO needs besides the test points: training data for Gamma / the residual, a cache key
+    for the model, the cache folder."""
+
+    def __init__(self, gamma_data: torch.Tensor, model_key: str, cache_dir: str):
+        self.gamma_data, self.model_key, self.cache_dir = gamma_data, model_key, cache_dir
+
+
+def _elbo_dataset(sde, score_fn, data, conf: EvalConf, generator, source: _ELBOSource, dataset_or_map=None):
+    """Per-sample ELBO (nats) over `data` in batches, with the table its variance needs; (values, info)."""
+    import time
+
     opts = conf.likelihood
+    t0 = time.perf_counter()
+    grid = time_grid(sde, opts.num_steps, kind=opts.grid, t_min=opts.t_min, device=data.device)
+    tables = {"gamma": None, "residual": None}
+    nfe = 0
+    if opts.variance in ("analytic", "analytic_extended"):
+        estimate = estimate_gamma if opts.variance == "analytic" else estimate_residual
+        name = "gamma" if opts.variance == "analytic" else "residual"
+        # its own seeded stream, so the ELBO's draws below are the same whether the cache hits or not
+        table_gen = torch.Generator(device=data.device).manual_seed(conf.seed + 1)
+        tables[name] = estimate(score_fn, sde, source.gamma_data, grid, batch_size=conf.batch_size, generator=table_gen,
+                                cache_dir=source.cache_dir, cache_key=source.model_key)
+        nfe += source.gamma_data.shape[0] * grid.numel()
+    values, terms = [], {"prior_term": [], "diffusion_term": [], "decoder_term": []}
+    for chunk in torch.split(data, conf.batch_size):
+        res = elbo(sde, score_fn, chunk, opts.num_steps, variance=opts.variance, grid=opts.grid, t_min=opts.t_min,
+                   generator=generator, dataset_or_map=dataset_or_map, **tables)
+        values.append(res.elbo.cpu())
+        for key in terms:
+            terms[key].append(getattr(res, key).cpu())
+        nfe += chunk.shape[0] * (opts.num_steps + 1)
+    info = {"likelihood_kind": "elbo", "num_steps": opts.num_steps, "variance": opts.variance, "grid": opts.grid,
+            "elbo_terms_nats": {k: _mean_se(torch.cat(v)) for k, v in terms.items()},
+            "nfe": nfe, "seconds": time.perf_counter() - t0}
+    return torch.cat(values), info
+
+
+def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtype, info: DistInfo, oracle=None,
+                       elbo_source: Optional[_ELBOSource] = None) -> Optional[Dict[str, Any]]:
+    """Model log-likelihood of continuous test points, and the exact one when an oracle is known
+    (None on ranks other than 0)."""
+    opts = conf.likelihood
+    if opts.kind == "elbo":
+        if not info.is_main:  # the chain ELBO runs on rank 0 alone
+            return None
+        logp, details = _elbo_dataset(sde, score_fn, x.to(device=device, dtype=dtype), conf, generator, elbo_source)
+        return _logp_report(logp, details, x, oracle)
     kwargs = _ode_kwargs(opts)
     if opts.prior == "exact":
         if oracle is None:
@@ -118,8 +179,19 @@ def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtyp
     res = _evaluate_split(sde, score_fn, x, conf, generator, device, dtype, info, **kwargs)
     if res is None:
         return None
-    D = res.dim
-    logp = res.values
+    details = {
+        "likelihood_kind": "ode",
+        # mean per-sample Hutchinson standard error (null with one probe: no spread to measure)
+        "hutchinson_std_error_mean": float(res.estimator_std_error.mean()) if opts.divergence == "hutchinson" else 0.0,
+        "nfe": res.nfe,
+        "seconds": res.seconds,
+    }
+    return _logp_report(res.values, details, x, oracle)
+
+
+def _logp_report(logp: torch.Tensor, info: Dict[str, Any], x, oracle) -> Dict[str, Any]:
+    """The per-sample model log-likelihood (or its ELBO) of continuous points, next to the exact one."""
+    D = math.prod(x.shape[1:])
     out: Dict[str, Any] = {
         "unit": "nats",
         "dim": D,
@@ -127,10 +199,7 @@ def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtyp
         "model_logp_nats": _mean_se(logp),
         "model_nll_nats_per_dim": _mean_se(-logp / D),
         "model_nll_bits_per_dim": _mean_se(-logp / (D * math.log(2))),
-        # mean per-sample Hutchinson standard error (null with one probe: no spread to measure)
-        "hutchinson_std_error_mean": float(res.estimator_std_error.mean()) if opts.divergence == "hutchinson" else 0.0,
-        "nfe": res.nfe,
-        "seconds": res.seconds,
+        **info,
     }
     if oracle is not None:
         exact = oracle.log_prob(x.to(torch.float64)).to(logp.dtype).cpu()
@@ -142,11 +211,20 @@ def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtyp
     return out
 
 
-def _image_report(sde, score_fn, dataset, conf: EvalConf, generator, device, dtype,
-                  info: DistInfo) -> Optional[Dict[str, Any]]:
+def _image_report(sde, score_fn, dataset, conf: EvalConf, generator, device, dtype, info: DistInfo,
+                  elbo_source: Optional[_ELBOSource] = None) -> Optional[Dict[str, Any]]:
     pixels = dataset.test_pixels
     if conf.num_test is not None:
         pixels = pixels[: conf.num_test]
+    if conf.likelihood.kind == "elbo":
+        if not info.is_main:  # the chain ELBO runs on rank 0 alone
+            return None
+        logp, details = _elbo_dataset(sde, score_fn, pixels.to(device=device, dtype=dtype), conf, generator,
+                                      elbo_source, dataset_or_map=dataset)
+        bpd = -logp / (math.prod(pixels.shape[1:]) * math.log(2))
+        return {"unit": "bits/dim", "dim": math.prod(pixels.shape[1:]), "num_test": int(pixels.shape[0]),
+                "num_bits": getattr(dataset, "num_bits", None), "num_levels": getattr(dataset, "num_levels", None),
+                "bits_per_dim": _mean_se(bpd), **details}
     res = _evaluate_split(sde, score_fn, pixels, conf, generator, device, dtype, info, dataset_or_map=dataset,
                           num_dequant=conf.num_dequant, **_ode_kwargs(conf.likelihood))
     if res is None:
@@ -190,7 +268,8 @@ def _discrete_report(conf: EvalConf, generator, device) -> Dict[str, Any]:
     return report
 
 
-def _checkpoint_report(conf: EvalConf, generator, device, dtype, info: DistInfo) -> Optional[Dict[str, Any]]:
+def _checkpoint_report(conf: EvalConf, generator, device, dtype, info: DistInfo,
+                       cache_dir: str) -> Optional[Dict[str, Any]]:
     if checkpoint_kind(conf.checkpoint, conf.trusted_targets) == "discrete":
         # one pass over the test set (T model calls per batch); under torchrun rank 0 reports it
         report = _discrete_report(conf, generator, device)
@@ -209,12 +288,16 @@ def _checkpoint_report(conf: EvalConf, generator, device, dtype, info: DistInfo)
                          f"{dataset.name!r} cannot be rebuilt from its files (see the warning above); put them back where "
                          "the checkpoint's config.data points")
     report = {"checkpoint": os.path.abspath(conf.checkpoint), "step": int(getattr(trained, "step", -1))}
+    source = None
+    if _needs_table(conf):  # Gamma from training data; the cache keyed by the weights
+        data = dataset.sample_batch(conf.likelihood.gamma_samples, generator).to(device=device, dtype=dtype)
+        source = _ELBOSource(data, f"{module_fingerprint(model)}:{model_dtype}", cache_dir)
     if getattr(dataset, "test_pixels", None) is not None:
-        part = _image_report(sde, score_fn, dataset, conf, generator, device, dtype, info)
+        part = _image_report(sde, score_fn, dataset, conf, generator, device, dtype, info, source)
     else:
         x = dataset.test if conf.num_test is None else dataset.test[: conf.num_test]
         oracle = getattr(dataset, "oracle", None)
-        part = _continuous_report(sde, score_fn, x, conf, generator, device, dtype, info, oracle)
+        part = _continuous_report(sde, score_fn, x, conf, generator, device, dtype, info, oracle, source)
     return None if part is None else {**report, **part}
 
 
@@ -235,14 +318,19 @@ def run_eval(cfg: DictConfig, out_dir: str) -> Dict[str, Any]:
 def _run_eval(cfg: DictConfig, conf: EvalConf, device, info: DistInfo, out_dir: str) -> Dict[str, Any]:
     dtype = _DTYPES[conf.dtype]
     generator = torch.Generator(device=device).manual_seed(conf.seed)
+    cache_dir = conf.likelihood.gamma_cache or out_dir
     if conf.source == "oracle":
         sde = instantiate(cfg.sde, "sde").to(device)
         oracle = make_preset(conf.problem).to(device)
         x = oracle.sample(conf.num_test or 1000, generator, device=device, dtype=dtype)
-        part = _continuous_report(sde, oracle.score_fn(sde), x, conf, generator, device, dtype, info, oracle)
+        source = None
+        if _needs_table(conf):  # Gamma from fresh draws of the oracle
+            data = oracle.sample(conf.likelihood.gamma_samples, generator, device=device, dtype=dtype)
+            source = _ELBOSource(data, f"oracle:{conf.problem}", cache_dir)
+        part = _continuous_report(sde, oracle.score_fn(sde), x, conf, generator, device, dtype, info, oracle, source)
         report = None if part is None else {"problem": conf.problem, **part}
     else:
-        report = _checkpoint_report(conf, generator, device, dtype, info)
+        report = _checkpoint_report(conf, generator, device, dtype, info, cache_dir)
     if report is None:  # a rank other than 0: rank 0 writes the report
         return {}
     report = {"source": conf.source, "device": str(device), "dtype": conf.dtype, "num_processes": info.world_size,
@@ -257,11 +345,12 @@ def _summary(report: Dict[str, Any]) -> str:
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)
 
+    bound = "-ELBO " if report.get("likelihood_kind") == "elbo" else ""
     if report["unit"] == "bits/dim":
         b = report["bits_per_dim"]
-        return f"test bits/dim = {fmt(b['mean'], '.4f')} +- {fmt(b['std_error'], '.4f')} (NFE {report['nfe']})"
+        return f"test {bound}bits/dim = {fmt(b['mean'], '.4f')} +- {fmt(b['std_error'], '.4f')} (NFE {report['nfe']})"
     m = report["model_nll_nats_per_dim"]
-    line = f"model NLL = {fmt(m['mean'], '.5f')} +- {fmt(m['std_error'], '.5f')} nats/dim"
+    line = f"model {bound or 'NLL '}= {fmt(m['mean'], '.5f')} +- {fmt(m['std_error'], '.5f')} nats/dim"
     if "exact_nll_nats_per_dim" in report:
         e, d = report["exact_nll_nats_per_dim"], report["model_minus_exact_nats_per_dim"]
         line += (f"; exact {fmt(e['mean'], '.5f')}; model - exact logp = {fmt(d['mean'], '.2e')} "

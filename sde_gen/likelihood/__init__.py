@@ -9,7 +9,7 @@ fixed and the analytic (Bao et al. 2022) reverse variances. Measurements: docs/l
 from ..ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, TIME_VARIABLES
 from .change_of_variables import LikelihoodResult, log_likelihood
 from .dequantisation import BitsPerDimResult, DatasetLikelihood, bits_per_dim, evaluate_dataset, nats_to_bits_per_dim
-from .chain_elbo import ELBO_VARIANCES, ELBOResult, elbo
+from .chain_elbo import ELBO_VARIANCES, ELBOResult, discretised_gaussian_log_prob, elbo
 from .divergence import (
     DIVERGENCES,
     PROBES,
@@ -37,4 +37,5 @@ __all__ = [
     "ELBO_VARIANCES",
     "ELBOResult",
     "elbo",
+    "discretised_gaussian_log_prob",
 ]
