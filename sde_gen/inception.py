@@ -46,6 +46,7 @@ __all__ = [
     "inception_features",
     "reference_statistics",
     "default_cache_dir",
+    "fid_kid",
 ]
 
 #: the conventional name of the converted TensorFlow 2015-12-05 weights (pytorch-fid's release)
@@ -407,3 +408,44 @@ def reference_statistics(
         with atomic_path(path) as tmp:
             torch.save(stats, tmp)
     return stats, False
+
+
+def fid_kid(
+    net: FIDInceptionV3,
+    samples: torch.Tensor,
+    reference: torch.Tensor,
+    name: str = "reference",
+    cache_dir: Optional[str] = None,
+    batch_size: int = 50,
+    kid_subsets: int = 10,
+    generator: Optional[torch.Generator] = None,
+) -> Dict[str, float]:
+    """FID and KID of model-space sample images against reference images (e.g. the test split).
+
+    The reference statistics come from `reference_statistics` (computed once, then cached); FID
+    uses the full reference covariance, KID (`sde_gen.metrics.kid`, `kid_subsets` subsets of
+    min(N, N_ref kept, 1000) rows) the cached reference features.
+
+    Args:
+        net: the FID Inception network (`load_inception`).
+        samples: (N, C, H, W) images in [-1, 1], N >= 2. reference: (N_ref, C, H, W), N_ref >= 2.
+        name, cache_dir: of the reference cache (see `reference_statistics`).
+        batch_size: images per forward pass. kid_subsets: random subsets of KID.
+        generator: randomness of KID's subsets.
+
+    Returns:
+        {"fid", "kid", "kid_std", "fid_num_samples", "fid_reference_size", "fid_reference_cached",
+        "inception_resize"}.
+    """
+    from .metrics import frechet_distance_from_statistics, kid
+
+    if samples.ndim != 4 or samples.shape[0] < 2:
+        raise ValueError(f"samples must be (N, C, H, W) images with N >= 2; got shape {tuple(samples.shape)}")
+    stats, cached = reference_statistics(net, reference, name=name, cache_dir=cache_dir, batch_size=batch_size)
+    f = inception_features(net, samples, batch_size=batch_size).cpu()
+    fid = frechet_distance_from_statistics(f.mean(0), torch.cov(f.T), stats["mu"], stats["cov"])
+    size = min(f.shape[0], stats["features"].shape[0], 1000)
+    kid_mean, kid_std = kid(stats["features"], f, subsets=kid_subsets, subset_size=size, generator=generator)
+    return {"fid": float(fid), "kid": float(kid_mean), "kid_std": float(kid_std), "fid_num_samples": int(f.shape[0]),
+            "fid_reference_size": int(stats["n"]), "fid_reference_cached": bool(cached),
+            "inception_resize": int(net.resize)}

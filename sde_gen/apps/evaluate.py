@@ -12,6 +12,11 @@ Two sources of the score:
   continuous ones nats/dim and total nats, plus the exact data log-likelihood when the data set
   has an oracle.
 
+With `inception.weights=<path of pt_inception-2015-12-05-6726825d.pth>` an image checkpoint also
+gets FID / KID (`sde_gen.inception.fid_kid`) of `inception.num_samples` samples drawn with
+`inception.sampler` at `inception.nfe` against the test split, under the key `inception` (the
+reference statistics are cached per data set; the weights are read before any work).
+
 Results go to `likelihood.json` (written atomically) in Hydra's run directory.
 Run: `sde-gen-eval source=oracle problem=ring2d sde=ve` or `python -m sde_gen.evaluate ...`.
 """
@@ -28,6 +33,7 @@ from omegaconf import DictConfig
 from ..checkpoint import load_trained
 from ..config import instantiate, resolve_device, to_plain, validate
 from ..config_apps import EvalConf
+from ..inception import fid_kid, load_inception
 from ..io import atomic_write_text
 from ..likelihood import evaluate_dataset
 from ..oracles import make_preset
@@ -123,6 +129,27 @@ def _image_report(sde, score_fn, dataset, conf: EvalConf, generator, device, dty
     }
 
 
+def _inception_report(sde, score_fn, dataset, net, conf: EvalConf, device) -> Dict[str, Any]:
+    """Draw `inception.num_samples` samples and score them with FID / KID against the test split."""
+    from ..samplers import build_sampler
+
+    opts = conf.inception
+    sampler = build_sampler(opts.sampler, nfe=opts.nfe)
+    gen = torch.Generator(device=device).manual_seed(conf.seed + 1)
+    drawn = []
+    for start in range(0, opts.num_samples, conf.batch_size):
+        b = min(conf.batch_size, opts.num_samples - start)
+        drawn.append(sampler(sde, score_fn, shape=(b, *dataset.event_shape), generator=gen, device=device,
+                             dtype=torch.float32).samples)
+    samples = torch.cat(drawn)
+    samples = samples[torch.isfinite(samples.flatten(1)).all(1)]
+    reference = dataset.test if opts.reference_size is None else dataset.test[: opts.reference_size]
+    out = fid_kid(net, samples, reference, name=str(getattr(dataset, "name", "reference")), cache_dir=opts.cache_dir,
+                  batch_size=opts.batch_size, generator=torch.Generator().manual_seed(conf.seed))
+    out.update(sampler=opts.sampler, nfe=opts.nfe, num_drawn=opts.num_samples)
+    return out
+
+
 def _checkpoint_report(conf: EvalConf, generator, device, dtype) -> Dict[str, Any]:
     trained = load_trained(conf.checkpoint, device=device, ema=conf.ema, trusted_targets=conf.trusted_targets)
     model, sde, dataset = trained.model, trained.sde.to(device), trained.dataset
@@ -134,8 +161,17 @@ def _checkpoint_report(conf: EvalConf, generator, device, dtype) -> Dict[str, An
         return model(x.to(model_dtype), t.to(model_dtype)).to(x.dtype)
 
     report = {"checkpoint": os.path.abspath(conf.checkpoint), "step": int(getattr(trained, "step", -1))}
-    if getattr(dataset, "test_pixels", None) is not None:
+    images = getattr(dataset, "test_pixels", None) is not None
+    inception = None
+    if conf.inception.weights is not None:  # read before any work: a missing file fails at once
+        if not images:
+            raise ValueError("inception.weights (FID/KID) needs a checkpoint trained on images; the data of "
+                             f"{conf.checkpoint!r} are {tuple(getattr(dataset, 'event_shape', ()))}-vectors")
+        inception = load_inception(conf.inception.weights, device=device, resize=conf.inception.resize)
+    if images:
         report.update(_image_report(sde, score_fn, dataset, conf, generator, device, dtype))
+        if inception is not None:
+            report["inception"] = _inception_report(sde, score_fn, dataset, inception, conf, device)
     else:
         x = dataset.test if conf.num_test is None else dataset.test[: conf.num_test]
         oracle = getattr(dataset, "oracle", None)
@@ -150,6 +186,8 @@ def run_eval(cfg: DictConfig, out_dir: str) -> Dict[str, Any]:
     dtype = _DTYPES[conf.dtype]
     generator = torch.Generator(device=device).manual_seed(conf.seed)
     if conf.source == "oracle":
+        if conf.inception.weights is not None:
+            raise ValueError("inception.weights (FID/KID) needs source=checkpoint with image data; got source=oracle")
         sde = instantiate(cfg.sde, "sde").to(device)
         oracle = make_preset(conf.problem).to(device)
         x = oracle.sample(conf.num_test or 1000, generator, device=device, dtype=dtype)
@@ -170,7 +208,12 @@ def _summary(report: Dict[str, Any]) -> str:
 
     if report["unit"] == "bits/dim":
         b = report["bits_per_dim"]
-        return f"test bits/dim = {fmt(b['mean'], '.4f')} +- {fmt(b['std_error'], '.4f')} (NFE {report['nfe']})"
+        line = f"test bits/dim = {fmt(b['mean'], '.4f')} +- {fmt(b['std_error'], '.4f')} (NFE {report['nfe']})"
+        if "inception" in report:
+            i = report["inception"]
+            line += (f"; FID {fmt(i['fid'], '.3f')}, KID {fmt(i['kid'], '.5f')} ({i['fid_num_samples']} samples, "
+                     f"{i['sampler']} NFE {i['nfe']})")
+        return line
     m = report["model_nll_nats_per_dim"]
     line = f"model NLL = {fmt(m['mean'], '.5f')} +- {fmt(m['std_error'], '.5f')} nats/dim"
     if "exact_nll_nats_per_dim" in report:

@@ -59,7 +59,10 @@ Image checkpoints with `feature_classifier=<classifier run>` (e.g. from `sde-gen
 experiment=classifier_digits`): metrics.json adds `classifier_fd` (`sde_gen.metrics.frechet_distance`
 between the samples and the test set in the classifier's penultimate features at t_min),
 `classifier_fd_test_halves` (the same between two halves of the test set: the finite-sample level)
-and `classifier_kid` / `classifier_kid_std` (`sde_gen.metrics.kid`). A tqdm bar follows the sampler
+and `classifier_kid` / `classifier_kid_std` (`sde_gen.metrics.kid`). With `inception.weights=<path of
+pt_inception-2015-12-05-6726825d.pth>` it adds `fid`, `kid`, `kid_std` in Inception-v3 features
+against the test split (`sde_gen.inception.fid_kid`; reference statistics cached per data set, see
+`fid_reference_cached`). A tqdm bar follows the sampler
 step by step (`progress=true`, shown on a terminal only).
 
 Quality against the exact target and the timing split: `sde_gen.evaluation`.
@@ -84,6 +87,7 @@ from ..config import instantiate, resolve_device, to_plain, validate
 from ..config_apps import SampleAppConf
 from ..evaluation import class_metrics, oracle_metrics, timed_sample
 from ..guidance import classifier_free, classifier_guided
+from ..inception import fid_kid, load_inception
 from ..inverse import Colorization, Inpainting, LinearMeasurement, build_condition, mask_preset
 from ..io import atomic_path, atomic_write_text
 from ..metrics import classifier_features, frechet_distance, gaussian_w2_to_target, kid, noise_floor, sliced_wasserstein
@@ -118,6 +122,7 @@ class _Source:
     problem: str
     sde_name: str
     why_unconditional: str = ""  # why `conditional` is None (for the error lines)
+    data_name: str = "reference"  # names the cached reference statistics of FID
 
 
 def _oracle_source(app: SampleAppConf, cfg: DictConfig, device, choices: Dict[str, str]) -> _Source:
@@ -141,6 +146,7 @@ def _checkpoint_source(app: SampleAppConf, device) -> _Source:
         conditional if conditional is not None else data_classes,
         tuple(getattr(dataset, "event_shape")), getattr(dataset, "oracle", None), getattr(dataset, "test", None),
         os.path.basename(app.checkpoint), type(trained.sde).__name__ + " (from checkpoint)", why,
+        str(getattr(dataset, "name", None) or type(dataset).__name__),
     )
 
 
@@ -177,6 +183,25 @@ def _feature_classifier(app: SampleAppConf, src: "_Source", device):
         raise ValueError(f"feature_classifier: the classifier run {app.feature_classifier!r} cannot read data of "
                          f"shape {tuple(reference.shape[1:])}: {err}") from None
     return classifier
+
+
+def _inception_net(app: SampleAppConf, src: "_Source", device):
+    """The FID Inception network (`inception.weights`), or None; checked before any sampling."""
+    if app.inception.weights is None:
+        return None
+    reference = src.reference
+    if app.source != "checkpoint" or not torch.is_tensor(reference) or reference.ndim != 4:
+        raise ValueError("inception.weights (FID/KID) needs source=checkpoint with image data that have a test set; "
+                         f"got source={app.source}" + ("" if app.source == "oracle" else " with non-image data"))
+    return load_inception(app.inception.weights, device=device, resize=app.inception.resize)
+
+
+def _inception_metrics(app: SampleAppConf, net, samples: torch.Tensor, src: "_Source") -> Dict[str, Any]:
+    """FID / KID between the samples and the test split (reference statistics cached per data set)."""
+    reference = src.reference if app.inception.reference_size is None else src.reference[: app.inception.reference_size]
+    opts = app.inception
+    return fid_kid(net, samples, reference, name=src.data_name, cache_dir=opts.cache_dir, batch_size=opts.batch_size,
+                   generator=torch.Generator().manual_seed(app.metrics_seed))
 
 
 def _feature_metrics(classifier, samples: torch.Tensor, test: torch.Tensor, seed: int, device) -> Dict[str, float]:
@@ -323,6 +348,7 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
         sampler.check_sde(sde)
     make_guided, num_classes = _guided_score(app, src, device)
     feature_clf = _feature_classifier(app, src, device)
+    inception = _inception_net(app, src, device)
     # the requested class of every row, built once for the whole run; each batch takes its slice
     labels = None if make_guided is None else class_labels(app.label, num_classes, app.num_samples, device)
     log.info("sampling %d x %s with %r on %s (%s, %s)", app.num_samples, event_shape, sampler, problem, sde_name, device)
@@ -386,6 +412,8 @@ def run(cfg: DictConfig, out_dir: str, choices: Optional[Dict[str, str]] = None)
                     app.num_samples - num_finite, app.num_samples, num_finite)
     if feature_clf is not None and num_finite >= 2:
         metrics.update(_feature_metrics(feature_clf, finite, reference.to(device), app.metrics_seed, device))
+    if inception is not None and num_finite >= 2:
+        metrics.update(_inception_metrics(app, inception, finite, src))
     ref_labels = None
     if oracle is not None and labels is not None:
         # requested classes: quality per class against the exact class-conditional laws (the
