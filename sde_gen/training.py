@@ -52,6 +52,7 @@ The Hydra app `sde-gen-train` (`sde_gen.apps.train`) calls `train(cfg, run_dir)`
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -73,6 +74,7 @@ from .io import atomic_write_text
 from .losses import drop_labels
 from .nets import build_classifier, build_score_model, model_kind
 from .plots import plot_loss, plot_samples_vs_data
+from .progress import StepProgress, progress_enabled
 from .train_state import TrainState
 
 __all__ = ["train", "TrainingDiverged", "TrainingInterrupted", "RESUME_MUST_MATCH", "evaluate_classifier"]
@@ -169,6 +171,24 @@ def _check_loss_for(loss_fn, kind: str, cfg: DictConfig) -> None:
 
 
 # ---------------------------------------------------------------- evaluation and pictures
+#: the fewest samples per evaluation that `eval_budget` leaves (a sliced W2 still well above its floor's spread)
+MIN_EVAL_SAMPLES = 1000
+
+
+def eval_sample_count(tc: TrainConf, nfe: int) -> int:
+    """Samples per evaluation: `train.eval_samples`, cut so that the run's evaluations cost about
+    `train.eval_budget` of its training work (see `TrainConf.eval_budget`).
+
+    Training costs ~3 forwards per example (forward + backward), steps x batch_size examples; the
+    evaluations (every eval_every steps and at the end) cost n x nfe forwards each.
+    """
+    if tc.eval_budget is None:
+        return tc.eval_samples
+    evaluations = tc.steps // tc.eval_every + (1 if tc.steps % tc.eval_every else 0)
+    affordable = int(tc.eval_budget * 3 * tc.steps * tc.batch_size / (evaluations * max(int(nfe), 1)))
+    return min(tc.eval_samples, max(MIN_EVAL_SAMPLES, affordable))
+
+
 def _noise_floors(data, n: int, tc: TrainConf, seed: int) -> Dict[str, float]:
     """Noise floors of the evaluation metrics for oracle data (mean and std over replicates)."""
     from .metrics import mode_weight_error, noise_floor, sliced_wasserstein
@@ -192,9 +212,13 @@ def evaluate(model, sde, data, sampler, tc: TrainConf, step: int, seed: int, flo
 
     g = torch.Generator(device).manual_seed(seed * 1_000_003 + step)  # independent of the training stream
     n = tc.eval_samples
-    res = sampler(sde, model, shape=(n, *data.event_shape), generator=g, device=device, dtype=torch.float32)
+    steps = getattr(sampler, "num_steps", None)
+    with StepProgress(progress_enabled(tc.progress), steps if isinstance(steps, int) else None,
+                      f"evaluate step {step}") as bar:
+        res = sampler(sde, model, shape=(n, *data.event_shape), generator=g, device=device, dtype=torch.float32,
+                      callback=bar.callback)
     x = res.samples
-    out: Dict[str, Any] = {"step": step, "nfe": res.nfe, "finite_fraction": float(torch.isfinite(x.flatten(1)).all(1).double().mean())}
+    out: Dict[str, Any] = {"step": step, "nfe": res.nfe, "eval_samples": n, "finite_fraction": float(torch.isfinite(x.flatten(1)).all(1).double().mean())}
     x = torch.nan_to_num(x, nan=0.0, posinf=1e6, neginf=-1e6)
     g_cpu = torch.Generator().manual_seed(seed + step)
     if data.oracle is not None:
@@ -389,6 +413,11 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     sde = instantiate(cfg.sde, "sde")
     data = instantiate(cfg.data, "data")
     sampler = instantiate(cfg.sampler, "sampler", check_finite=True)
+    n_eval = eval_sample_count(tc, getattr(sampler, "nfe", 1))
+    if n_eval != tc.eval_samples:
+        log.info("evaluations draw %d samples (train.eval_samples=%d cut by train.eval_budget=%g for a %d-step run)",
+                 n_eval, tc.eval_samples, tc.eval_budget, tc.steps)
+        tc = dataclasses.replace(tc, eval_samples=n_eval)
     loss_fn = instantiate(cfg.loss, "loss")
     kind = model_kind(cfg.model)
     _check_loss_for(loss_fn, kind, cfg)
@@ -526,7 +555,8 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
 
     from tqdm import tqdm
 
-    bar = tqdm(total=tc.steps, initial=ts.step, disable=not (tc.progress and main), dynamic_ncols=True, desc="train")
+    bar = tqdm(total=tc.steps, initial=ts.step, disable=not (progress_enabled(tc.progress) and main), dynamic_ncols=True,
+               desc="train")
     params = [p for p in model.parameters()]
     rank_slice = slice(dist_info.rank * local_batch, (dist_info.rank + 1) * local_batch)
 

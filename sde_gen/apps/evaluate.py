@@ -37,6 +37,7 @@ from ..inception import fid_kid, load_inception
 from ..io import atomic_write_text
 from ..likelihood import evaluate_dataset
 from ..oracles import make_preset
+from ..progress import progress_enabled
 from ._hydra import hydra_app
 
 __all__ = ["main", "run_eval"]
@@ -80,7 +81,7 @@ def _continuous_report(sde, score_fn, x, conf: EvalConf, generator, device, dtyp
         kwargs["prior_logp"] = p_T.log_prob
     res = evaluate_dataset(
         sde, score_fn, x, batch_size=conf.batch_size, generator=generator, device=device, dtype=dtype,
-        progress=conf.progress, **kwargs,
+        progress=progress_enabled(conf.progress), **kwargs,
     )
     D = res.dim
     logp = res.values
@@ -113,7 +114,7 @@ def _image_report(sde, score_fn, dataset, conf: EvalConf, generator, device, dty
     res = evaluate_dataset(
         sde, score_fn, pixels, dataset_or_map=dataset, batch_size=conf.batch_size,
         num_dequant=conf.num_dequant, generator=generator, device=device, dtype=dtype,
-        progress=conf.progress, **_ode_kwargs(conf.likelihood),
+        progress=progress_enabled(conf.progress), **_ode_kwargs(conf.likelihood),
     )
     return {
         "unit": "bits/dim",

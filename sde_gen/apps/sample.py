@@ -75,7 +75,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -93,6 +92,7 @@ from ..io import atomic_path, atomic_write_text
 from ..metrics import classifier_features, frechet_distance, gaussian_w2_to_target, kid, noise_floor, sliced_wasserstein
 from ..oracles import make_preset
 from ..plots import save_picture
+from ..progress import StepProgress, progress_enabled
 from ._hydra import hydra_app
 
 log = logging.getLogger(__name__)
@@ -294,33 +294,15 @@ def _guided_score(app: SampleAppConf, src: _Source, device) -> Tuple[Optional[Ca
     return (lambda y: classifier_free(src.conditional, y, s, num_classes=C)), C
 
 
-class _StepProgress:
-    """A tqdm bar advanced once per sampler step through the sampler's `callback(i, t_next, x)`.
-
-    The bar lives in the app, never in the library: the sampler only calls the callback. It is off
-    (a no-op that still counts) with `progress=false` or when stderr is not a terminal, so logs and
-    CI output stay clean. The callback touches no tensor, so it adds no host-device sync.
-    """
-
-    def __init__(self, enabled: bool, total: Optional[int], desc: str):
-        from tqdm import tqdm
-
-        self.steps = 0
-        self._bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=not enabled, leave=False)
-
-    def callback(self, i, t_next, x) -> None:
-        self.steps += 1
-        self._bar.update(1)
-
-    def close(self) -> None:
-        self._bar.close()
+#: the step bar of the sampling loop (a name of this module, so tests can record it)
+_StepProgress = StepProgress
 
 
 def _progress(app, sampler, num_batches: int) -> _StepProgress:
     """The step bar of a run: total = steps per call x calls when the sampler has a fixed grid."""
     per_call = getattr(sampler, "num_steps", None)
     total = per_call * num_batches if isinstance(per_call, int) else None
-    enabled = bool(app.progress) and sys.stderr.isatty()
+    enabled = progress_enabled(app.progress)
     return _StepProgress(enabled, total, f"sample ({getattr(sampler, 'name', type(sampler).__name__)})")
 
 
