@@ -13,10 +13,11 @@ features of the Inception-v3 network (Szegedy et al. 2016) as released by Tensor
                   block (Mixed_7c) pools its branch with a max pool instead of an average
     features      the global average of Mixed_7c's output: (N, 2048)
 
-The module below is written from that description; its parameter names follow the state dict of
-the converted weights file `pt_inception-2015-12-05-6726825d.pth` (the file of pytorch-fid; the
-file `weights-inception-2015-12-05-6726825d.pth` of torch-fidelity holds the same tensors under the
-same names), so `load_inception(path)` reads either. torch-fidelity and torchmetrics are not used
+The module below is written from that description; its parameter names are those of the converted
+weights files (`weights-inception-2015-12-05-6726825d.pth` of torch-fidelity: its extractor loads our
+state dict strictly, see the tests; `pt_inception-2015-12-05-6726825d.pth` of pytorch-fid, built on
+torchvision's Inception3 with the same block and layer names, was not available here to check), and
+`load_inception(path)` names any missing or unexpected key. torch-fidelity and torchmetrics are not used
 at run time: both packages import torchvision on import, which has no build beside our torch; the
 tests compare this module with torch-fidelity's extractor (same random weights) where that package
 is importable.
