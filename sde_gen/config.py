@@ -331,7 +331,8 @@ class TrainConf:
             spend most of its time evaluating: each evaluation draws
             min(eval_samples, max(1000, eval_budget x 3 x steps x batch_size / (evaluations x nfe)))
             samples (a training example costs about three forwards: forward and backward; a sample
-            nfe forwards); the noise floors use the same count. null: always eval_samples.
+            nfe forwards); the noise floors use the same count. Score models only (a classifier's
+            evaluation draws no samples). null: always eval_samples.
         eval_projections: random directions of the sliced Wasserstein distance.
         noise_floor_replicates: replicates of the noise-floor estimate.
         score_error_samples: Monte Carlo samples per time of the score-error diagnostic.

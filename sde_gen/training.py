@@ -413,13 +413,14 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     sde = instantiate(cfg.sde, "sde")
     data = instantiate(cfg.data, "data")
     sampler = instantiate(cfg.sampler, "sampler", check_finite=True)
-    n_eval = eval_sample_count(tc, getattr(sampler, "nfe", 1))
+    loss_fn = instantiate(cfg.loss, "loss")
+    kind = model_kind(cfg.model)
+    # a classifier's evaluation draws no samples (a few forwards of held-out points): no budget needed
+    n_eval = eval_sample_count(tc, getattr(sampler, "nfe", 1)) if kind == "score" else tc.eval_samples
     if n_eval != tc.eval_samples:
         log.info("evaluations draw %d samples (train.eval_samples=%d cut by train.eval_budget=%g for a %d-step run)",
                  n_eval, tc.eval_samples, tc.eval_budget, tc.steps)
         tc = dataclasses.replace(tc, eval_samples=n_eval)
-    loss_fn = instantiate(cfg.loss, "loss")
-    kind = model_kind(cfg.model)
     _check_loss_for(loss_fn, kind, cfg)
     cfg = _resolve_num_classes(cfg, data, kind)
     if world > 1 and not hasattr(loss_fn, "draw"):
