@@ -82,3 +82,23 @@ def test_evaluation_samples_follow_the_run_length():
     assert eval_sample_count(TrainConf(steps=200, eval_budget=None), 100) == 10000
     with pytest.raises(ValueError, match="eval_budget"):
         TrainConf(eval_budget=0)
+
+
+@pytest.mark.slow
+def test_a_short_run_evaluates_the_budgeted_sample_count(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from sde_gen.config import CONF_DIR, register_configs
+    from sde_gen.training import train
+
+    tiny = ["train.steps=2", "train.batch_size=16", "train.eval_samples=1500", "train.eval_projections=8",
+            "train.noise_floor_replicates=2", "train.score_error_samples=16", "train.progress=false",
+            "train.plots=false", "sampler.nfe=2", "lr_scheduler.warmup=1", "device=cpu"]
+    register_configs()
+    rows = {}
+    for budget in ("0.25", "null"):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            cfg = compose("config", overrides=[*tiny, f"train.eval_budget={budget}"])
+        rows[budget] = train(cfg, str(tmp_path / budget))["final"]
+    # 0.25 x 3 x 2 x 16 / (1 x 2) = 12 samples affordable: raised to the minimum, below eval_samples
+    assert rows["0.25"]["eval_samples"] == MIN_EVAL_SAMPLES and rows["null"]["eval_samples"] == 1500
