@@ -363,7 +363,13 @@ class TrainConf:
         max_bad_steps: stop with `TrainingDiverged` after this many consecutive steps whose loss or
             gradient was not finite (each such step is skipped: no optimiser or EMA update).
         eval_every: steps between evaluations (one always runs at the end).
-        eval_samples: samples drawn with the EMA model per evaluation.
+        eval_samples: samples drawn with the EMA model per evaluation (at most; see eval_budget).
+        eval_budget: the evaluations' share of the run's network work, so that a short run does not
+            spend most of its time evaluating: each evaluation draws
+            min(eval_samples, max(1000, eval_budget x 3 x steps x batch_size / (evaluations x nfe)))
+            samples (a training example costs about three forwards: forward and backward; a sample
+            nfe forwards); the noise floors use the same count. Score models only (a classifier's
+            evaluation draws no samples). null: always eval_samples.
         eval_projections: random directions of the sliced Wasserstein distance.
         noise_floor_replicates: replicates of the noise-floor estimate.
         score_error_samples: Monte Carlo samples per time of the score-error diagnostic.
@@ -407,6 +413,7 @@ class TrainConf:
     max_bad_steps: int = 20
     eval_every: int = 3000
     eval_samples: int = 10000
+    eval_budget: Optional[float] = 0.25
     eval_projections: int = 500
     noise_floor_replicates: int = 10
     score_error_samples: int = 2048
@@ -433,6 +440,9 @@ class TrainConf:
             need(getattr(self, name) >= 1, name, "an integer >= 1")
         need(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0), "grad_clip", "> 0 or null")
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
+        need(self.eval_budget is None or (isinstance(self.eval_budget, (int, float)) and not isinstance(self.eval_budget, bool)
+                                          and 0 < self.eval_budget <= 1e6 and math.isfinite(self.eval_budget)),
+             "eval_budget", "a number > 0 or null (always eval_samples)")
         need(0 <= self.label_dropout < 1, "label_dropout", "in [0, 1) (0: no unconditional training)")
         need(self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}")
         need(bool(self.compile_backend), "compile_backend", "a torch.compile backend name such as 'inductor'")

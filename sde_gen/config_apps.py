@@ -24,7 +24,7 @@ from .inverse import CONDITIONS, COVARIANCES, MASKS
 from .oracles import PRESETS
 from .precision import PRECISIONS
 
-__all__ = ["LikelihoodOptionsConf", "EvalConf", "GuidanceConf", "InverseConf", "SampleAppConf", "register_app_schemas",
+__all__ = ["InceptionConf", "EvalInceptionConf", "LikelihoodOptionsConf", "EvalConf", "GuidanceConf", "InverseConf", "SampleAppConf", "register_app_schemas",
            "GUIDANCE_KINDS", "TASKS"]
 
 #: where an app's score comes from: an oracle's exact score, or a training checkpoint's network
@@ -41,6 +41,62 @@ def _check_source(conf) -> None:
         check_choice("problem", conf.problem, PRESETS)
     elif not conf.checkpoint:
         raise ValueError(f"checkpoint must be a file path when source=checkpoint; got {conf.checkpoint!r}")
+
+
+@dataclasses.dataclass
+class InceptionConf:
+    """FID / KID in Inception-v3 features (`sde_gen.inception`) for image checkpoints; off while
+    `weights` is null.
+
+    Attributes:
+        weights: path of the converted TensorFlow Inception weights `pt_inception-2015-12-05-6726825d.pth`
+            (nothing is downloaded; a missing file is one error line saying where to put it).
+        cache_dir: folder of the cached reference statistics (null: `sde_gen.inception.default_cache_dir()`,
+            "": no cache).
+        resize: the network's input size: 299 for FIDs comparable with published ones (>= 75).
+        batch_size: images per Inception forward pass.
+        reference_size: test images the reference statistics use (null: the whole test split).
+    """
+
+    weights: Optional[str] = None
+    cache_dir: Optional[str] = None
+    resize: int = 299
+    batch_size: int = 50
+    reference_size: Optional[int] = None
+
+    def __post_init__(self):
+        if self.weights is not None and not str(self.weights).strip():
+            raise ValueError("inception.weights must be a file path or null (FID off); got an empty string")
+        if isinstance(self.resize, bool) or not isinstance(self.resize, int) or self.resize < 75:
+            raise ValueError(f"inception.resize must be an integer >= 75 (299 for standard FID); got {self.resize!r}")
+        check_positive_int("inception.batch_size", self.batch_size)
+        if self.reference_size is not None and (isinstance(self.reference_size, bool) or self.reference_size < 2):
+            raise ValueError(f"inception.reference_size must be an integer >= 2 or null (the whole test split); "
+                             f"got {self.reference_size!r}")
+
+
+@dataclasses.dataclass
+class EvalInceptionConf(InceptionConf):
+    """`InceptionConf` plus how sde-gen-eval draws the samples it scores (a sampler of `sde_gen.samplers`).
+
+    Attributes:
+        num_samples: samples drawn from the checkpoint (>= 2).
+        sampler: a sampler name (a key of `sde_gen.samplers.SAMPLERS`).
+        nfe: its score evaluations per sample.
+    """
+
+    num_samples: int = 1000
+    sampler: str = "dpm_solver"
+    nfe: int = 20
+
+    def __post_init__(self):
+        from .samplers import SAMPLERS
+
+        super().__post_init__()
+        if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) or self.num_samples < 2:
+            raise ValueError(f"inception.num_samples must be an integer >= 2; got {self.num_samples!r}")
+        check_choice("inception.sampler", self.sampler, SAMPLERS)
+        check_positive_int("inception.nfe", self.nfe)
 
 
 # ---- sde-gen-eval (the likelihood app, sde_gen/apps/evaluate.py) ----
@@ -120,6 +176,7 @@ class EvalConf:
     seed: int = 0
     progress: bool = True
     likelihood: LikelihoodOptionsConf = dataclasses.field(default_factory=LikelihoodOptionsConf)
+    inception: EvalInceptionConf = dataclasses.field(default_factory=EvalInceptionConf)
     #: `_target_` strings of your own that a checkpoint's config may build (never read from the checkpoint)
     trusted_targets: List[str] = dataclasses.field(default_factory=list)
 
@@ -270,6 +327,8 @@ class SampleAppConf:
         compile: evaluate the score network through `torch.compile` (eager fallback, reported once).
         compile_backend: the `torch.compile` backend ("inductor"; "aot_eager" captures the graph
             without generating code).
+        inception: `InceptionConf`: FID / KID against the test split for image checkpoints when
+            `inception.weights` names the Inception weights file.
 
     The checks that need the source (a label in [0, C), a class-conditional checkpoint for
     cfg or a label without guidance, a classifier with the data's C classes and the sampling
@@ -301,6 +360,7 @@ class SampleAppConf:
     precision: str = "fp32"
     compile: bool = False
     compile_backend: str = "inductor"
+    inception: InceptionConf = dataclasses.field(default_factory=InceptionConf)
 
     def __post_init__(self):
         _check_source(self)
@@ -316,6 +376,8 @@ class SampleAppConf:
                                  f"guidance.kind={self.guidance.kind}")
         if self.feature_classifier is not None and self.task != "sample":
             raise ValueError(f"feature_classifier scores unconditional samples (task=sample); got task={self.task}")
+        if self.inception.weights is not None and self.task != "sample":
+            raise ValueError(f"inception.weights (FID/KID) scores unconditional samples (task=sample); got task={self.task}")
         kind = self.guidance.kind
         if self.classifier is not None and kind != "classifier":
             raise ValueError(f"classifier is used only with guidance.kind=classifier; got classifier={self.classifier!r} "

@@ -21,6 +21,7 @@ Everything is computed in float64 on the device of the inputs.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional
 
 import torch
@@ -34,6 +35,7 @@ __all__ = [
     "bures_wasserstein",
     "gaussian_w2_to_target",
     "frechet_distance",
+    "frechet_distance_from_statistics",
     "kid",
     "classifier_features",
 ]
@@ -169,7 +171,9 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> torc
     (Dowson & Landau 1982; Heusel et al. 2017, eq. 6), with unbiased covariances (N - 1). The
     cross term uses the symmetric PSD form S_a^1/2 S_b S_a^1/2, whose square root comes from `eigh`
     with eigenvalues clamped at 0, so rank-deficient covariances (N <= D) are fine; the total is
-    clamped at 0 against round-off. Like FID, this is the *squared* W2 distance.
+    clamped at 0 against round-off. Like FID, this is the *squared* W2 distance. With few rows
+    (N_a N_b min(N_a, N_b) < D^3) the cross term is computed exactly and faster as the sum of the
+    singular values of X_b X_a^T / sqrt((N_a - 1)(N_b - 1)) (X: the centred rows).
 
     Args:
         features_a: (N_a, D) features, N_a >= 2.
@@ -179,8 +183,43 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> torc
         0-d float64 tensor >= 0 on the device of `features_a`.
     """
     a, b = _check_features(features_a, features_b, 2)
+    (n_a, dim), n_b = a.shape, b.shape[0]
+    if n_a * n_b * min(n_a, n_b) >= dim ** 3:
+        cov_a, cov_b = torch.cov(a.T).reshape(dim, dim), torch.cov(b.T).reshape(dim, dim)
+        return frechet_distance_from_statistics(a.mean(0), cov_a, b.mean(0), cov_b)
+    # Fewer rows than features (e.g. 2048-D Inception features of a few hundred images): with
+    # centred rows X_a, X_b, S_a = X_a^T X_a / (N_a - 1) and S_b likewise, the non-zero eigenvalues
+    # of S_a^1/2 S_b S_a^1/2 are those of S_a S_b, hence of (X_b X_a^T)(X_a X_b^T) / ((N_a-1)(N_b-1)):
+    # the cross term is the nuclear norm of the small (N_b, N_a) matrix X_b X_a^T, no D x D root needed
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], a.shape[1]), torch.cov(b.T).reshape(b.shape[1], b.shape[1])
+    xa, xb = a - mu_a, b - mu_b
+    trace_a, trace_b = xa.pow(2).sum() / (n_a - 1), xb.pow(2).sum() / (n_b - 1)
+    trace_cross = torch.linalg.svdvals(xb @ xa.T).sum() / math.sqrt((n_a - 1) * (n_b - 1))
+    d2 = (mu_a - mu_b).pow(2).sum() + trace_a + trace_b - 2 * trace_cross
+    return d2.clamp_min(0)
+
+
+def frechet_distance_from_statistics(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor,
+                                     cov_b: torch.Tensor) -> torch.Tensor:
+    """The Frechet distance of `frechet_distance` from the fitted Gaussians' means and covariances.
+
+    For cached reference statistics (`sde_gen.inception.reference_statistics`).
+
+    Args:
+        mu_a, mu_b: (D,) means. cov_a, cov_b: (D, D) symmetric PSD covariances.
+
+    Returns:
+        0-d float64 tensor >= 0 on the device of `mu_a`.
+    """
+    dim = mu_a.shape[-1] if mu_a.ndim == 1 else -1
+    for name, v, shape in (("mu_a", mu_a, (dim,)), ("mu_b", mu_b, (dim,)), ("cov_a", cov_a, (dim, dim)),
+                           ("cov_b", cov_b, (dim, dim))):
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape or dim < 1:
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"{name} must have shape {'(D,)' if len(shape) == 1 else '(D, D)'} with the D of mu_a "
+                             f"(means (D,), covariances (D, D)); got {got}")
+    dev = mu_a.device
+    mu_a, cov_a, mu_b, cov_b = (v.to(device=dev, dtype=torch.float64) for v in (mu_a, cov_a, mu_b, cov_b))
     root_a = _sqrtm_psd(cov_a)
     inner = root_a @ cov_b @ root_a
     inner = 0.5 * (inner + inner.T)  # symmetric up to round-off; eigh reads one triangle

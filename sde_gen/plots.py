@@ -27,6 +27,8 @@ __all__ = [
     "plot_quality_panels",
     "plot_training_bars",
     "plot_guidance_sweep",
+    "distinct_colours",
+    "GRID_GAP",
 ]
 
 
@@ -38,6 +40,31 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+#: matplotlib's default ten colours ("C0".."C9", the tab10 palette)
+_TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def distinct_colours(n: int) -> List[Tuple[float, float, float]]:
+    """`n` distinct RGB colours for `n` lines or classes: matplotlib's ten for n <= 10, else n hues
+    evenly spaced on the colour wheel with alternating brightness (the default cycle repeats after
+    ten, so an eleventh sampler would share the first one's colour)."""
+    import colorsys
+
+    from matplotlib.colors import to_rgb
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an integer >= 0; got {n!r}")
+    if n <= 10:
+        return [to_rgb(c) for c in _TAB10[:n]]
+    return [colorsys.hsv_to_rgb(i / n, 0.85 if i % 2 else 0.65, 0.9 if i % 2 == 0 else 0.6) for i in range(n)]
+
+
+def _outside(p: torch.Tensor, xlim: Tuple[float, float], ylim: Tuple[float, float]) -> int:
+    """How many of the (N, 2) points fall outside the frame xlim x ylim."""
+    inside = (p[:, 0] >= xlim[0]) & (p[:, 0] <= xlim[1]) & (p[:, 1] >= ylim[0]) & (p[:, 1] <= ylim[1])
+    return int((~inside).sum())
 
 
 def _save(fig, path: str, tight: bool = True) -> None:
@@ -81,7 +108,7 @@ def save_picture(
             grid, classes = class_image_grid(x, lab, per_class=per_class, per_image_range=True)
             size = (1.5 + 0.8 * per_class, 1.0 + 0.8 * len(classes))
         fig, ax = plt.subplots(figsize=size)
-        ax.imshow(grid.numpy(), cmap="gray" if grid.ndim == 2 else None)
+        ax.imshow(grid.numpy(), cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
         if classes is None:
             ax.axis("off")
         else:  # one row per class: name the rows
@@ -96,7 +123,8 @@ def save_picture(
     pts = [("samples", x, lab)] + ([("exact", ref, ref_lab)] if ref is not None else [])
     def colour(name, l):
         if l is not None:  # class c is colour "Cc" in every panel and every run
-            return {"c": [f"C{c % 10}" for c in l.tolist()]}
+            palette = distinct_colours(max(10, int(l.max()) + 1))  # class c: the same colour in every panel and run
+            return {"c": [palette[c] for c in l.tolist()]}
         return {"color": "k" if name == "exact" else "C0"}
 
     if x.shape[1] == 2:
@@ -105,7 +133,9 @@ def save_picture(
         fig, axes = plt.subplots(1, len(pts), figsize=(4 * len(pts), 4), squeeze=False)
         for ax, (name, p, l) in zip(axes[0], pts):
             ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, **colour(name, l))
-            ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal"), ax.set_title(name)
+            out = _outside(p, (-lim, lim), (-lim, lim))
+            ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal")
+            ax.set_title(f"{name} ({out} of {p.shape[0]} outside the frame)")
     elif x.shape[1] == 1:
         fig, axes = plt.subplots(1, 1, figsize=(5, 4), squeeze=False)
         for name, p, _ in pts:
@@ -116,7 +146,9 @@ def save_picture(
         _, vecs = torch.linalg.eigh(torch.cov(basis.T))
         top2 = vecs[:, [-1, -2]]
         fig, axes = plt.subplots(1, 3, figsize=(13, 4), squeeze=False)
-        views = [("coordinates 0, 1", lambda p: p[:, :2]), ("top-2 principal directions", lambda p: p @ top2)]
+        D = x.shape[1]
+        views = [(f"coordinates 0, 1 of {D}", lambda p: p[:, :2]),
+                 (f"top-2 principal directions (of {D} coordinates)", lambda p: p @ top2)]
         for ax, (name, view) in zip(axes[0, :2], views):
             for label, p, l in reversed(pts):
                 q = view(p)
@@ -124,7 +156,7 @@ def save_picture(
                 if l is not None and label == "exact":  # classes coloured: exact points as small crosses
                     style["marker"] = "x"
                 ax.scatter(q[:, 0], q[:, 1], s=2, alpha=0.3, label=label, **style)
-            ax.set_title(name), ax.legend(markerscale=4)
+            ax.set_title(name + " (every point shown)"), ax.legend(markerscale=4)
         for label, p, _ in pts:
             axes[0, 2].hist((p @ top2[:, 0]).numpy(), bins=60, density=True, alpha=0.5, label=label)
         axes[0, 2].set_title("marginal along the top principal direction"), axes[0, 2].legend()
@@ -137,18 +169,29 @@ def plot_samples_vs_data(x: torch.Tensor, data, path: str, step: int) -> None:
     plt = pyplot()
     if len(data.event_shape) == 1:
         ref = data.test[: x.shape[0]]
-        fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+        D = data.event_shape[0]
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4.3), sharex=True, sharey=True)
+        # the frame fits the data; samples beyond it are counted in the title, never silently cut
+        lim = float(ref[:, :2].abs().max()) * 1.2
         for ax, pts, title in ((axes[0], ref, "data"), (axes[1], x, f"EMA samples (step {step})")):
             ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.3, color="k")
-            ax.set_title(title), ax.set_aspect("equal")
-        lim = float(ref[:, :2].abs().max()) * 1.2
+            out = _outside(pts[:, :2], (-lim, lim), (-lim, lim))
+            ax.set_title(f"{title}\n{out} of {pts.shape[0]} outside the frame", fontsize=10), ax.set_aspect("equal")
+            ax.set_xlabel("x[0]"), ax.set_ylabel("x[1]")
         axes[0].set_xlim(-lim, lim), axes[0].set_ylim(-lim, lim)
+        if D > 2:
+            fig.suptitle(f"coordinates 0 and 1 of {D}")
     else:
         fig, axes = plt.subplots(1, 2, figsize=(8, 4))
         for ax, imgs, title in ((axes[0], data.test, "data"), (axes[1], x, f"EMA samples (step {step})")):
-            ax.imshow(image_grid(imgs[:64]).numpy(), cmap="gray" if data.event_shape[0] == 1 else None)
+            ax.imshow(image_grid(imgs[:64]).numpy(), cmap="gray" if data.event_shape[0] == 1 else None, vmin=0, vmax=1)
             ax.set_title(title), ax.axis("off")
     _save(fig, path)
+
+
+#: the value of the gaps between grid images and of empty cells: mid-gray, distinct from black
+#: backgrounds and from white strokes (a white gap merged with the strokes of digits)
+GRID_GAP = 0.5
 
 
 def image_grid(x: torch.Tensor, per_image_range: bool = False, cols: Optional[int] = None) -> torch.Tensor:
@@ -159,11 +202,11 @@ def image_grid(x: torch.Tensor, per_image_range: bool = False, cols: Optional[in
         per_image_range: stretch each image's own [min, max] to [0, 1] instead (samples of a
             network that leave [-1, 1] stay visible).
         cols: images per row (None: ceil(sqrt(B)), a square-ish grid); the cells after the
-            last image stay white.
+            last image stay gray (`GRID_GAP`).
 
     Returns:
         (rows (H + 1), cols (W + 1)) for C = 1, else (rows (H + 1), cols (W + 1), C), float32 on
-        the CPU; a one-pixel white gap separates the images; images fill row by row.
+        the CPU; a one-pixel mid-gray gap (`GRID_GAP`) separates the images; images fill row by row.
     """
     B, C, H, W = x.shape
     if cols is None:
@@ -178,7 +221,7 @@ def image_grid(x: torch.Tensor, per_image_range: bool = False, cols: Optional[in
         img = (x - lo) / (hi - lo).clamp_min(1e-12)
     else:
         img = (x.clamp(-1, 1) + 1) / 2
-    grid = torch.ones(C, rows * (H + 1), cols * (W + 1))
+    grid = torch.full((C, rows * (H + 1), cols * (W + 1)), GRID_GAP)
     for i in range(B):
         r, c = divmod(i, cols)
         grid[:, r * (H + 1): r * (H + 1) + H, c * (W + 1): c * (W + 1) + W] = img[i]
@@ -192,7 +235,7 @@ def class_image_grid(
 
     Args:
         x: (B, C, H, W) images (as for `image_grid`). labels: (B,) class of each image.
-        per_class: images per row; a class with fewer leaves its row's remaining cells white.
+        per_class: images per row; a class with fewer leaves its row's remaining cells gray.
         per_image_range: as for `image_grid`.
 
     Returns:
@@ -277,9 +320,9 @@ def plot_quality_panels(panels: Sequence[QualityPanel], path: str) -> None:
     n = max(1, len(panels))
     fig, axes = pyplot().subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
     for ax, (title, ylabel, lines, (fm, fs)) in zip(axes[0], panels):
-        for label, pts in sorted(lines.items()):
+        for colour, (label, pts) in zip(distinct_colours(len(lines)), sorted(lines.items())):
             pts = sorted(pts)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label, color=colour)
         ax.axhspan(max(fm - fs, fm * 1e-3), fm + fs, color="0.8", alpha=0.7, label="noise floor (mean ± std)")
         ax.axhline(fm, color="0.5", lw=0.8)
         ax.set_xscale("log"), ax.set_yscale("log")
@@ -315,10 +358,10 @@ def plot_guidance_sweep(lines: Sequence[GuidanceLine], path: str) -> None:
     scale labelled "s=...", one line per setting (problem, sampler, kind): the purity-diversity
     trade-off. A ratio near 1 is an exact class law; guidance above 1 buys purity with collapse."""
     fig, ax = pyplot().subplots(figsize=(6.5, 4.8))
-    for i, (label, pts) in enumerate(lines):
+    for colour, (label, pts) in zip(distinct_colours(len(lines)), lines):
         pts = sorted(pts)
         xs, ys = [p[1] for p in pts], [p[2] for p in pts]
-        ax.plot(xs, ys, marker="o", color=f"C{i % 10}", label=label)
+        ax.plot(xs, ys, marker="o", color=colour, label=label)
         for s, xv, yv in pts:
             ax.annotate(f"s={s:g}", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axvline(1.0, color="0.5", lw=0.8, ls="--", label="noise floor (exact class samples)")

@@ -60,6 +60,7 @@ The Hydra app `sde-gen-train` (`sde_gen.apps.train`) calls `train(cfg, run_dir)`
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -82,6 +83,7 @@ from .io import atomic_write_text
 from .losses import drop_labels
 from .nets import build_classifier, build_score_model, model_kind
 from .plots import plot_loss, plot_samples_vs_data
+from .progress import StepProgress, progress_enabled
 from .train_state import TrainState
 
 __all__ = ["train", "TrainingDiverged", "TrainingInterrupted", "RESUME_MUST_MATCH", "evaluate_classifier", "evaluate_discrete"]
@@ -227,6 +229,24 @@ def _check_token_data(cfg: DictConfig, process, data) -> None:
 
 
 # ---------------------------------------------------------------- evaluation and pictures
+#: the fewest samples per evaluation that `eval_budget` leaves (a sliced W2 still well above its floor's spread)
+MIN_EVAL_SAMPLES = 1000
+
+
+def eval_sample_count(tc: TrainConf, nfe: int) -> int:
+    """Samples per evaluation: `train.eval_samples`, cut so that the run's evaluations cost about
+    `train.eval_budget` of its training work (see `TrainConf.eval_budget`).
+
+    Training costs ~3 forwards per example (forward + backward), steps x batch_size examples; the
+    evaluations (every eval_every steps and at the end) cost n x nfe forwards each.
+    """
+    if tc.eval_budget is None:
+        return tc.eval_samples
+    evaluations = tc.steps // tc.eval_every + (1 if tc.steps % tc.eval_every else 0)
+    affordable = int(tc.eval_budget * 3 * tc.steps * tc.batch_size / (evaluations * max(int(nfe), 1)))
+    return min(tc.eval_samples, max(MIN_EVAL_SAMPLES, affordable))
+
+
 def _noise_floors(data, n: int, tc: TrainConf, seed: int) -> Dict[str, float]:
     """Noise floors of the evaluation metrics for oracle data (mean and std over replicates)."""
     from .metrics import mode_weight_error, noise_floor, sliced_wasserstein
@@ -250,9 +270,13 @@ def evaluate(model, sde, data, sampler, tc: TrainConf, step: int, seed: int, flo
 
     g = torch.Generator(device).manual_seed(seed * 1_000_003 + step)  # independent of the training stream
     n = tc.eval_samples
-    res = sampler(sde, model, shape=(n, *data.event_shape), generator=g, device=device, dtype=torch.float32)
+    steps = getattr(sampler, "num_steps", None)
+    with StepProgress(progress_enabled(tc.progress), steps if isinstance(steps, int) else None,
+                      f"evaluate step {step}") as bar:
+        res = sampler(sde, model, shape=(n, *data.event_shape), generator=g, device=device, dtype=torch.float32,
+                      callback=bar.callback)
     x = res.samples
-    out: Dict[str, Any] = {"step": step, "nfe": res.nfe, "finite_fraction": float(torch.isfinite(x.flatten(1)).all(1).double().mean())}
+    out: Dict[str, Any] = {"step": step, "nfe": res.nfe, "eval_samples": n, "finite_fraction": float(torch.isfinite(x.flatten(1)).all(1).double().mean())}
     x = torch.nan_to_num(x, nan=0.0, posinf=1e6, neginf=-1e6)
     g_cpu = torch.Generator().manual_seed(seed + step)
     if data.oracle is not None:
@@ -481,6 +505,12 @@ def train(cfg: DictConfig, run_dir: str) -> Dict[str, Any]:
     if tc.loader == "dataloader" and getattr(data, "train_pixels", None) is None:
         raise ConfigError(f"train.loader=dataloader reads finite image data sets (digits, mnist, cifar10, image_folder); "
                           f"data {getattr(data, 'name', '')!r} draws its batches itself: use train.loader=device")
+    # a classifier's evaluation draws no samples (a few forwards of held-out points): no budget needed
+    n_eval = eval_sample_count(tc, getattr(sampler, "nfe", 1)) if kind == "score" else tc.eval_samples
+    if n_eval != tc.eval_samples:
+        log.info("evaluations draw %d samples (train.eval_samples=%d cut by train.eval_budget=%g for a %d-step run)",
+                 n_eval, tc.eval_samples, tc.eval_budget, tc.steps)
+        tc = dataclasses.replace(tc, eval_samples=n_eval)
     _check_loss_for(loss_fn, kind, cfg)
     cfg = _resolve_num_classes(cfg, data, kind)
     if world > 1 and not hasattr(loss_fn, "draw"):
@@ -624,7 +654,8 @@ def _train(cfg: DictConfig, run_dir: str, tc: TrainConf, device: torch.device, d
 
     from tqdm import tqdm
 
-    bar = tqdm(total=tc.steps, initial=ts.step, disable=not (tc.progress and main), dynamic_ncols=True, desc="train")
+    bar = tqdm(total=tc.steps, initial=ts.step, disable=not (progress_enabled(tc.progress) and main), dynamic_ncols=True,
+               desc="train")
     params = [p for p in model.parameters()]
     rank_slice = slice(dist_info.rank * local_batch, (dist_info.rank + 1) * local_batch)
 

@@ -189,9 +189,11 @@ def test_console_scripts_are_declared_installed_and_covered():
 
 # ---------------------------------------------------------------- --help
 def _config_groups(config_name):
-    """Config groups of an app's defaults list (e.g. sde, sampler)."""
+    """Config groups of an app's defaults list (e.g. sde, sampler); the app's part of an experiment
+    (`optional app_experiment/<app>`) follows `experiment=` and is no group of its own."""
     defaults = OmegaConf.load(pathlib.Path(CONF_DIR) / f"{config_name}.yaml").get("defaults", [])
-    return [next(iter(d)) for d in defaults if isinstance(d, dict) or OmegaConf.is_dict(d)]
+    keys = [next(iter(d)) for d in defaults if isinstance(d, dict) or OmegaConf.is_dict(d)]
+    return [k for k in keys if not k.startswith("optional app_experiment/")]
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -8,7 +8,7 @@ import torch
 
 from sde_gen.apps import demo
 from sde_gen.io import atomic_path, atomic_save_figure, atomic_write_text
-from sde_gen.plots import image_grid, save_picture
+from sde_gen.plots import GRID_GAP, image_grid, save_picture
 
 
 def test_atomic_write_keeps_old_file_when_writer_crashes(tmp_path):
@@ -74,8 +74,9 @@ def test_image_grid_places_every_image_in_its_cell(channels, per_image_range):
         else:  # model space [-1, 1] clamped, mapped to [0, 1]
             want = (x[i].clamp(-1, 1) + 1) / 2
         assert torch.allclose(cell, want, atol=1e-6)
-    assert bool((cells[4] == 1).all() and (cells[:, 6] == 1).all())  # the gaps, and the empty sixth cell
-    assert bool((cells[5:9, 14:20] == 1).all())
+    # the gaps, and the empty sixth cell: mid-gray, so white strokes and black backgrounds both stand out
+    assert bool((cells[4] == GRID_GAP).all() and (cells[:, 6] == GRID_GAP).all()) and 0 < GRID_GAP < 1
+    assert bool((cells[5:9, 14:20] == GRID_GAP).all())
 
 
 def test_save_picture_of_images_and_of_points(tmp_path):

@@ -35,7 +35,7 @@ from sde_gen.checkpoint import load_trained
 from sde_gen.config import CONF_DIR, register_configs
 from sde_gen.evaluation import class_metrics
 from sde_gen.guidance import classifier_free, classifier_guided
-from sde_gen.plots import class_image_grid, image_grid, save_picture
+from sde_gen.plots import GRID_GAP, class_image_grid, image_grid, save_picture
 from sde_gen.samplers import build_sampler
 from sde_gen.training import train
 
@@ -392,10 +392,10 @@ def test_class_image_grid_puts_each_class_on_its_own_row(channels):
             cell = cells[r * (H + 1): r * (H + 1) + H, j * (W + 1): j * (W + 1) + W]
             if j < mine.shape[0]:  # the class's j-th image, mapped from [-1, 1] to [0, 1]
                 torch.testing.assert_close(cell, ((mine[j] + 1) / 2).permute(1, 2, 0))
-            else:  # fewer images than cells: white
-                assert torch.all(cell == 1)
-    # the gaps between rows stay white
-    assert torch.all(cells[H::H + 1] == 1)
+            else:  # fewer images than cells: the gap colour
+                assert torch.all(cell == GRID_GAP)
+    # the gaps between rows
+    assert torch.all(cells[H::H + 1] == GRID_GAP)
 
 
 def test_image_grid_cols_and_class_picture(tmp_path):

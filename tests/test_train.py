@@ -216,7 +216,8 @@ def test_every_option_of_every_group_composes_and_instantiates(hydra_ctx, tmp_pa
                     assert isinstance(net, ScoreModel)
 
 
-@pytest.mark.parametrize("experiment", [None] + [e for e in _group_options("experiment") if e not in FILE_DATA_EXPERIMENTS])
+@pytest.mark.parametrize("experiment", [None] + [e for e in _group_options("experiment")
+                                        if e not in FILE_DATA_EXPERIMENTS and e != "none"])
 def test_two_step_run_of_default_and_each_experiment(hydra_ctx, tmp_path, experiment):
     over = ([f"experiment={experiment}"] if experiment else []) + TINY + ["train.steps=2", "train.plots=true"]
     if experiment in ("digits", "conditional_digits", "classifier_digits", "edm_digits"):  # keep the U-Net tiny

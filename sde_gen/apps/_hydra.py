@@ -16,7 +16,9 @@ A training run stopped by SIGINT or SIGTERM after saving its checkpoint prints o
 with 128 + the signal number (130, 143), with or without `HYDRA_FULL_ERROR`.
 
 It also registers the OmegaConf resolver `sde_gen.safe_dirname`, which the app configs use to build
-a sweep job's folder name from its overrides without `/` or `..` (see `safe_dirname`).
+a sweep job's folder name from its overrides without `/` or `..` (see `safe_dirname`), and
+`sde_gen.group_options`, which lists in `--help` only the config groups an app uses (Hydra's own
+`$APP_CONFIG_GROUPS` lists every group of the shared config folder; see `group_options`).
 """
 from __future__ import annotations
 
@@ -35,13 +37,16 @@ from ..checkpoint import CheckpointError
 from ..config import CONF_DIR, ConfigError, register_configs
 from ..training import TrainingDiverged, TrainingInterrupted
 
-__all__ = ["USER_ERRORS", "hydra_app", "one_line_errors", "one_line", "safe_dirname", "SAFE_DIRNAME_RESOLVER"]
+__all__ = ["USER_ERRORS", "hydra_app", "one_line_errors", "one_line", "safe_dirname", "SAFE_DIRNAME_RESOLVER",
+           "group_options", "GROUP_OPTIONS_RESOLVER"]
 
 #: errors that describe bad input rather than a bug: reported in one line
 USER_ERRORS = (ConfigError, CheckpointError, ValueError, TrainingDiverged)
 
 #: name of the OmegaConf resolver wrapping `safe_dirname` (used in the apps' `hydra.sweep.subdir`)
 SAFE_DIRNAME_RESOLVER = "sde_gen.safe_dirname"
+#: name of the OmegaConf resolver wrapping `group_options` (used in the apps' `hydra.help.template`)
+GROUP_OPTIONS_RESOLVER = "sde_gen.group_options"
 
 Task = Callable[[DictConfig, str, Dict[str, str]], Any]
 
@@ -80,9 +85,36 @@ def safe_dirname(text: Any, max_len: int = _MAX_DIRNAME) -> str:
     return name
 
 
+def group_options(*specs: str, conf_dir: str = CONF_DIR) -> str:
+    """The "group: option, option" lines of `--help` for the config groups an app uses.
+
+    Args:
+        specs: one per group, in the order shown: "sde" (every YAML file of conf/sde/), "experiment=none|smoke"
+            (only those options, for a group shared by apps), "experiment-sampler_grid" (all but those).
+        conf_dir: the config folder.
+
+    Returns:
+        One line per group, e.g. "sde: edm, subvp, ve, vp, vp_cosine".
+    """
+    lines = []
+    for spec in specs:
+        group, sep, names = re.match(r"^([\w/]+)([=-]?)(.*)$", str(spec).strip()).groups()
+        folder = os.path.join(conf_dir, group)
+        found = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+        picked = set(filter(None, names.split("|")))
+        if sep == "=":
+            found = [o for o in found if o in picked]
+        elif sep == "-":
+            found = [o for o in found if o not in picked]
+        lines.append(f"{group}: {', '.join(found)}")
+    return "\n".join(lines)
+
+
 def _register_resolver() -> None:
     if not OmegaConf.has_resolver(SAFE_DIRNAME_RESOLVER):
         OmegaConf.register_new_resolver(SAFE_DIRNAME_RESOLVER, safe_dirname)
+    if not OmegaConf.has_resolver(GROUP_OPTIONS_RESOLVER):
+        OmegaConf.register_new_resolver(GROUP_OPTIONS_RESOLVER, lambda *specs: group_options(*specs))
 
 
 # registered on import: a launcher worker that unpickles an app's task imports this module too

@@ -23,6 +23,11 @@ residual R_t once from `likelihood.gamma_samples` training points (oracle: fresh
 the dequantisation above, so their bits/dim are in the same units. The reported log-likelihood is then a
 lower bound (its bits/dim an upper bound).
 
+With `inception.weights=<path of pt_inception-2015-12-05-6726825d.pth>` an image checkpoint also
+gets FID / KID (`sde_gen.inception.fid_kid`) of `inception.num_samples` samples drawn with
+`inception.sampler` at `inception.nfe` against the test split, under the key `inception` (the
+reference statistics are cached per data set; the weights are read before any work).
+
 Results go to `likelihood.json` (written atomically) in Hydra's run directory. Under `torchrun
 --nproc_per_node=N -m sde_gen.evaluate` each process evaluates a contiguous share of the test
 batches (batch k draws its probes and dequantisation noise from its own stream,
@@ -45,12 +50,14 @@ from ..analytic import estimate_gamma, estimate_residual, module_fingerprint
 from ..checkpoint import checkpoint_kind, load_discrete, load_trained
 from ..config import instantiate, resolve_device, to_plain, validate
 from ..config_apps import EvalConf
+from ..inception import fid_kid, load_inception
 from ..io import atomic_write_text
 from ..distributed import (DistInfo, batch_generator, finish_distributed, gather_to_main, init_distributed,
                            process_device, shard_range)
 from ..likelihood import DatasetLikelihood, elbo, evaluate_dataset
 from ..samplers.grids import time_grid
 from ..oracles import make_preset
+from ..progress import progress_enabled
 from ._hydra import hydra_app
 
 __all__ = ["main", "run_eval"]
@@ -98,7 +105,7 @@ def _evaluate_split(sde, score_fn, data, conf: EvalConf, generator, device, dtyp
     for k in shard_range(num_batches, info.rank, info.world_size):
         res = evaluate_dataset(sde, score_fn, data[k * B:(k + 1) * B], batch_size=B,
                                generator=batch_generator(conf.seed, k, device, first=generator), device=device,
-                               dtype=dtype, progress=conf.progress and info.is_main, **kwargs)
+                               dtype=dtype, progress=progress_enabled(conf.progress) and info.is_main, **kwargs)
         parts.append(res)
     mine = {"values": [r.values for r in parts], "errs": [r.estimator_std_error for r in parts],
             "nfe": sum(r.nfe for r in parts), "seconds": sum(r.seconds for r in parts)}
@@ -243,6 +250,27 @@ def _image_report(sde, score_fn, dataset, conf: EvalConf, generator, device, dty
     }
 
 
+def _inception_report(sde, score_fn, dataset, net, conf: EvalConf, device) -> Dict[str, Any]:
+    """Draw `inception.num_samples` samples and score them with FID / KID against the test split."""
+    from ..samplers import build_sampler
+
+    opts = conf.inception
+    sampler = build_sampler(opts.sampler, nfe=opts.nfe)
+    gen = torch.Generator(device=device).manual_seed(conf.seed + 1)
+    drawn = []
+    for start in range(0, opts.num_samples, conf.batch_size):
+        b = min(conf.batch_size, opts.num_samples - start)
+        drawn.append(sampler(sde, score_fn, shape=(b, *dataset.event_shape), generator=gen, device=device,
+                             dtype=torch.float32).samples)
+    samples = torch.cat(drawn)
+    samples = samples[torch.isfinite(samples.flatten(1)).all(1)]
+    reference = dataset.test if opts.reference_size is None else dataset.test[: opts.reference_size]
+    out = fid_kid(net, samples, reference, name=str(getattr(dataset, "name", "reference")), cache_dir=opts.cache_dir,
+                  batch_size=opts.batch_size, generator=torch.Generator().manual_seed(conf.seed))
+    out.update(sampler=opts.sampler, nfe=opts.nfe, num_drawn=opts.num_samples)
+    return out
+
+
 def _discrete_report(conf: EvalConf, generator, device) -> Dict[str, Any]:
     """The negative ELBO (D3PM eq. 5, all T terms) of the test tokens of a discrete-diffusion checkpoint, in
     bits/dim, next to the uniform code log2 K, a fitted independent-categorical model and, for data with an
@@ -288,12 +316,21 @@ def _checkpoint_report(conf: EvalConf, generator, device, dtype, info: DistInfo,
                          f"{dataset.name!r} cannot be rebuilt from its files (see the warning above); put them back where "
                          "the checkpoint's config.data points")
     report = {"checkpoint": os.path.abspath(conf.checkpoint), "step": int(getattr(trained, "step", -1))}
+    images = getattr(dataset, "test_pixels", None) is not None
+    inception = None
+    if conf.inception.weights is not None:  # read before any work: a missing file fails at once
+        if not images:
+            raise ValueError("inception.weights (FID/KID) needs a checkpoint trained on images; the data of "
+                             f"{conf.checkpoint!r} are {tuple(getattr(dataset, 'event_shape', ()))}-vectors")
+        inception = load_inception(conf.inception.weights, device=device, resize=conf.inception.resize)
     source = None
     if _needs_table(conf):  # Gamma from training data; the cache keyed by the weights
         data = dataset.sample_batch(conf.likelihood.gamma_samples, generator).to(device=device, dtype=dtype)
         source = _ELBOSource(data, f"{module_fingerprint(model)}:{model_dtype}", cache_dir)
-    if getattr(dataset, "test_pixels", None) is not None:
+    if images:
         part = _image_report(sde, score_fn, dataset, conf, generator, device, dtype, info, source)
+        if part is not None and inception is not None:  # FID / KID on rank 0 only
+            part["inception"] = _inception_report(sde, score_fn, dataset, inception, conf, device)
     else:
         x = dataset.test if conf.num_test is None else dataset.test[: conf.num_test]
         oracle = getattr(dataset, "oracle", None)
@@ -320,6 +357,8 @@ def _run_eval(cfg: DictConfig, conf: EvalConf, device, info: DistInfo, out_dir: 
     generator = torch.Generator(device=device).manual_seed(conf.seed)
     cache_dir = conf.likelihood.gamma_cache or out_dir
     if conf.source == "oracle":
+        if conf.inception.weights is not None:
+            raise ValueError("inception.weights (FID/KID) needs source=checkpoint with image data; got source=oracle")
         sde = instantiate(cfg.sde, "sde").to(device)
         oracle = make_preset(conf.problem).to(device)
         x = oracle.sample(conf.num_test or 1000, generator, device=device, dtype=dtype)
@@ -348,7 +387,12 @@ def _summary(report: Dict[str, Any]) -> str:
     bound = "-ELBO " if report.get("likelihood_kind") == "elbo" else ""
     if report["unit"] == "bits/dim":
         b = report["bits_per_dim"]
-        return f"test {bound}bits/dim = {fmt(b['mean'], '.4f')} +- {fmt(b['std_error'], '.4f')} (NFE {report['nfe']})"
+        line = f"test {bound}bits/dim = {fmt(b['mean'], '.4f')} +- {fmt(b['std_error'], '.4f')} (NFE {report['nfe']})"
+        if "inception" in report:
+            i = report["inception"]
+            line += (f"; FID {fmt(i['fid'], '.3f')}, KID {fmt(i['kid'], '.5f')} ({i['fid_num_samples']} samples, "
+                     f"{i['sampler']} NFE {i['nfe']})")
+        return line
     m = report["model_nll_nats_per_dim"]
     line = f"model {bound or 'NLL '}= {fmt(m['mean'], '.5f')} +- {fmt(m['std_error'], '.5f')} nats/dim"
     if "exact_nll_nats_per_dim" in report:

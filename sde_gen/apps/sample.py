@@ -59,7 +59,10 @@ Image checkpoints with `feature_classifier=<classifier run>` (e.g. from `sde-gen
 experiment=classifier_digits`): metrics.json adds `classifier_fd` (`sde_gen.metrics.frechet_distance`
 between the samples and the test set in the classifier's penultimate features at t_min),
 `classifier_fd_test_halves` (the same between two halves of the test set: the finite-sample level)
-and `classifier_kid` / `classifier_kid_std` (`sde_gen.metrics.kid`). A tqdm bar follows the sampler
+and `classifier_kid` / `classifier_kid_std` (`sde_gen.metrics.kid`). With `inception.weights=<path of
+pt_inception-2015-12-05-6726825d.pth>` it adds `fid`, `kid`, `kid_std` in Inception-v3 features
+against the test split (`sde_gen.inception.fid_kid`; reference statistics cached per data set, see
+`fid_reference_cached`). A tqdm bar follows the sampler
 step by step (`progress=true`, shown on a terminal only).
 
 Precision and compilation (`sde_gen.precision`): `precision=bf16` (or `fp16`, CUDA only; refused on
@@ -83,7 +86,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -98,12 +100,14 @@ from ..distributed import (DistInfo, batch_generator, finish_distributed, gather
                            process_device, shard_range)
 from ..evaluation import class_metrics, oracle_metrics, timed_sample
 from ..guidance import classifier_free, classifier_guided
+from ..inception import fid_kid, load_inception
 from ..inverse import Colorization, Inpainting, LinearMeasurement, TweedieMoment, build_condition, mask_preset
 from ..io import atomic_path, atomic_write_text
 from ..metrics import classifier_features, frechet_distance, gaussian_w2_to_target, kid, noise_floor, sliced_wasserstein
 from ..oracles import make_preset
 from ..plots import save_picture
 from ..precision import check_precision, compile_score, precision_score
+from ..progress import StepProgress, progress_enabled
 from ._hydra import hydra_app
 
 log = logging.getLogger(__name__)
@@ -133,6 +137,7 @@ class _Source:
     problem: str
     sde_name: str
     why_unconditional: str = ""  # why `conditional` is None (for the error lines)
+    data_name: str = "reference"  # names the cached reference statistics of FID
 
 
 def _oracle_source(app: SampleAppConf, cfg: DictConfig, device, choices: Dict[str, str]) -> _Source:
@@ -156,6 +161,7 @@ def _checkpoint_source(app: SampleAppConf, device) -> _Source:
         conditional if conditional is not None else data_classes,
         tuple(getattr(dataset, "event_shape")), getattr(dataset, "oracle", None), getattr(dataset, "test", None),
         os.path.basename(app.checkpoint), type(trained.sde).__name__ + " (from checkpoint)", why,
+        str(getattr(dataset, "name", None) or type(dataset).__name__),
     )
 
 
@@ -206,6 +212,25 @@ def _feature_classifier(app: SampleAppConf, src: "_Source", device):
         raise ValueError(f"feature_classifier: the classifier run {app.feature_classifier!r} cannot read data of "
                          f"shape {tuple(reference.shape[1:])}: {err}") from None
     return classifier
+
+
+def _inception_net(app: SampleAppConf, src: "_Source", device):
+    """The FID Inception network (`inception.weights`), or None; checked before any sampling."""
+    if app.inception.weights is None:
+        return None
+    reference = src.reference
+    if app.source != "checkpoint" or not torch.is_tensor(reference) or reference.ndim != 4:
+        raise ValueError("inception.weights (FID/KID) needs source=checkpoint with image data that have a test set; "
+                         f"got source={app.source}" + ("" if app.source == "oracle" else " with non-image data"))
+    return load_inception(app.inception.weights, device=device, resize=app.inception.resize)
+
+
+def _inception_metrics(app: SampleAppConf, net, samples: torch.Tensor, src: "_Source") -> Dict[str, Any]:
+    """FID / KID between the samples and the test split (reference statistics cached per data set)."""
+    reference = src.reference if app.inception.reference_size is None else src.reference[: app.inception.reference_size]
+    opts = app.inception
+    return fid_kid(net, samples, reference, name=src.data_name, cache_dir=opts.cache_dir, batch_size=opts.batch_size,
+                   generator=torch.Generator().manual_seed(app.metrics_seed))
 
 
 def _feature_metrics(classifier, samples: torch.Tensor, test: torch.Tensor, seed: int, device) -> Dict[str, float]:
@@ -298,33 +323,15 @@ def _guided_score(app: SampleAppConf, src: _Source, device) -> Tuple[Optional[Ca
     return (lambda y: classifier_free(src.conditional, y, s, num_classes=C)), C
 
 
-class _StepProgress:
-    """A tqdm bar advanced once per sampler step through the sampler's `callback(i, t_next, x)`.
-
-    The bar lives in the app, never in the library: the sampler only calls the callback. It is off
-    (a no-op that still counts) with `progress=false` or when stderr is not a terminal, so logs and
-    CI output stay clean. The callback touches no tensor, so it adds no host-device sync.
-    """
-
-    def __init__(self, enabled: bool, total: Optional[int], desc: str):
-        from tqdm import tqdm
-
-        self.steps = 0
-        self._bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=not enabled, leave=False)
-
-    def callback(self, i, t_next, x) -> None:
-        self.steps += 1
-        self._bar.update(1)
-
-    def close(self) -> None:
-        self._bar.close()
+#: the step bar of the sampling loop (a name of this module, so tests can record it)
+_StepProgress = StepProgress
 
 
 def _progress(app, sampler, num_batches: int) -> _StepProgress:
     """The step bar of a run: total = steps per call x calls when the sampler has a fixed grid."""
     per_call = getattr(sampler, "num_steps", None)
     total = per_call * num_batches if isinstance(per_call, int) else None
-    enabled = bool(app.progress) and sys.stderr.isatty()
+    enabled = progress_enabled(app.progress)
     return _StepProgress(enabled, total, f"sample ({getattr(sampler, 'name', type(sampler).__name__)})")
 
 
@@ -368,6 +375,7 @@ def _run(cfg: DictConfig, app: SampleAppConf, device, info: DistInfo, out_dir: s
         sampler.check_sde(sde)
     make_guided, num_classes = _guided_score(app, src, device)
     feature_clf = _feature_classifier(app, src, device)
+    inception = _inception_net(app, src, device)
     # the requested class of every row, built once for the whole run; each batch takes its slice
     labels = None if make_guided is None else class_labels(app.label, num_classes, app.num_samples, device)
     log.info("sampling %d x %s with %r on %s (%s, %s)", app.num_samples, event_shape, sampler, problem, sde_name, device)
@@ -438,6 +446,8 @@ def _run(cfg: DictConfig, app: SampleAppConf, device, info: DistInfo, out_dir: s
                     app.num_samples - num_finite, app.num_samples, num_finite)
     if feature_clf is not None and num_finite >= 2:
         metrics.update(_feature_metrics(feature_clf, finite, reference.to(device), app.metrics_seed, device))
+    if inception is not None and num_finite >= 2:
+        metrics.update(_inception_metrics(app, inception, finite, src))
     ref_labels = None
     if oracle is not None and labels is not None:
         # requested classes: quality per class against the exact class-conditional laws (the
