@@ -197,6 +197,7 @@ def test_diffusers_unet_backbone_trains_and_loads(diffusers_run):
     torch.testing.assert_close(trained.model(x, t), ref)
 
 
+@pytest.mark.slow  # eight Adam steps of a UNet2DModel: ~35 s on a loaded 2-core machine; trains_and_loads covers the fast tier
 def test_diffusers_unet_backbone_learns():
     """A few Adam steps of the DSM loss on one batch lower it (the backbone is trainable end to end)."""
     pytest.importorskip("diffusers")

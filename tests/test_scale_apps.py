@@ -218,6 +218,7 @@ def _weights(out):
     return {k: v.detach().clone() for k, v in out["model"].state_dict().items()}
 
 
+@pytest.mark.slow  # two short runs and a resume (~11 s loaded); the slow 1 -> 2 process resume also covers the loader
 def test_dataloader_training_resumes_bit_for_bit_and_differs_from_the_device_sampler(tmp_path):
     loader = [*DIGITS, "train.loader=dataloader"]
     straight = train(_compose(*loader, "train.steps=4"), str(tmp_path / "straight"))
