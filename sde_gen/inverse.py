@@ -33,6 +33,7 @@ part set to c_k(y)), so known coordinates equal the observation exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -508,6 +509,21 @@ class RePaint(Replacement):
         return f"RePaint({self.measurement!r}, jump_length={self.jump_length}, resamplings={self.resamplings})"
 
 
+
+@contextlib.contextmanager
+def _tweedie_mean(sde, score_fn, x: torch.Tensor, t: torch.Tensor):
+    """Inside: (x_g, score, a, s, x0_hat) with gradients on, x0_hat = (x_g + s^2 score(x_g, t)) / a (Tweedie's
+    mean) a differentiable function of x_g, a copy of x that requires grad (also under inference mode,
+    where samplers run). The guided scores of DPS and `TweedieMoment` differentiate through it."""
+    inference = x.is_inference() or t.is_inference()
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = (x.clone() if inference else x.detach()).requires_grad_(True)
+        tt = t.clone() if inference else t
+        score = score_fn(xg, tt)
+        a, s = sde.marginal_coeffs(tt)
+        a, s = append_dims(a.to(x.dtype), x.ndim), append_dims(s.to(x.dtype), x.ndim)
+        yield xg, score, a, s, (xg + s ** 2 * score) / a
+
 class DPS(_Condition):
     """Diffusion posterior sampling (Chung et al. 2023) as a score wrapper:
 
@@ -536,14 +552,7 @@ class DPS(_Condition):
         meas, scale, var_y = self.measurement, self.scale, self.measurement.noise_std ** 2
 
         def dps_score(x, t):
-            inference = x.is_inference() or t.is_inference()
-            with torch.inference_mode(False), torch.enable_grad():
-                xg = (x.clone() if inference else x.detach()).requires_grad_(True)
-                tt = t.clone() if inference else t
-                score = score_fn(xg, tt)
-                a, s = sde.marginal_coeffs(tt)
-                a, s = append_dims(a.to(x.dtype), x.ndim), append_dims(s.to(x.dtype), x.ndim)
-                x0 = (xg + s ** 2 * score) / a
+            with _tweedie_mean(sde, score_fn, x, t) as (xg, score, a, s, x0):
                 loss = (self._y(x) - meas.forward(x0)).pow(2).sum()
                 (grad,) = torch.autograd.grad(loss, xg)
             r2 = var_y + s ** 2 / (a ** 2 + s ** 2)
@@ -618,14 +627,7 @@ class TweedieMoment(_Condition):
         meas, var_y, full = self.measurement, self.measurement.noise_std ** 2, self.covariance == "full"
 
         def tweedie_score(x, t):
-            inference = x.is_inference() or t.is_inference()
-            with torch.inference_mode(False), torch.enable_grad():
-                xg = (x.clone() if inference else x.detach()).requires_grad_(True)
-                tt = t.clone() if inference else t
-                score = score_fn(xg, tt)
-                a, s = sde.marginal_coeffs(tt)
-                a, s = append_dims(a.to(x.dtype), x.ndim), append_dims(s.to(x.dtype), x.ndim)
-                x0 = (xg + s ** 2 * score) / a                     # Tweedie's mean
+            with _tweedie_mean(sde, score_fn, x, t) as (xg, score, a, s, x0):
                 Ax0 = meas.forward(x0)                              # (B, m)
                 r = self._y(x) - Ax0.detach()                       # y - A x0_hat
                 c = (s ** 2 / a).flatten()                          # C_t = c J
