@@ -509,7 +509,6 @@ class RePaint(Replacement):
         return f"RePaint({self.measurement!r}, jump_length={self.jump_length}, resamplings={self.resamplings})"
 
 
-
 @contextlib.contextmanager
 def _tweedie_mean(sde, score_fn, x: torch.Tensor, t: torch.Tensor):
     """Inside: (x_g, score, a, s, x0_hat) with gradients on, x0_hat = (x_g + s^2 score(x_g, t)) / a (Tweedie's
@@ -523,6 +522,7 @@ def _tweedie_mean(sde, score_fn, x: torch.Tensor, t: torch.Tensor):
         a, s = sde.marginal_coeffs(tt)
         a, s = append_dims(a.to(x.dtype), x.ndim), append_dims(s.to(x.dtype), x.ndim)
         yield xg, score, a, s, (xg + s ** 2 * score) / a
+
 
 class DPS(_Condition):
     """Diffusion posterior sampling (Chung et al. 2023) as a score wrapper:
