@@ -62,20 +62,21 @@ def train(recipe: str, steps: int, batch: int, out: str):
 
 @torch.no_grad()
 def dsm_by_sigma(model, sde, x0: torch.Tensor, reps: int = 4):
-    """Per-dimension noise-prediction error E||s(t) s_theta(x_t, t) + z||^2 / D at each sigma in SIGMAS."""
+    """Per-dimension noise-prediction error E||s(t) s_theta(x_t, t) + z||^2 / D at each sigma in SIGMAS, per digit
+    ((N,) each, averaged over `reps` draws; the same draws for every model, so differences are paired)."""
     g = torch.Generator().manual_seed(7)
     lam = -torch.log(torch.tensor(SIGMAS, dtype=torch.float64))  # half log-SNR log(a / s) = -log sigma
     ts = sde.time_at_half_log_snr(lam)
     out = []
     for t in ts.tolist():
-        tot = 0.0
+        tot = torch.zeros(x0.shape[0], dtype=torch.float64)
         for _ in range(reps):
             tt = torch.full((x0.shape[0],), t, dtype=x0.dtype)
             mean, std = sde.marginal(x0, tt)
             z = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
             xt = mean + append_dims(std, x0.ndim) * z
             eps_err = append_dims(std, x0.ndim) * model(xt, tt) + z
-            tot += float(eps_err.pow(2).mean())
+            tot += eps_err.flatten(1).pow(2).mean(1).double()
         out.append(tot / reps)
     return ts.tolist(), out
 
@@ -96,7 +97,7 @@ def measure(run_dir: str, ema: bool, n_bpd: int):
     nll = evaluate_dataset(sde, model, digits.test_pixels[:n_bpd], dataset_or_map=digits, batch_size=n_bpd,
                            generator=torch.Generator().manual_seed(17), divergence="hutchinson", num_probes=1,
                            rtol=1e-4, atol=1e-4)
-    return dict(sde=type(sde).__name__, t_sigma=ts, dsm=dsm, quality=quality, bpd=nll.mean, bpd_se=nll.std_error,
+    return dict(sde=type(sde).__name__, t_sigma=ts, dsm=[float(v.mean()) for v in dsm], dsm_per=dsm, bpd_per=nll.values, quality=quality, bpd=nll.mean, bpd_se=nll.std_error,
                 nfe_ll=nll.nfe, ll_wall=nll.seconds, digits=digits)
 
 
@@ -116,13 +117,20 @@ def main():
             print(recipe, "trained in", round(walls[recipe]), "s", flush=True)
             t0 = time.perf_counter()
             results[recipe] = measure(run_dir, args.weights == "ema", args.n_bpd)
-            print(recipe, {k: v for k, v in results[recipe].items() if k != "digits"},
+            print(recipe, {k: v for k, v in results[recipe].items() if k not in ("digits", "dsm_per", "bpd_per")},
                   "measured in", round(time.perf_counter() - t0), "s", flush=True)
     digits = results["default"]["digits"]
     test = digits.test
     g = torch.Generator().manual_seed(3)
     idx = torch.randperm(len(digits.train), generator=torch.Generator().manual_seed(5))[: len(test)]
     floor = float(sliced_wasserstein(digits.train[idx], test, 500, generator=g))
+    # the sampling noise of the SW2 estimate at this size: SW2 of 10 disjoint-seed training subsets to the test set
+    spread = torch.tensor([float(sliced_wasserstein(
+        digits.train[torch.randperm(len(digits.train), generator=torch.Generator().manual_seed(100 + k))[: len(test)]],
+        test, 500, generator=torch.Generator().manual_seed(200 + k))) for k in range(10)])
+    n = len(test)
+    d_dsm = [(e - d) for d, e in zip(results["default"]["dsm_per"], results["edm"]["dsm_per"])]
+    d_bpd = results["edm"]["bpd_per"] - results["default"]["bpd_per"]
     cmd = (f"OMP_NUM_THREADS=1 python benchmarks/bench_edm_digits.py --steps {args.steps} --batch {args.batch} "
            f"--weights {args.weights} --n-bpd {args.n_bpd}")
     lines = [
@@ -143,8 +151,11 @@ def main():
     ]
     for recipe in RECIPES:
         lines.append(f"| {recipe} ({results[recipe]['sde']}) | " + " | ".join(f"{v:.4f}" for v in results[recipe]["dsm"]) + " |")
+    lines.append("| edm - default (paired, +- SE over digits) | " + " | ".join(
+        f"{float(v.mean()):+.4f} +- {float(v.std()) / n ** 0.5:.4f}" for v in d_dsm) + " |")
     lines += ["", f"### Sample quality: sliced W2 to the {len(test)} test digits ({len(test)} samples, 500 projections, "
-              f"model space); {len(test)} training digits: {floor:.4f}", "",
+              f"model space); {len(test)} training digits: {floor:.4f} (over 10 random subsets: {float(spread.mean()):.4f} +- "
+              f"{float(spread.std()):.4f}, the estimator's noise at this size)", "",
               "| recipe | sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |",
               "|---|---|" + "---:|" * len(NFES)]
     for recipe in RECIPES:
@@ -160,6 +171,8 @@ def main():
     for recipe in RECIPES:
         r = results[recipe]
         lines.append(f"| {recipe} | {r['bpd']:.3f} +- {r['bpd_se']:.3f} | {r['nfe_ll']} | {r['ll_wall']:.0f} |")
+    lines.append(f"| edm - default (paired: same digits, dequantisation and probe draws) | "
+                 f"{float(d_bpd.mean()):+.3f} +- {float(d_bpd.std()) / len(d_bpd) ** 0.5:.3f} | | |")
     atomic_write_text(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print("wrote", args.out)
