@@ -40,9 +40,9 @@ test-seeds: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# the part of the slow tier CI can afford: end-to-end fault injection (~2 min on 2 loaded cores)
+# the part of the slow tier CI can afford: end-to-end fault injection and the notebooks run in fast mode (~4-5 min)
 test-slow-ci: $(STAMP)
-	$(PY) -m pytest -q -m slow tests/test_faults.py
+	$(PY) -m pytest -q -m slow tests/test_faults.py tests/test_notebooks.py
 
 test-all: test test-slow
 

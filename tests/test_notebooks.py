@@ -1,4 +1,7 @@
-"""Every notebook runs top to bottom in fast mode, and is committed with its outputs."""
+"""Every notebook runs top to bottom in fast mode, and is committed with its outputs.
+
+The fast-mode runs (about 2 minutes for the seven notebooks on 2 cores) are in the slow tier, which CI
+runs for this file (`make test-slow-ci`), so the default suite stays near 10 minutes."""
 import pathlib
 
 import nbformat
@@ -8,6 +11,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_fast_mode(path, monkeypatch, tmp_path):
     monkeypatch.setenv("SDE_GEN_NOTEBOOK_FAST", "1")
