@@ -45,10 +45,12 @@ SIGMAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 NFES = (10, 20, 35)
 
 
-def train(recipe: str, steps: int, out: str):
+def train(recipe: str, steps: int, out: str, recipes=None, extra=("train.eval_samples=2000",)):
+    """Train one recipe (`recipes[recipe]`: its experiment override) through the app; (run dir, wall seconds)."""
+    recipes = RECIPES if recipes is None else recipes
     run_dir = os.path.join(out, recipe)
-    over = [RECIPES[recipe], f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
-            "train.eval_samples=2000", "train.progress=false", "seed=0", "device=cpu", f"hydra.run.dir={run_dir}"]
+    over = [recipes[recipe], f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
+            *extra, "train.progress=false", "seed=0", "device=cpu", f"hydra.run.dir={run_dir}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "sde_gen.train", *over], capture_output=True, text=True, env=env)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+import bench_edm  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from sde_gen import load_trained, sample  # noqa: E402
 from sde_gen.io import atomic_write_text  # noqa: E402
 from sde_gen.likelihood import evaluate_dataset  # noqa: E402
@@ -48,16 +48,10 @@ NFES = (10, 20, 35)
 
 
 def train(recipe: str, steps: int, batch: int, out: str):
-    run_dir = os.path.join(out, recipe)
-    over = [RECIPES[recipe], f"train.steps={steps}", f"train.batch_size={batch}", "lr_scheduler.warmup=50",
-            f"train.eval_every={steps}", f"train.checkpoint_every={steps}", "train.eval_samples=16", "sampler.nfe=10",
-            "train.progress=false", "train.plots=false", "seed=0", "device=cpu", f"hydra.run.dir={run_dir}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "sde_gen.train", *over], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    return run_dir, time.perf_counter() - t0
+    """The mixture benchmark's training run with the digits recipes and a small evaluation."""
+    return bench_edm.train(recipe, steps, out, recipes=RECIPES, extra=(
+        f"train.batch_size={batch}", "lr_scheduler.warmup=50", "train.eval_samples=16", "sampler.nfe=10",
+        "train.plots=false"))
 
 
 @torch.no_grad()
