@@ -86,6 +86,20 @@ def measure(run_dir: str, oracle, floor_cache, ema: bool = True):
                 exact=float(exact.mean()), nfe_ll=res.nfe, ll_wall=time.perf_counter() - t0)
 
 
+def quality_rows(results, recipes, cell) -> list:
+    """Markdown rows "| recipe | sampler (grid) | one cell per NFE |" of `results[recipe]["quality"]`
+    ({(sampler, nfe): value}), each value written by `cell`."""
+    rows = []
+    for recipe in recipes:
+        by_sampler = {}
+        for (name, nfe), v in results[recipe]["quality"].items():
+            by_sampler.setdefault(name, {})[nfe] = v
+        for name, vals in by_sampler.items():
+            grid = "Karras grid" if name == "heun" else "uniform grid"
+            rows.append(f"| {recipe} | {name} ({grid}) | " + " | ".join(cell(vals[n]) for n in NFES) + " |")
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=500, help="training steps of each recipe")
@@ -122,13 +136,7 @@ def main():
               f"{floors['mode_weight_floor_std']:.4f})", "",
               "| recipe | sampler | " + " | ".join(f"NFE {n}: SW2/floor, mode err" for n in NFES) + " |",
               "|---|---|" + "---:|" * len(NFES)]
-    for recipe in RECIPES:
-        by_sampler = {}
-        for (name, nfe), v in results[recipe]["quality"].items():
-            by_sampler.setdefault(name, {})[nfe] = v
-        for name, vals in by_sampler.items():
-            grid = "Karras grid" if name == "heun" else "uniform grid"
-            lines.append(f"| {recipe} | {name} ({grid}) | " + " | ".join(f"{vals[n][0]:.2f}, {vals[n][1]:.3f}" for n in NFES) + " |")
+    lines += quality_rows(results, RECIPES, lambda v: f"{v[0]:.2f}, {v[1]:.3f}")
     lines += ["", "### Bits/dim (probability-flow ODE, Hutchinson, 100 test points; exact -log p(x) "
               f"{results['default']['exact']:.4f} bits/dim)", "",
               "| recipe | bits/dim | gap to exact | NFE | wall s |", "|---|---:|---:|---:|---:|"]

@@ -152,13 +152,7 @@ def main():
               f"{float(spread.std()):.4f}, the estimator's noise at this size)", "",
               "| recipe | sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |",
               "|---|---|" + "---:|" * len(NFES)]
-    for recipe in RECIPES:
-        by_sampler = {}
-        for (name, nfe), v in results[recipe]["quality"].items():
-            by_sampler.setdefault(name, {})[nfe] = v
-        for name, vals in by_sampler.items():
-            grid = "Karras grid" if name == "heun" else "uniform grid"
-            lines.append(f"| {recipe} | {name} ({grid}) | " + " | ".join(f"{vals[n]:.4f}" for n in NFES) + " |")
+    lines += bench_edm.quality_rows(results, RECIPES, lambda v: f"{v:.4f}")
     lines += ["", f"### Bits/dim of {args.n_bpd} test digits (probability-flow ODE, uniform dequantisation, one "
               f"Hutchinson probe; the uniform code is log2(17) = 4.087)", "",
               "| recipe | bits/dim | drift NFE | wall s |", "|---|---:|---:|---:|"]
